@@ -1,0 +1,7 @@
+//! The swarm agent: one binary that is both the node daemon and its CLI.
+//!
+//! This library holds everything the binary does, so integration tests can
+//! drive the same code.
+
+pub mod datapath;
+pub mod table;

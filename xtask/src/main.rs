@@ -1,0 +1,67 @@
+//! Project tasks: `cargo xtask <task>`.
+//!
+//! - `setup`: install what a fresh Debian 12 machine lacks (idempotent).
+//! - `build-ebpf`: build the eBPF objects the agent embeds.
+//! - `testbed up|down|status|exec|cut|restore`: the multi-host testbed.
+//! - `test`: everything CI checks (setup, build-ebpf, fmt, clippy, tests).
+
+mod build_ebpf;
+mod setup;
+mod test;
+mod testbed;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project tasks for the swarm workspace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks: Debian packages, rust-src for the
+    /// nightly toolchain, and bpf-linker built against the nightly's LLVM.
+    Setup,
+    /// Build the eBPF programs (release) that swarm-agent embeds.
+    BuildEbpf,
+    /// Manage the multi-host testbed (network namespaces on a private switch).
+    Testbed {
+        #[command(subcommand)]
+        cmd: testbed::Cmd,
+    },
+    /// Run every check CI runs: setup, build-ebpf, fmt, clippy and all tests.
+    Test(test::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => build_ebpf::run().map(|_| ()),
+        Task::Testbed { cmd } => testbed::run(cmd),
+        Task::Test(args) => test::run(&args),
+    }
+}
+
+/// The workspace root (the directory holding the top-level Cargo.toml).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The cargo target directory: `CARGO_TARGET_DIR` or `<root>/target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// Prints a step the way the tasks report progress.
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
