@@ -16,7 +16,7 @@ pub struct Args {
     tests_only: bool,
     /// Extra arguments for the test runner (e.g. a filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    runner_args: Vec<String>,
+    extra: Vec<String>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -50,7 +50,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         step("running tests (cargo test)");
         vec!["test", "--locked", "--no-fail-fast"]
     };
-    test_args.extend(args.runner_args.iter().map(String::as_str));
+    test_args.extend(args.extra.iter().map(String::as_str));
     cargo(&test_args)?;
     step("all checks passed");
     Ok(())
