@@ -289,6 +289,7 @@ impl Testbed {
         if let Ok(rd) = fs::read_dir(ROOT) {
             names.extend(
                 rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                     .filter_map(|e| e.file_name().into_string().ok()),
             );
         }
@@ -583,9 +584,39 @@ fn owner_alive(meta: &Meta) -> bool {
     process_start_time(meta.owner_pid).is_some_and(|t| t == meta.owner_start_time)
 }
 
+/// Holding this keeps other processes from removing orphaned testbeds (see
+/// [`hold_orphans`]).
+pub struct OrphanGuard(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+/// Blocks the removal of orphaned testbeds by any process until the guard is
+/// dropped. Tests that kill a testbed's owner on purpose use it to look at
+/// the leftovers before something else cleans them up.
+pub fn hold_orphans() -> Result<OrphanGuard, TestbedError> {
+    let f = orphan_lock_file()?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map(OrphanGuard)
+        .map_err(|(_, e)| io_err("lock", Path::new(ROOT).join(".orphans.lock"))(e.into()))
+}
+
+fn orphan_lock_file() -> Result<File, TestbedError> {
+    fs::create_dir_all(ROOT).map_err(io_err("create", ROOT))?;
+    let p = Path::new(ROOT).join(".orphans.lock");
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(io_err("open", p))
+}
+
 /// Removes testbeds owned by processes that no longer exist (killed before
-/// they could clean up), and namespaces left without any record.
+/// they could clean up), and namespaces left without any record. Skipped
+/// while another process holds [`hold_orphans`].
 fn remove_orphans() {
+    let Ok(f) = orphan_lock_file() else { return };
+    let Ok(_lock) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) else {
+        return;
+    };
     for name in Testbed::list() {
         let orphan = match read_meta(&name) {
             Ok(Some(meta)) => meta.lifetime == Lifetime::Process && !owner_alive(&meta),
