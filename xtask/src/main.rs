@@ -37,13 +37,20 @@ enum Task {
     Test(test::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.task {
+    let result = match cli.task {
         Task::Setup => setup::run(),
         Task::BuildEbpf => build_ebpf::run().map(|_| ()),
         Task::Testbed { cmd } => testbed::run(cmd),
         Task::Test(args) => test::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
