@@ -12,11 +12,7 @@ use swarm_agent::{
 };
 
 #[derive(Parser)]
-#[command(
-    name = "swarm-agent",
-    version,
-    about = "Docker swarm mode, in Rust, with an eBPF datapath"
-)]
+#[command(name = "swarm-agent", version, about = "Docker swarm mode, in Rust, with an eBPF datapath")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -85,9 +81,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Debug {
-            cmd: DebugCmd::Xdp { bpffs, cmd },
-        } => xdp(&PinLayout::new(bpffs), cmd),
+        Cmd::Debug { cmd: DebugCmd::Xdp { bpffs, cmd } } => xdp(&PinLayout::new(bpffs), cmd),
     }
 }
 
@@ -104,17 +98,11 @@ fn xdp(pins: &PinLayout, cmd: XdpCmd) -> anyhow::Result<()> {
                 aya::programs::XdpMode::Skb => "generic",
                 _ => "native",
             };
-            println!(
-                "attached {} to {iface} ({used} XDP)",
-                swarm_common::names::PROG_XDP_VXLAN_COUNT
-            );
+            println!("attached {} to {iface} ({used} XDP)", swarm_common::names::PROG_XDP_VXLAN_COUNT);
         }
         XdpCmd::Detach { iface } => {
             vxlan_counter::detach_pinned(pins, &iface)?;
-            println!(
-                "detached {} from {iface}",
-                swarm_common::names::PROG_XDP_VXLAN_COUNT
-            );
+            println!("detached {} from {iface}", swarm_common::names::PROG_XDP_VXLAN_COUNT);
         }
         XdpCmd::Stats { json } => {
             let s = vxlan_counter::pinned_stats(pins)?;
@@ -128,10 +116,7 @@ fn xdp(pins: &PinLayout, cmd: XdpCmd) -> anyhow::Result<()> {
                     .per_class
                     .iter()
                     .map(|(k, c)| {
-                        (
-                            k.name().to_owned(),
-                            serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
-                        )
+                        (k.name().to_owned(), serde_json::json!({"packets": c.packets, "bytes": c.bytes}))
                     })
                     .collect();
                 println!("{}", serde_json::json!({"vni": vni, "class": class}));
@@ -146,13 +131,7 @@ fn xdp(pins: &PinLayout, cmd: XdpCmd) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> = s
                     .per_class
                     .iter()
-                    .map(|(k, c)| {
-                        vec![
-                            k.name().to_owned(),
-                            c.packets.to_string(),
-                            c.bytes.to_string(),
-                        ]
-                    })
+                    .map(|(k, c)| vec![k.name().to_owned(), c.packets.to_string(), c.bytes.to_string()])
                     .collect();
                 print!("{}", table::render(&["CLASS", "PACKETS", "BYTES"], &rows));
             }

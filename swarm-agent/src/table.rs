@@ -31,10 +31,7 @@ mod tests {
     fn matches_docker_service_ls_header() {
         // `docker service ls` on an empty swarm, byte for byte.
         let out = render::<&str>(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &[]);
-        assert_eq!(
-            out,
-            "ID        NAME      MODE      REPLICAS   IMAGE     PORTS\n"
-        );
+        assert_eq!(out, "ID        NAME      MODE      REPLICAS   IMAGE     PORTS\n");
     }
 
     #[test]

@@ -89,11 +89,7 @@ impl RxClass {
     /// Class for an array index, if it is one.
     #[must_use]
     pub const fn from_index(index: u32) -> Option<RxClass> {
-        if index < RX_CLASS_COUNT {
-            Some(RxClass::ALL[index as usize])
-        } else {
-            None
-        }
+        if index < RX_CLASS_COUNT { Some(RxClass::ALL[index as usize]) } else { None }
     }
 
     /// Stable, human-readable name, as printed by the CLI.
@@ -146,20 +142,8 @@ mod tests {
 
     #[test]
     fn counters_add() {
-        let a = Counter {
-            packets: 1,
-            bytes: 100,
-        };
-        let b = Counter {
-            packets: 2,
-            bytes: 50,
-        };
-        assert_eq!(
-            a.plus(b),
-            Counter {
-                packets: 3,
-                bytes: 150
-            }
-        );
+        let a = Counter { packets: 1, bytes: 100 };
+        let b = Counter { packets: 2, bytes: 50 };
+        assert_eq!(a.plus(b), Counter { packets: 3, bytes: 150 });
     }
 }

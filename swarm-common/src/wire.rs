@@ -122,11 +122,7 @@ mod tests {
 
     #[test]
     fn vni_is_24_bits_big_endian() {
-        let h = VxlanHdr {
-            flags: VXLAN_FLAG_I,
-            vni: [0x12, 0x34, 0x56],
-            ..Default::default()
-        };
+        let h = VxlanHdr { flags: VXLAN_FLAG_I, vni: [0x12, 0x34, 0x56], ..Default::default() };
         assert_eq!(h.vni(), 0x0012_3456);
         assert!(h.has_vni_flag());
     }

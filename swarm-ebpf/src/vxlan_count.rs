@@ -11,16 +11,14 @@ use swarm_common::{
     VXLAN_UDP_PORT,
     stats::{Counter, MAX_VNI_STATS, RX_CLASS_COUNT, RxClass, VniKey},
     wire::{
-        ETH_HDR_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, IPV4_HDR_LEN, Ipv4Hdr, UDP_HDR_LEN, UdpHdr,
-        VxlanHdr,
+        ETH_HDR_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, IPV4_HDR_LEN, Ipv4Hdr, UDP_HDR_LEN, UdpHdr, VxlanHdr,
     },
 };
 
 use crate::packet::ptr_at;
 
 #[map]
-static VXLAN_VNI_STATS: PerCpuHashMap<VniKey, Counter> =
-    PerCpuHashMap::with_max_entries(MAX_VNI_STATS, 0);
+static VXLAN_VNI_STATS: PerCpuHashMap<VniKey, Counter> = PerCpuHashMap::with_max_entries(MAX_VNI_STATS, 0);
 
 #[map]
 static XDP_RX_CLASS_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RX_CLASS_COUNT, 0);
@@ -48,14 +46,8 @@ fn classify(start: usize, end: usize) -> Result<u32, RxClass> {
         return Err(RxClass::NonIpv4);
     }
     let ip: *const Ipv4Hdr = ptr_at(start, end, ETH_HDR_LEN).ok_or(RxClass::TruncatedIpv4)?;
-    let (version, ihl, proto, fragment) = unsafe {
-        (
-            (*ip).version(),
-            (*ip).ihl(),
-            (*ip).proto,
-            (*ip).is_fragment(),
-        )
-    };
+    let (version, ihl, proto, fragment) =
+        unsafe { ((*ip).version(), (*ip).ihl(), (*ip).proto, (*ip).is_fragment()) };
     if version != 4 {
         return Err(RxClass::NonIpv4);
     }
@@ -76,8 +68,7 @@ fn classify(start: usize, end: usize) -> Result<u32, RxClass> {
     if unsafe { (*udp).dst_port() } != VXLAN_UDP_PORT {
         return Err(RxClass::NotVxlan);
     }
-    let vxlan: *const VxlanHdr =
-        ptr_at(start, end, udp_off + UDP_HDR_LEN).ok_or(RxClass::TruncatedVxlan)?;
+    let vxlan: *const VxlanHdr = ptr_at(start, end, udp_off + UDP_HDR_LEN).ok_or(RxClass::TruncatedVxlan)?;
     if !unsafe { (*vxlan).has_vni_flag() } {
         return Err(RxClass::BadVxlanFlags);
     }
@@ -107,15 +98,9 @@ fn count_vni(vni: u32, len: u64) {
             }
             return;
         }
-        let first = Counter {
-            packets: 1,
-            bytes: len,
-        };
+        let first = Counter { packets: 1, bytes: len };
         // BPF_NOEXIST: if another CPU created the entry meanwhile, loop and add to it.
-        if VXLAN_VNI_STATS
-            .insert(&key, &first, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
+        if VXLAN_VNI_STATS.insert(&key, &first, u64::from(BPF_NOEXIST)).is_ok() {
             return;
         }
     }

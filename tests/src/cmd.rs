@@ -17,21 +17,12 @@ pub enum CmdError {
     },
     /// The program ran and exited unsuccessfully.
     #[error("`{cmd}` failed ({status}){}", stderr_suffix(.stderr))]
-    Failed {
-        cmd: String,
-        status: std::process::ExitStatus,
-        stdout: String,
-        stderr: String,
-    },
+    Failed { cmd: String, status: std::process::ExitStatus, stdout: String, stderr: String },
 }
 
 fn stderr_suffix(stderr: &str) -> String {
     let s = stderr.trim();
-    if s.is_empty() {
-        String::new()
-    } else {
-        format!(": {s}")
-    }
+    if s.is_empty() { String::new() } else { format!(": {s}") }
 }
 
 /// The command line as a person would type it, for error messages.
@@ -66,10 +57,7 @@ pub fn run(cmd: &mut Command) -> Result<String, CmdError> {
 
 /// Runs the command to completion, capturing output, whatever its exit status.
 pub fn output(cmd: &mut Command) -> Result<Output, CmdError> {
-    cmd.output().map_err(|source| CmdError::Spawn {
-        cmd: display(cmd),
-        source,
-    })
+    cmd.output().map_err(|source| CmdError::Spawn { cmd: display(cmd), source })
 }
 
 /// `Command::new(program).args(args)`.

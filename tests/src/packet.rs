@@ -46,16 +46,7 @@ pub struct Ipv4 {
 
 impl Ipv4 {
     pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Ipv4 {
-        Ipv4 {
-            src,
-            dst,
-            proto,
-            ttl: 64,
-            frag_off: 0x4000,
-            options: Vec::new(),
-            version: 4,
-            ihl: None,
-        }
+        Ipv4 { src, dst, proto, ttl: 64, frag_off: 0x4000, options: Vec::new(), version: 4, ihl: None }
     }
 
     /// The IPv4 packet: header (with a correct checksum) and payload.
@@ -65,9 +56,7 @@ impl Ipv4 {
             opts.push(0);
         }
         let hlen = 20 + opts.len();
-        let ihl = self
-            .ihl
-            .unwrap_or(u8::try_from(hlen / 4).expect("IPv4 header too long"));
+        let ihl = self.ihl.unwrap_or(u8::try_from(hlen / 4).expect("IPv4 header too long"));
         let total = u16::try_from(hlen + payload.len()).expect("IPv4 packet too long");
         let mut h = Vec::with_capacity(hlen + payload.len());
         h.push((self.version << 4) | (ihl & 0x0f));
@@ -122,13 +111,7 @@ pub fn inner_frame(payload_len: usize) -> Vec<u8> {
 
 /// A complete, well-formed VXLAN frame from host A to host B on the underlay.
 pub fn vxlan_frame(vni: u32, inner: &[u8]) -> Vec<u8> {
-    vxlan_frame_with(
-        &Ipv4::new(UNDERLAY_A, UNDERLAY_B, IPPROTO_UDP),
-        VXLAN_PORT,
-        0x08,
-        vni,
-        inner,
-    )
+    vxlan_frame_with(&Ipv4::new(UNDERLAY_A, UNDERLAY_B, IPPROTO_UDP), VXLAN_PORT, 0x08, vni, inner)
 }
 
 /// A VXLAN-shaped frame with the given IPv4 header, UDP port and flags.
@@ -139,10 +122,8 @@ pub fn vxlan_frame_with(ip: &Ipv4, dst_port: u16, flags: u8, vni: u32, inner: &[
 
 /// The Internet checksum (RFC 1071) of `data`.
 pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 =
+        data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -162,10 +143,7 @@ mod tests {
     #[test]
     fn known_checksum() {
         // RFC 1071 example bytes.
-        assert_eq!(
-            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
-            !0xddf2
-        );
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
     }
 
     #[test]

@@ -15,9 +15,7 @@ pub fn until<T, E: std::fmt::Display>(
         match check() {
             Ok(v) => return Ok(v),
             Err(e) if Instant::now() >= deadline => {
-                return Err(format!(
-                    "timed out after {timeout:?} waiting for {what}: {e}"
-                ));
+                return Err(format!("timed out after {timeout:?} waiting for {what}: {e}"));
             }
             Err(_) => {
                 std::thread::sleep(pause);

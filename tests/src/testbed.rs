@@ -81,11 +81,7 @@ pub enum TestbedError {
     #[error("no testbed named {0:?} (see `cargo xtask testbed status`)")]
     NotFound(String),
     #[error("no host {host:?} in testbed {testbed:?}; hosts are node1..node{count}")]
-    NoSuchHost {
-        testbed: String,
-        host: String,
-        count: usize,
-    },
+    NoSuchHost { testbed: String, host: String, count: usize },
     /// Namespaces, mounts and bpffs need root (CAP_SYS_ADMIN and CAP_NET_ADMIN).
     #[error("the testbed needs root (network namespaces, mounts, bpffs); run as root")]
     NotRoot,
@@ -159,15 +155,13 @@ impl Host {
         let net = File::open(self.netns_path()).map_err(io_err("open", self.netns_path()))?;
         let uts = File::open(self.uts_path()).map_err(io_err("open", self.uts_path()))?;
         let mut c = Command::new(program);
-        c.env("SWARM_DATA_ROOT", self.state_dir())
-            .env("SWARM_BPFFS", self.bpffs().join("swarm-agent"));
+        c.env("SWARM_DATA_ROOT", self.state_dir()).env("SWARM_BPFFS", self.bpffs().join("swarm-agent"));
         // SAFETY: only async-signal-safe syscalls run between fork and exec.
         unsafe {
             c.pre_exec(move || {
-                for (fd, kind) in [
-                    (net.as_raw_fd(), libc::CLONE_NEWNET),
-                    (uts.as_raw_fd(), libc::CLONE_NEWUTS),
-                ] {
+                for (fd, kind) in
+                    [(net.as_raw_fd(), libc::CLONE_NEWNET), (uts.as_raw_fd(), libc::CLONE_NEWUTS)]
+                {
                     if libc::setns(fd, kind) != 0 {
                         return Err(io::Error::last_os_error());
                     }
@@ -220,11 +214,7 @@ impl Testbed {
     /// process and removed when dropped.
     pub fn up(hosts: usize) -> Result<Testbed, TestbedError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "t{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("t{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         Testbed::create(&name, hosts, Lifetime::Process)
     }
 
@@ -245,23 +235,13 @@ impl Testbed {
         let dir = testbed_dir(name);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let (owner_pid, owner_start_time) = self_owner();
-        let meta = Meta {
-            name: name.to_owned(),
-            hosts,
-            lifetime,
-            owner_pid,
-            owner_start_time,
-        };
+        let meta = Meta { name: name.to_owned(), hosts, lifetime, owner_pid, owner_start_time };
         write_meta(&meta)?;
         if lifetime == Lifetime::Process {
             cleanup_on_signal::register(name);
         }
-        let mut tb = Testbed {
-            name: name.to_owned(),
-            hosts: host_list(name, hosts),
-            lifetime,
-            removed: false,
-        };
+        let mut tb =
+            Testbed { name: name.to_owned(), hosts: host_list(name, hosts), lifetime, removed: false };
         if let Err(e) = tb.build() {
             // Leave nothing half-built behind; the build error is the one to report.
             let _ = tb.remove_now();
@@ -293,11 +273,7 @@ impl Testbed {
                     .filter_map(|e| e.file_name().into_string().ok()),
             );
         }
-        names.extend(
-            netns_names()
-                .into_iter()
-                .filter_map(|ns| testbed_of_netns(&ns)),
-        );
+        names.extend(netns_names().into_iter().filter_map(|ns| testbed_of_netns(&ns)));
         names.into_iter().collect()
     }
 
@@ -319,14 +295,11 @@ impl Testbed {
 
     /// Host by name (`node1`, ...).
     pub fn host_named(&self, name: &str) -> Result<&Host, TestbedError> {
-        self.hosts
-            .iter()
-            .find(|h| h.name == name)
-            .ok_or_else(|| TestbedError::NoSuchHost {
-                testbed: self.name.clone(),
-                host: name.to_owned(),
-                count: self.hosts.len(),
-            })
+        self.hosts.iter().find(|h| h.name == name).ok_or_else(|| TestbedError::NoSuchHost {
+            testbed: self.name.clone(),
+            host: name.to_owned(),
+            count: self.hosts.len(),
+        })
     }
 
     /// Name of the switch namespace.
@@ -346,10 +319,7 @@ impl Testbed {
     }
 
     fn set_port(&self, host: &Host, state: &str) -> Result<(), TestbedError> {
-        cmd::run(&mut command(
-            "ip",
-            ["-n", &self.switch_netns(), "link", "set", &host.name, state],
-        ))?;
+        cmd::run(&mut command("ip", ["-n", &self.switch_netns(), "link", "set", &host.name, state]))?;
         Ok(())
     }
 
@@ -369,14 +339,7 @@ impl Testbed {
     fn build(&self) -> Result<(), TestbedError> {
         let sw = self.switch_netns();
         cmd::run(&mut command("ip", ["netns", "add", &sw]))?;
-        ip_batch(
-            &sw,
-            &[
-                "link set lo up",
-                "link add br0 type bridge",
-                "link set br0 up",
-            ],
-        )?;
+        ip_batch(&sw, &["link set lo up", "link add br0 type bridge", "link set br0 up"])?;
         for h in &self.hosts {
             Self::build_host(&sw, h)?;
         }
@@ -388,10 +351,7 @@ impl Testbed {
         ip_batch(
             sw,
             &[
-                &format!(
-                    "link add {} type veth peer name {UNDERLAY_IFACE} netns {}",
-                    h.name, h.netns
-                ),
+                &format!("link add {} type veth peer name {UNDERLAY_IFACE} netns {}", h.name, h.netns),
                 &format!("link set {} master br0 up", h.name),
             ],
         )?;
@@ -399,19 +359,15 @@ impl Testbed {
             &h.netns,
             &[
                 "link set lo up",
-                &format!(
-                    "addr add {}/{UNDERLAY_PREFIX_LEN} dev {UNDERLAY_IFACE}",
-                    h.underlay_ip
-                ),
+                &format!("addr add {}/{UNDERLAY_PREFIX_LEN} dev {UNDERLAY_IFACE}", h.underlay_ip),
                 &format!("link set {UNDERLAY_IFACE} up"),
             ],
         )?;
         // Quiet hosts: no IPv6 autoconfiguration chatter on the underlay.
         h.in_netns(|| {
-            for p in [
-                "/proc/sys/net/ipv6/conf/all/disable_ipv6",
-                "/proc/sys/net/ipv6/conf/default/disable_ipv6",
-            ] {
+            for p in
+                ["/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"]
+            {
                 fs::write(p, "1").map_err(io_err("write", p))?;
             }
             Ok::<_, TestbedError>(())
@@ -419,14 +375,8 @@ impl Testbed {
         for d in [h.state_dir(), h.bpffs()] {
             fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
-        nix::mount::mount(
-            Some("bpf"),
-            &h.bpffs(),
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| io_err("mount bpffs on", h.bpffs())(e.into()))?;
+        nix::mount::mount(Some("bpf"), &h.bpffs(), Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|e| io_err("mount bpffs on", h.bpffs())(e.into()))?;
         File::create(h.uts_path()).map_err(io_err("create", h.uts_path()))?;
         let uts = format!("--uts={}", h.uts_path().display());
         cmd::run(&mut command("unshare", [uts.as_str(), "hostname", &h.name]))?;
@@ -449,14 +399,8 @@ fn validate_name(name: &str) -> Result<(), TestbedError> {
     let ok = !name.is_empty()
         && name.len() <= 24
         && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(TestbedError::InvalidName(name.to_owned()))
-    }
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok { Ok(()) } else { Err(TestbedError::InvalidName(name.to_owned())) }
 }
 
 fn testbed_dir(name: &str) -> PathBuf {
@@ -473,12 +417,7 @@ fn host_list(name: &str, hosts: usize) -> Vec<Host> {
             let host = format!("node{i}");
             Host {
                 netns: format!("{NETNS_PREFIX}{name}-{host}"),
-                underlay_ip: Ipv4Addr::new(
-                    198,
-                    18,
-                    0,
-                    u8::try_from(i).expect("at most MAX_HOSTS hosts"),
-                ),
+                underlay_ip: Ipv4Addr::new(198, 18, 0, u8::try_from(i).expect("at most MAX_HOSTS hosts")),
                 dir: testbed_dir(name).join(&host),
                 index: i,
                 name: host,
@@ -495,10 +434,7 @@ fn ip_batch(netns: &str, lines: &[&str]) -> Result<(), TestbedError> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let shown = cmd::display(&c);
-    let spawn = |source| CmdError::Spawn {
-        cmd: shown.clone(),
-        source,
-    };
+    let spawn = |source| CmdError::Spawn { cmd: shown.clone(), source };
     let mut child = c.spawn().map_err(spawn)?;
     {
         use std::io::Write as _;
@@ -539,20 +475,13 @@ fn read_meta(name: &str) -> Result<Option<Meta>, TestbedError> {
 }
 
 fn exists(name: &str) -> bool {
-    testbed_dir(name).exists()
-        || netns_names()
-            .iter()
-            .any(|ns| testbed_of_netns(ns).as_deref() == Some(name))
+    testbed_dir(name).exists() || netns_names().iter().any(|ns| testbed_of_netns(ns).as_deref() == Some(name))
 }
 
 /// Network namespaces under /run/netns.
 fn netns_names() -> Vec<String> {
     fs::read_dir(NETNS_DIR)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -560,9 +489,8 @@ fn netns_names() -> Vec<String> {
 fn testbed_of_netns(ns: &str) -> Option<String> {
     let rest = ns.strip_prefix(NETNS_PREFIX)?;
     let (name, suffix) = rest.rsplit_once('-')?;
-    let is_host = suffix
-        .strip_prefix("node")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let is_host =
+        suffix.strip_prefix("node").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     (suffix == "sw" || is_host).then(|| name.to_owned())
 }
 
@@ -601,12 +529,7 @@ pub fn hold_orphans() -> Result<OrphanGuard, TestbedError> {
 fn orphan_lock_file() -> Result<File, TestbedError> {
     fs::create_dir_all(ROOT).map_err(io_err("create", ROOT))?;
     let p = Path::new(ROOT).join(".orphans.lock");
-    File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(io_err("open", p))
+    File::options().create(true).truncate(false).write(true).open(&p).map_err(io_err("open", p))
 }
 
 /// Removes testbeds owned by processes that no longer exist (killed before
@@ -635,11 +558,9 @@ fn remove_orphans() {
 /// by another process; only treat it as garbage when it is older than a minute.
 fn stale_enough(name: &str) -> bool {
     match fs::metadata(testbed_dir(name)) {
-        Ok(m) => m
-            .modified()
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_mins(1)),
+        Ok(m) => {
+            m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_mins(1))
+        }
         // Namespaces without a directory are never half-made by `create`.
         Err(_) => true,
     }
@@ -649,10 +570,8 @@ fn stale_enough(name: &str) -> bool {
 pub fn remove(name: &str) -> Result<(), TestbedError> {
     validate_name(name)?;
     let mut problems = Vec::new();
-    let namespaces: Vec<String> = netns_names()
-        .into_iter()
-        .filter(|ns| testbed_of_netns(ns).as_deref() == Some(name))
-        .collect();
+    let namespaces: Vec<String> =
+        netns_names().into_iter().filter(|ns| testbed_of_netns(ns).as_deref() == Some(name)).collect();
     // 1. Stop processes running inside the hosts (agents, pings, ...), so the
     //    namespaces and links really go away.
     let mut victims = Vec::new();
@@ -686,10 +605,7 @@ pub fn remove(name: &str) -> Result<(), TestbedError> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(TestbedError::Incomplete {
-            name: name.to_owned(),
-            problems,
-        })
+        Err(TestbedError::Incomplete { name: name.to_owned(), problems })
     }
 }
 
@@ -699,11 +615,7 @@ fn pids_in_netns(ns_path: &Path) -> io::Result<Vec<i32>> {
     let me = std::process::id();
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
         if u32::try_from(pid).ok() == Some(me) {
@@ -728,25 +640,13 @@ fn kill_and_wait(pids: &[i32], problems: &mut Vec<String>) {
         // A zombie has exited: it holds no namespace. Its parent reaps it.
         fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| {
-                s.rfind(')')
-                    .map(|i| s[i + 2..].starts_with('Z'))
-                    .map(|zombie| !zombie)
-            })
+            .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')).map(|zombie| !zombie))
             .unwrap_or(false)
     };
-    let r = crate::poll::until(
-        "processes in the testbed to exit",
-        Duration::from_secs(10),
-        || {
-            let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("still running: {left:?}"))
-            }
-        },
-    );
+    let r = crate::poll::until("processes in the testbed to exit", Duration::from_secs(10), || {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() { Ok(()) } else { Err(format!("still running: {left:?}")) }
+    });
     if let Err(e) = r {
         problems.push(e);
     }
@@ -797,15 +697,11 @@ mod cleanup_on_signal {
 
     pub(super) fn register(name: &str) {
         INSTALL.call_once(install);
-        LIVE.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(name.to_owned());
+        LIVE.lock().unwrap_or_else(PoisonError::into_inner).push(name.to_owned());
     }
 
     pub(super) fn unregister(name: &str) {
-        LIVE.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|n| n != name);
+        LIVE.lock().unwrap_or_else(PoisonError::into_inner).retain(|n| n != name);
     }
 
     fn install() {
@@ -823,8 +719,7 @@ mod cleanup_on_signal {
             .name("testbed-cleanup".into())
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
-                    let names =
-                        std::mem::take(&mut *LIVE.lock().unwrap_or_else(PoisonError::into_inner));
+                    let names = std::mem::take(&mut *LIVE.lock().unwrap_or_else(PoisonError::into_inner));
                     for name in names {
                         if let Err(e) = super::remove(&name) {
                             eprintln!("warning: {e}");
@@ -847,29 +742,15 @@ mod tests {
         for ok in ["demo", "t123-4", "a", "0abc"] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "-x",
-            "Demo",
-            "a b",
-            "a/b",
-            "x".repeat(25).as_str(),
-            "ünï",
-        ] {
-            assert!(
-                matches!(validate_name(bad), Err(TestbedError::InvalidName(_))),
-                "{bad:?}"
-            );
+        for bad in ["", "-x", "Demo", "a b", "a/b", "x".repeat(25).as_str(), "ünï"] {
+            assert!(matches!(validate_name(bad), Err(TestbedError::InvalidName(_))), "{bad:?}");
         }
     }
 
     #[test]
     fn netns_names_map_back_to_testbeds() {
         assert_eq!(testbed_of_netns("swtb-demo-sw").as_deref(), Some("demo"));
-        assert_eq!(
-            testbed_of_netns("swtb-t1-2-node12").as_deref(),
-            Some("t1-2")
-        );
+        assert_eq!(testbed_of_netns("swtb-t1-2-node12").as_deref(), Some("t1-2"));
         assert_eq!(testbed_of_netns("swtb-demo-nodeX"), None);
         assert_eq!(testbed_of_netns("swtb-demo-node"), None);
         assert_eq!(testbed_of_netns("other-demo-sw"), None);
@@ -885,10 +766,7 @@ mod tests {
 
     #[test]
     fn mount_paths_are_unescaped() {
-        assert_eq!(
-            unescape_mount_path(r"/run/a\040b"),
-            PathBuf::from("/run/a b")
-        );
+        assert_eq!(unescape_mount_path(r"/run/a\040b"), PathBuf::from("/run/a b"));
         assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
     }
 

@@ -17,13 +17,7 @@ fn agent_build_without_the_ebpf_object_names_the_command_to_run() {
         .output()
         .expect("run cargo");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "the build must fail without the object:\n{stderr}"
-    );
-    assert!(
-        stderr.contains("the eBPF object is missing: /nonexistent/swarm-ebpf"),
-        "{stderr}"
-    );
+    assert!(!out.status.success(), "the build must fail without the object:\n{stderr}");
+    assert!(stderr.contains("the eBPF object is missing: /nonexistent/swarm-ebpf"), "{stderr}");
     assert!(stderr.contains("cargo xtask build-ebpf"), "{stderr}");
 }

@@ -15,8 +15,8 @@ use swarm_common::{
     stats::{Counter, RxClass},
 };
 use swarm_tests::packet::{
-    ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4, MAC_A, MAC_B, UNDERLAY_A,
-    UNDERLAY_B, VXLAN_PORT, ethernet, inner_frame, udp, vxlan_frame, vxlan_frame_with,
+    ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4, MAC_A, MAC_B, UNDERLAY_A, UNDERLAY_B,
+    VXLAN_PORT, ethernet, inner_frame, udp, vxlan_frame, vxlan_frame_with,
 };
 
 const XDP_PASS: u32 = 2;
@@ -53,33 +53,16 @@ fn assert_only_class(frame: &[u8], n: u32, class: RxClass) -> vxlan_counter::Vxl
     let mut ebpf = load();
     run(&mut ebpf, frame, n);
     let stats = vxlan_counter::stats(&ebpf).unwrap();
-    let expected = Counter {
-        packets: u64::from(n),
-        bytes: u64::from(n) * bytes(frame),
-    };
+    let expected = Counter { packets: u64::from(n), bytes: u64::from(n) * bytes(frame) };
     for c in RxClass::ALL {
-        let want = if c == class {
-            expected
-        } else {
-            Counter::default()
-        };
-        assert_eq!(
-            stats.class(c),
-            want,
-            "class {} after {n} x {class:?}",
-            c.name()
-        );
+        let want = if c == class { expected } else { Counter::default() };
+        assert_eq!(stats.class(c), want, "class {} after {n} x {class:?}", c.name());
     }
     stats
 }
 
 fn udp_frame(ip: &Ipv4, dst_port: u16, payload: &[u8]) -> Vec<u8> {
-    ethernet(
-        MAC_B,
-        MAC_A,
-        ETH_P_IP,
-        &ip.packet(&udp(40000, dst_port, payload)),
-    )
+    ethernet(MAC_B, MAC_A, ETH_P_IP, &ip.packet(&udp(40000, dst_port, payload)))
 }
 
 fn underlay_udp() -> Ipv4 {
@@ -102,26 +85,14 @@ fn valid_vxlan_is_counted_per_vni() {
     let frame = vxlan_frame(4096, &inner_frame(64));
     let stats = assert_only_class(&frame, 1, RxClass::Vxlan);
     assert_eq!(stats.per_vni.len(), 1);
-    assert_eq!(
-        stats.vni(4096),
-        Counter {
-            packets: 1,
-            bytes: bytes(&frame)
-        }
-    );
+    assert_eq!(stats.vni(4096), Counter { packets: 1, bytes: bytes(&frame) });
 }
 
 #[test]
 fn repeated_frames_are_counted_each_time() {
     let frame = vxlan_frame(4097, &inner_frame(10));
     let stats = assert_only_class(&frame, 7, RxClass::Vxlan);
-    assert_eq!(
-        stats.vni(4097),
-        Counter {
-            packets: 7,
-            bytes: 7 * bytes(&frame)
-        }
-    );
+    assert_eq!(stats.vni(4097), Counter { packets: 7, bytes: 7 * bytes(&frame) });
 }
 
 #[test]
@@ -134,27 +105,9 @@ fn vnis_are_counted_separately_with_all_24_bits() {
     run(&mut ebpf, &b, 3);
     run(&mut ebpf, &c, 1);
     let stats = vxlan_counter::stats(&ebpf).unwrap();
-    assert_eq!(
-        stats.vni(1),
-        Counter {
-            packets: 2,
-            bytes: 2 * bytes(&a)
-        }
-    );
-    assert_eq!(
-        stats.vni(0x00ff_ffff),
-        Counter {
-            packets: 3,
-            bytes: 3 * bytes(&b)
-        }
-    );
-    assert_eq!(
-        stats.vni(0x0001_0000),
-        Counter {
-            packets: 1,
-            bytes: bytes(&c)
-        }
-    );
+    assert_eq!(stats.vni(1), Counter { packets: 2, bytes: 2 * bytes(&a) });
+    assert_eq!(stats.vni(0x00ff_ffff), Counter { packets: 3, bytes: 3 * bytes(&b) });
+    assert_eq!(stats.vni(0x0001_0000), Counter { packets: 1, bytes: bytes(&c) });
     assert_eq!(stats.per_vni.len(), 3);
     assert_eq!(stats.class(RxClass::Vxlan).packets, 6);
     assert_eq!(stats.total().packets, 6);
@@ -176,10 +129,7 @@ fn wrong_udp_port_is_not_vxlan() {
     for port in [4790, 8472, 53] {
         let frame = vxlan_frame_with(&underlay_udp(), port, 0x08, 4096, &inner_frame(20));
         let stats = assert_only_class(&frame, 1, RxClass::NotVxlan);
-        assert!(
-            stats.per_vni.is_empty(),
-            "port {port} must not count per VNI"
-        );
+        assert!(stats.per_vni.is_empty(), "port {port} must not count per VNI");
     }
 }
 
@@ -187,12 +137,8 @@ fn wrong_udp_port_is_not_vxlan() {
 fn other_ip_protocols_are_not_vxlan() {
     let ip = Ipv4::new(UNDERLAY_A, UNDERLAY_B, IPPROTO_TCP);
     // A "TCP" packet whose bytes would look like VXLAN if the protocol were ignored.
-    let frame = ethernet(
-        MAC_B,
-        MAC_A,
-        ETH_P_IP,
-        &ip.packet(&udp(1, VXLAN_PORT, &[0x08, 0, 0, 0, 0, 0x10, 0, 0])),
-    );
+    let frame =
+        ethernet(MAC_B, MAC_A, ETH_P_IP, &ip.packet(&udp(1, VXLAN_PORT, &[0x08, 0, 0, 0, 0, 0x10, 0, 0])));
     let stats = assert_only_class(&frame, 1, RxClass::NotVxlan);
     assert!(stats.per_vni.is_empty());
 }
@@ -202,22 +148,14 @@ fn wrong_vxlan_flag_is_counted_as_bad_flags() {
     for flags in [0x00, 0x80, 0x01, 0xf7] {
         let frame = vxlan_frame_with(&underlay_udp(), VXLAN_PORT, flags, 4096, &inner_frame(20));
         let stats = assert_only_class(&frame, 1, RxClass::BadVxlanFlags);
-        assert!(
-            stats.per_vni.is_empty(),
-            "flags {flags:#04x} must not count per VNI"
-        );
+        assert!(stats.per_vni.is_empty(), "flags {flags:#04x} must not count per VNI");
     }
 }
 
 #[test]
 fn truncated_udp_header() {
     // IPv4 says UDP, but only 4 bytes follow the IP header.
-    let frame = ethernet(
-        MAC_B,
-        MAC_A,
-        ETH_P_IP,
-        &underlay_udp().packet(&[0x12, 0xb5, 0x12, 0xb5]),
-    );
+    let frame = ethernet(MAC_B, MAC_A, ETH_P_IP, &underlay_udp().packet(&[0x12, 0xb5, 0x12, 0xb5]));
     assert_only_class(&frame, 1, RxClass::TruncatedUdp);
 }
 
@@ -239,12 +177,7 @@ fn exactly_a_vxlan_header_and_nothing_more_is_vxlan() {
 
 #[test]
 fn truncated_ipv4_header() {
-    let frame = ethernet(
-        MAC_B,
-        MAC_A,
-        ETH_P_IP,
-        &[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 17],
-    );
+    let frame = ethernet(MAC_B, MAC_A, ETH_P_IP, &[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 17]);
     assert_only_class(&frame, 1, RxClass::TruncatedIpv4);
 }
 
@@ -252,12 +185,7 @@ fn truncated_ipv4_header() {
 fn ipv4_header_length_below_five_words_is_malformed() {
     let mut ip = underlay_udp();
     ip.ihl = Some(4);
-    let frame = ethernet(
-        MAC_B,
-        MAC_A,
-        ETH_P_IP,
-        &ip.packet(&udp(1, VXLAN_PORT, &[0x08; 16])),
-    );
+    let frame = ethernet(MAC_B, MAC_A, ETH_P_IP, &ip.packet(&udp(1, VXLAN_PORT, &[0x08; 16])));
     assert_only_class(&frame, 1, RxClass::TruncatedIpv4);
 }
 
@@ -270,12 +198,7 @@ fn non_ipv4_frames() {
     // EtherType IPv4 with an IPv6 version nibble.
     let mut ip = underlay_udp();
     ip.version = 6;
-    let liar = ethernet(
-        MAC_B,
-        MAC_A,
-        ETH_P_IP,
-        &ip.packet(&udp(1, VXLAN_PORT, &[0x08; 16])),
-    );
+    let liar = ethernet(MAC_B, MAC_A, ETH_P_IP, &ip.packet(&udp(1, VXLAN_PORT, &[0x08; 16])));
     assert_only_class(&liar, 1, RxClass::NonIpv4);
 }
 

@@ -23,10 +23,7 @@ fn ping(tb: &Testbed, from: usize, to: usize) -> Result<String, TestbedError> {
 fn root_links() -> String {
     let out = cmd::run(&mut command("ip", ["-o", "link", "show"])).unwrap();
     // Drop counters-like fields that change by themselves; keep names and indices.
-    out.lines()
-        .map(|l| l.split(':').take(2).collect::<Vec<_>>().join(":"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    out.lines().map(|l| l.split(':').take(2).collect::<Vec<_>>().join(":")).collect::<Vec<_>>().join("\n")
 }
 
 fn netns_of(name: &str) -> Vec<String> {
@@ -54,31 +51,19 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 /// Everything of testbed `name` is gone: namespaces, directory, mounts.
 fn assert_gone(name: &str) {
     let dir = Path::new(testbed::ROOT).join(name);
-    assert_eq!(
-        netns_of(name),
-        Vec::<String>::new(),
-        "namespaces of {name} left"
-    );
-    assert_eq!(
-        mounts_under(&dir),
-        Vec::<String>::new(),
-        "mounts of {name} left"
-    );
+    assert_eq!(netns_of(name), Vec::<String>::new(), "namespaces of {name} left");
+    assert_eq!(mounts_under(&dir), Vec::<String>::new(), "mounts of {name} left");
     assert!(!dir.exists(), "{} left", dir.display());
 }
 
 fn wait_gone(name: &str) {
-    poll::until(
-        &format!("testbed {name} to be removed"),
-        Duration::from_secs(20),
-        || {
-            if netns_of(name).is_empty() && !Path::new(testbed::ROOT).join(name).exists() {
-                Ok(())
-            } else {
-                Err("still there")
-            }
-        },
-    )
+    poll::until(&format!("testbed {name} to be removed"), Duration::from_secs(20), || {
+        if netns_of(name).is_empty() && !Path::new(testbed::ROOT).join(name).exists() {
+            Ok(())
+        } else {
+            Err("still there")
+        }
+    })
     .unwrap();
     assert_gone(name);
 }
@@ -89,70 +74,36 @@ fn three_hosts_reach_each_other_on_the_underlay() {
     for from in 0..3 {
         for to in 0..3 {
             if from != to {
-                ping(&tb, from, to)
-                    .unwrap_or_else(|e| panic!("node{} -> node{}: {e}", from + 1, to + 1));
+                ping(&tb, from, to).unwrap_or_else(|e| panic!("node{} -> node{}: {e}", from + 1, to + 1));
             }
         }
     }
     for (i, h) in tb.hosts().iter().enumerate() {
         assert_eq!(h.name, format!("node{}", i + 1));
-        assert_eq!(
-            h.run("hostname", [] as [&str; 0]).unwrap().trim(),
-            h.name,
-            "own UTS namespace"
-        );
-        let addrs = h
-            .run("ip", ["-4", "-o", "addr", "show", "dev", "eth0"])
-            .unwrap();
-        assert!(
-            addrs.contains(&format!("inet {}/24", h.underlay_ip)),
-            "{addrs}"
-        );
+        assert_eq!(h.run("hostname", [] as [&str; 0]).unwrap().trim(), h.name, "own UTS namespace");
+        let addrs = h.run("ip", ["-4", "-o", "addr", "show", "dev", "eth0"]).unwrap();
+        assert!(addrs.contains(&format!("inet {}/24", h.underlay_ip)), "{addrs}");
         assert!(h.state_dir().is_dir());
-        assert!(
-            testbed::is_bpffs(&h.bpffs()),
-            "{} is its own bpffs",
-            h.bpffs().display()
-        );
+        assert!(testbed::is_bpffs(&h.bpffs()), "{} is its own bpffs", h.bpffs().display());
     }
     // Each host has its own bpffs instance: a file pinned in one is not in another.
     std::fs::create_dir(tb.host(0).bpffs().join("only-here")).unwrap();
     assert!(!tb.host(1).bpffs().join("only-here").exists());
     // The machine's own hostname is untouched.
     let here = cmd::run(&mut command("hostname", [] as [&str; 0])).unwrap();
-    assert!(
-        !here.trim().starts_with("node"),
-        "root hostname changed to {here}"
-    );
+    assert!(!here.trim().starts_with("node"), "root hostname changed to {here}");
 }
 
 #[test]
 fn root_namespace_is_not_on_the_switch() {
     let before = root_links();
     let tb = Testbed::up(2).unwrap();
-    assert_eq!(
-        root_links(),
-        before,
-        "the testbed adds no links to the root namespace"
-    );
+    assert_eq!(root_links(), before, "the testbed adds no links to the root namespace");
     // The hosts' underlay ports sit on a bridge inside the switch namespace.
-    let ports = cmd::run(&mut command(
-        "ip",
-        [
-            "-n",
-            &tb.switch_netns(),
-            "-o",
-            "link",
-            "show",
-            "master",
-            "br0",
-        ],
-    ))
-    .unwrap();
-    assert!(
-        ports.contains("node1@") && ports.contains("node2@"),
-        "{ports}"
-    );
+    let ports =
+        cmd::run(&mut command("ip", ["-n", &tb.switch_netns(), "-o", "link", "show", "master", "br0"]))
+            .unwrap();
+    assert!(ports.contains("node1@") && ports.contains("node2@"), "{ports}");
 }
 
 #[test]
@@ -164,12 +115,7 @@ fn a_cut_host_is_unreachable_until_restored() {
     assert!(err.to_string().contains("ping"), "{err}");
     ping(&tb, 1, 0).expect_err("and cannot reach out either");
     tb.restore(tb.host(1)).unwrap();
-    poll::until(
-        "node2 to be reachable again",
-        Duration::from_secs(10),
-        || ping(&tb, 0, 1),
-    )
-    .unwrap();
+    poll::until("node2 to be reachable again", Duration::from_secs(10), || ping(&tb, 0, 1)).unwrap();
 }
 
 #[test]
@@ -177,21 +123,13 @@ fn down_removes_namespaces_links_mounts_and_processes() {
     let before = root_links();
     let tb = Testbed::up(2).unwrap();
     let name = tb.name().to_owned();
-    let mut sleeper = tb
-        .host(1)
-        .command("sleep")
-        .unwrap()
-        .arg("1000")
-        .spawn()
-        .unwrap();
+    let mut sleeper = tb.host(1).command("sleep").unwrap().arg("1000").spawn().unwrap();
     assert_eq!(netns_of(&name).len(), 3, "switch + 2 hosts");
     tb.down().unwrap();
     assert_gone(&name);
-    let status = poll::until(
-        "the process in the host to be killed",
-        Duration::from_secs(10),
-        || sleeper.try_wait().unwrap().ok_or("still running"),
-    )
+    let status = poll::until("the process in the host to be killed", Duration::from_secs(10), || {
+        sleeper.try_wait().unwrap().ok_or("still running")
+    })
     .unwrap();
     assert!(!status.success());
     assert_eq!(root_links(), before);
@@ -212,20 +150,11 @@ fn drop_during_a_panic_removes_everything() {
 
 /// Starts the holder helper, which owns a testbed, and waits until it is ready.
 fn start_holder(name: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_testbed-holder"))
-        .arg(name)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_testbed-holder")).arg(name).stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(
-        line.trim(),
-        "ready",
-        "holder failed to create testbed {name}"
-    );
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "holder failed to create testbed {name}");
     child
 }
 
@@ -283,11 +212,7 @@ fn a_persistent_testbed_outlives_its_handle() {
     assert!(Testbed::list().contains(&name));
     tb.host(0).run("true", [] as [&str; 0]).unwrap();
     drop(tb);
-    assert_eq!(
-        netns_of(&name).len(),
-        2,
-        "dropping an opened handle keeps it"
-    );
+    assert_eq!(netns_of(&name).len(), 2, "dropping an opened handle keeps it");
     testbed::remove(&name).unwrap();
     assert_gone(&name);
 }
@@ -305,10 +230,7 @@ fn bad_requests_are_refused_and_create_nothing() {
         assert!(matches!(e, TestbedError::InvalidName(_)), "{bad:?}: {e}");
     }
     let e = Testbed::open(&name).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        format!("no testbed named {name:?} (see `cargo xtask testbed status`)")
-    );
+    assert_eq!(e.to_string(), format!("no testbed named {name:?} (see `cargo xtask testbed status`)"));
     let tb = Testbed::up(1).unwrap();
     let e = tb.host_named("node2").unwrap_err();
     assert!(e.to_string().contains("hosts are node1..node1"), "{e}");

@@ -18,22 +18,15 @@ fn agent(host: &Host, args: &[&str]) -> Result<String, cmd::CmdError> {
 }
 
 fn xdp_prog_on_eth0(host: &Host) -> Option<String> {
-    let out = host
-        .run("ip", ["-d", "link", "show", "dev", "eth0"])
-        .unwrap();
-    out.lines()
-        .find(|l| l.trim_start().starts_with("prog/xdp"))
-        .map(|l| l.trim().to_owned())
+    let out = host.run("ip", ["-d", "link", "show", "dev", "eth0"]).unwrap();
+    out.lines().find(|l| l.trim_start().starts_with("prog/xdp")).map(|l| l.trim().to_owned())
 }
 
 /// A kernel vxlan device `vx<vni>` from `local` to `remote` with an overlay address.
 fn vxlan_dev(host: &Host, vni: u32, remote: &Host, overlay: &str) {
     let dev = format!("vx{vni}");
-    let (vni_s, local, remote) = (
-        vni.to_string(),
-        host.underlay_ip.to_string(),
-        remote.underlay_ip.to_string(),
-    );
+    let (vni_s, local, remote) =
+        (vni.to_string(), host.underlay_ip.to_string(), remote.underlay_ip.to_string());
     host.run(
         "ip",
         [
@@ -42,22 +35,16 @@ fn vxlan_dev(host: &Host, vni: u32, remote: &Host, overlay: &str) {
         ],
     )
     .unwrap();
-    host.run("ip", ["addr", "add", overlay, "dev", &dev])
-        .unwrap();
+    host.run("ip", ["addr", "add", overlay, "dev", &dev]).unwrap();
     host.run("ip", ["link", "set", &dev, "up"]).unwrap();
 }
 
 /// (packets, bytes) a kernel vxlan device has sent.
 fn tx_stats(host: &Host, dev: &str) -> (u64, u64) {
-    let out = host
-        .run("ip", ["-j", "-s", "link", "show", "dev", dev])
-        .unwrap();
+    let out = host.run("ip", ["-j", "-s", "link", "show", "dev", dev]).unwrap();
     let v: Value = serde_json::from_str(&out).unwrap();
     let tx = &v[0]["stats64"]["tx"];
-    (
-        tx["packets"].as_u64().unwrap(),
-        tx["bytes"].as_u64().unwrap(),
-    )
+    (tx["packets"].as_u64().unwrap(), tx["bytes"].as_u64().unwrap())
 }
 
 fn stats(host: &Host) -> Value {
@@ -70,9 +57,7 @@ fn vni_counter(stats: &Value, vni: u32) -> (u64, u64) {
         .unwrap()
         .iter()
         .find(|e| e["vni"] == vni)
-        .map_or((0, 0), |e| {
-            (e["packets"].as_u64().unwrap(), e["bytes"].as_u64().unwrap())
-        })
+        .map_or((0, 0), |e| (e["packets"].as_u64().unwrap(), e["bytes"].as_u64().unwrap()))
 }
 
 #[test]
@@ -117,16 +102,9 @@ fn counts_real_vxlan_traffic_per_vni() {
     assert!(p42 >= 5 && p4096 >= 3, "{s}");
     assert_eq!(s["class"]["vxlan"]["packets"], p42 + p4096, "{s}");
     assert_eq!(s["class"]["vxlan"]["bytes"], b42 + b4096, "{s}");
-    assert_eq!(
-        s["vni"].as_array().unwrap().len(),
-        2,
-        "only the two VNIs in use: {s}"
-    );
+    assert_eq!(s["vni"].as_array().unwrap().len(), 2, "only the two VNIs in use: {s}");
     // The underlay's own ARP shows up as non-IPv4, never as VXLAN.
-    assert!(
-        s["class"]["non-ipv4"]["packets"].as_u64().unwrap() >= 1,
-        "{s}"
-    );
+    assert!(s["class"]["non-ipv4"]["packets"].as_u64().unwrap() >= 1, "{s}");
 }
 
 #[test]
@@ -137,23 +115,12 @@ fn cli_attaches_and_detaches_and_refuses_bad_requests() {
 
     // Bad requests change nothing.
     let e = agent(h, &["debug", "xdp", "attach", "nope0"]).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("Error: no such network interface: nope0"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("Error: no such network interface: nope0"), "{e}");
     assert!(!pins.exists(), "a refused attach creates nothing");
     let e = agent(h, &["debug", "xdp", "stats"]).unwrap_err();
-    assert!(
-        e.to_string().contains("xdp_vxlan_count is not loaded"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("xdp_vxlan_count is not loaded"), "{e}");
     let e = agent(h, &["debug", "xdp", "detach", "eth0"]).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("xdp_vxlan_count is not attached to eth0"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("xdp_vxlan_count is not attached to eth0"), "{e}");
 
     assert_eq!(xdp_prog_on_eth0(h), None);
     agent(h, &["debug", "xdp", "attach", "eth0"]).unwrap();
@@ -163,30 +130,16 @@ fn cli_attaches_and_detaches_and_refuses_bad_requests() {
     assert!(pins.join("links/xdp_vxlan_count@eth0").exists());
 
     let e = agent(h, &["debug", "xdp", "attach", "eth0"]).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("xdp_vxlan_count is already attached to eth0"),
-        "{e}"
-    );
-    assert_eq!(
-        xdp_prog_on_eth0(h).as_deref(),
-        Some(prog.as_str()),
-        "the first attachment is untouched"
-    );
+    assert!(e.to_string().contains("xdp_vxlan_count is already attached to eth0"), "{e}");
+    assert_eq!(xdp_prog_on_eth0(h).as_deref(), Some(prog.as_str()), "the first attachment is untouched");
 
     let table = agent(h, &["debug", "xdp", "stats"]).unwrap();
     assert!(table.starts_with("VNI       PACKETS   BYTES\n"), "{table}");
-    assert!(
-        table.contains("\nCLASS                PACKETS   BYTES\nvxlan "),
-        "{table}"
-    );
+    assert!(table.contains("\nCLASS                PACKETS   BYTES\nvxlan "), "{table}");
 
     agent(h, &["debug", "xdp", "detach", "eth0"]).unwrap();
     assert_eq!(xdp_prog_on_eth0(h), None);
-    assert!(
-        !pins.join("maps/VXLAN_VNI_STATS").exists(),
-        "maps are unpinned with the last attachment"
-    );
+    assert!(!pins.join("maps/VXLAN_VNI_STATS").exists(), "maps are unpinned with the last attachment");
     // Traffic still flows on a host after detach.
     h.run("ping", ["-c1", "-W1", "127.0.0.1"]).unwrap();
 }

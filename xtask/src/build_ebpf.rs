@@ -14,57 +14,28 @@ pub const BPF_TARGET: &str = "bpfel-unknown-none";
 
 /// Path of the built object.
 pub fn object_path() -> PathBuf {
-    target_dir()
-        .join("ebpf")
-        .join(BPF_TARGET)
-        .join("release")
-        .join("swarm-ebpf")
+    target_dir().join("ebpf").join(BPF_TARGET).join("release").join("swarm-ebpf")
 }
 
 pub fn run() -> anyhow::Result<PathBuf> {
     step("building eBPF programs (swarm-ebpf, release, nightly)");
     let arch = std::env::consts::ARCH;
     // What aya-build passes: the target arch for aya-ebpf, BTF for the loader.
-    let rustflags = [
-        format!("--cfg=bpf_target_arch=\"{arch}\""),
-        "-Cdebuginfo=2".into(),
-        "-Clink-arg=--btf".into(),
-    ]
-    .join("\x1f");
+    let rustflags =
+        [format!("--cfg=bpf_target_arch=\"{arch}\""), "-Cdebuginfo=2".into(), "-Clink-arg=--btf".into()]
+            .join("\x1f");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace_root())
-        .args([
-            "run",
-            NIGHTLY,
-            "cargo",
-            "build",
-            "--package",
-            "swarm-ebpf",
-            "--release",
-        ])
-        .args([
-            "--target",
-            BPF_TARGET,
-            "-Z",
-            "build-std=core",
-            "--target-dir",
-        ])
+        .args(["run", NIGHTLY, "cargo", "build", "--package", "swarm-ebpf", "--release"])
+        .args(["--target", BPF_TARGET, "-Z", "build-std=core", "--target-dir"])
         .arg(target_dir().join("ebpf"))
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     // Whatever toolchain runs xtask must not leak into the nightly build.
-    for var in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTUP_TOOLCHAIN",
-        "RUSTFLAGS",
-        "CARGO",
-    ] {
+    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "RUSTFLAGS", "CARGO"]
+    {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
-        .context("running `rustup run nightly cargo build` for swarm-ebpf")?;
+    let status = cmd.status().context("running `rustup run nightly cargo build` for swarm-ebpf")?;
     if !status.success() {
         bail!(
             "building swarm-ebpf failed ({status}); if bpf-linker or rust-src is missing, run `cargo xtask setup`"

@@ -14,10 +14,7 @@ pub const NIGHTLY: &str = "nightly";
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip: namespaces, veth, bridges, vxlan in tests"),
     ("iputils-ping", "ping between testbed hosts"),
-    (
-        "util-linux",
-        "unshare/nsenter for the testbed's UTS namespaces",
-    ),
+    ("util-linux", "unshare/nsenter for the testbed's UTS namespaces"),
     ("busybox-static", "the test container image"),
     ("iperf3", "overlay benchmarks"),
     ("runc", "the OCI runtime that runs tasks"),
@@ -35,11 +32,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .map(|(p, _)| *p)
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
         step("Debian packages: all present");
         return Ok(());
@@ -54,10 +47,7 @@ fn apt_packages() -> anyhow::Result<()> {
         let why = PACKAGES.iter().find(|(n, _)| n == p).map_or("", |(_, w)| w);
         step(&format!("installing Debian package {p} ({why})"));
     }
-    run_ok(
-        Command::new("apt-get").args(["update", "-qq"]),
-        "apt-get update",
-    )?;
+    run_ok(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
     run_ok(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -69,13 +59,9 @@ fn apt_packages() -> anyhow::Result<()> {
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
-        })
+    Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]).output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+    })
 }
 
 fn nix_is_root() -> bool {
@@ -84,10 +70,8 @@ fn nix_is_root() -> bool {
 
 /// LLVM major version of the nightly toolchain; bpf-linker must match it.
 fn nightly_llvm_major() -> anyhow::Result<u32> {
-    let out = Command::new("rustup")
-        .args(["run", NIGHTLY, "rustc", "-vV"])
-        .output()
-        .context("running rustup")?;
+    let out =
+        Command::new("rustup").args(["run", NIGHTLY, "rustc", "-vV"]).output().context("running rustup")?;
     if !out.status.success() {
         bail!(
             "the `{NIGHTLY}` Rust toolchain is missing; the eBPF programs need it \
@@ -96,19 +80,12 @@ fn nightly_llvm_major() -> anyhow::Result<u32> {
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let release = text
-        .lines()
-        .find_map(|l| l.strip_prefix("release: "))
-        .unwrap_or("?");
+    let release = text.lines().find_map(|l| l.strip_prefix("release: ")).unwrap_or("?");
     let llvm = text
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .context("`rustc -vV` printed no LLVM version")?;
-    let major = llvm
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .context("unparsable LLVM version")?;
+    let major = llvm.split('.').next().and_then(|m| m.parse().ok()).context("unparsable LLVM version")?;
     step(&format!("nightly toolchain: rustc {release}, LLVM {llvm}"));
     Ok(major)
 }
@@ -118,10 +95,7 @@ fn rust_src() -> anyhow::Result<()> {
         .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
         .output()
         .context("running rustup component list")?;
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
         step("rust-src for nightly: present");
         return Ok(());
     }
@@ -133,25 +107,18 @@ fn rust_src() -> anyhow::Result<()> {
 }
 
 fn nightly_sysroot() -> anyhow::Result<String> {
-    let out = Command::new("rustup")
-        .args(["run", NIGHTLY, "rustc", "--print", "sysroot"])
-        .output()?;
+    let out = Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]).output()?;
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
 /// bpf-linker must be our pinned version and load the nightly's own libLLVM.
 fn bpf_linker(llvm_major: u32) -> anyhow::Result<()> {
     let sysroot = nightly_sysroot()?;
-    let version_ok = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout).trim() == format!("bpf-linker {BPF_LINKER_VERSION}")
-        });
+    let version_ok = Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout).trim() == format!("bpf-linker {BPF_LINKER_VERSION}")
+    });
     if version_ok && links_nightly_llvm(&sysroot) {
-        step(&format!(
-            "bpf-linker {BPF_LINKER_VERSION}: present, linked against the nightly's LLVM"
-        ));
+        step(&format!("bpf-linker {BPF_LINKER_VERSION}: present, linked against the nightly's LLVM"));
         return Ok(());
     }
     step(&format!(
@@ -171,19 +138,8 @@ fn bpf_linker(llvm_major: u32) -> anyhow::Result<()> {
     let rustflags = format!("-L native={lib_dir} -l dylib={lib} -C link-arg=-Wl,-rpath,{lib_dir}");
     run_ok(
         Command::new("cargo")
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--locked",
-                "--force",
-            ])
-            .args([
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{llvm_major},no-llvm-linking"),
-            ])
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major},no-llvm-linking")])
             .env("RUSTFLAGS", rustflags)
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO_TARGET_DIR"),
@@ -198,10 +154,7 @@ fn bpf_linker(llvm_major: u32) -> anyhow::Result<()> {
 }
 
 fn links_nightly_llvm(sysroot: &str) -> bool {
-    let Ok(path) = Command::new("sh")
-        .args(["-c", "command -v bpf-linker"])
-        .output()
-    else {
+    let Ok(path) = Command::new("sh").args(["-c", "command -v bpf-linker"]).output() else {
         return false;
     };
     let path = String::from_utf8_lossy(&path.stdout).trim().to_owned();
@@ -210,17 +163,12 @@ fn links_nightly_llvm(sysroot: &str) -> bool {
     }
     Command::new("ldd").arg(&path).output().is_ok_and(|o| {
         let text = String::from_utf8_lossy(&o.stdout);
-        text.lines()
-            .any(|l| l.contains("libLLVM") && l.contains(sysroot))
-            && !text.contains("not found")
+        text.lines().any(|l| l.contains("libLLVM") && l.contains(sysroot)) && !text.contains("not found")
     })
 }
 
 fn nextest() {
-    let ok = Command::new("cargo")
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     if ok {
         step("cargo-nextest: present");
     } else {

@@ -28,21 +28,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         step("cargo fmt --check");
         cargo(&["fmt", "--all", "--check"])?;
         step("cargo clippy (stable crates, all targets, warnings are errors)");
-        cargo(&[
-            "clippy",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ])?;
+        cargo(&["clippy", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     }
     step("building binaries the tests run");
     cargo(&["build", "--bins", "--locked"])?;
-    let nextest = Command::new(cargo_bin())
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let nextest =
+        Command::new(cargo_bin()).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     let mut test_args: Vec<&str> = if nextest {
         step("running tests (cargo nextest)");
         vec!["nextest", "run", "--locked", "--no-fail-fast"]

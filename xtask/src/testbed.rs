@@ -58,13 +58,8 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
             let tb = Testbed::create(&name, hosts, Lifetime::Persistent)?;
             print_hosts(&tb);
             println!();
-            println!(
-                "Run commands in a host with:  cargo xtask testbed exec --name {name} node1 -- ip addr"
-            );
-            println!(
-                "                          or  ip netns exec {} ip addr",
-                tb.host(0).netns
-            );
+            println!("Run commands in a host with:  cargo xtask testbed exec --name {name} node1 -- ip addr");
+            println!("                          or  ip netns exec {} ip addr", tb.host(0).netns);
             println!("Remove it with:               cargo xtask testbed down --name {name}");
         }
         Cmd::Down { name, all } => {
@@ -86,11 +81,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Exec {
-            name,
-            host,
-            command,
-        } => {
+        Cmd::Exec { name, host, command } => {
             let tb = Testbed::open(&name)?;
             let (program, args) = command.split_first().context("no command given")?;
             let status = tb
@@ -117,22 +108,9 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
 }
 
 fn print_hosts(tb: &Testbed) {
-    println!(
-        "testbed {} (switch namespace {})",
-        tb.name(),
-        tb.switch_netns()
-    );
-    println!(
-        "  {:<8} {:<22} {:<12} STATE DIR",
-        "HOST", "NETNS", "UNDERLAY"
-    );
+    println!("testbed {} (switch namespace {})", tb.name(), tb.switch_netns());
+    println!("  {:<8} {:<22} {:<12} STATE DIR", "HOST", "NETNS", "UNDERLAY");
     for h in tb.hosts() {
-        println!(
-            "  {:<8} {:<22} {:<12} {}",
-            h.name,
-            h.netns,
-            h.underlay_ip,
-            h.state_dir().display()
-        );
+        println!("  {:<8} {:<22} {:<12} {}", h.name, h.netns, h.underlay_ip, h.state_dir().display());
     }
 }

@@ -81,11 +81,7 @@ impl PinLayout {
                 source: e.into(),
             })?;
         }
-        let existing = self
-            .root
-            .ancestors()
-            .find(|p| p.exists())
-            .unwrap_or(Path::new("/"));
+        let existing = self.root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
         if !is_bpffs(existing) {
             return Err(DatapathError::NotBpffs(self.root.clone()));
         }

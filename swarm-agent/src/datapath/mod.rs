@@ -44,32 +44,19 @@ pub enum DatapathError {
     },
     /// Pinning an object or finding a pinned one failed.
     #[error("{op} {}: {detail}", path.display())]
-    Pin {
-        op: &'static str,
-        path: std::path::PathBuf,
-        detail: String,
-    },
+    Pin { op: &'static str, path: std::path::PathBuf, detail: String },
     /// A network interface named by the user does not exist in this namespace.
     #[error("no such network interface: {0}")]
     NoSuchInterface(String),
     /// The program is already attached to the interface.
     #[error("{program} is already attached to {iface}")]
-    AlreadyAttached {
-        program: &'static str,
-        iface: String,
-    },
+    AlreadyAttached { program: &'static str, iface: String },
     /// Nothing of ours is attached to the interface.
     #[error("{program} is not attached to {iface}")]
-    NotAttached {
-        program: &'static str,
-        iface: String,
-    },
+    NotAttached { program: &'static str, iface: String },
     /// Nothing is pinned where the program's maps should be.
     #[error("{program} is not loaded (nothing pinned under {}); attach it with `swarm-agent debug xdp attach IFACE`", pins.display())]
-    NotLoaded {
-        program: &'static str,
-        pins: std::path::PathBuf,
-    },
+    NotLoaded { program: &'static str, pins: std::path::PathBuf },
     /// The pin directory is not on a bpf filesystem and cannot be made one.
     #[error("{} is not on a bpf filesystem; mount one with `mount -t bpf bpf {}`", .0.display(), .0.display())]
     NotBpffs(std::path::PathBuf),
@@ -88,9 +75,8 @@ pub enum DatapathError {
 /// returned handle (unit tests).
 pub fn load(pins: Option<&PinLayout>) -> Result<Ebpf, DatapathError> {
     let mut loader = EbpfLoader::new();
-    let paths: Vec<_> = pins
-        .map(|p| names::ALL_MAPS.iter().map(|m| (*m, p.map(m))).collect())
-        .unwrap_or_default();
+    let paths: Vec<_> =
+        pins.map(|p| names::ALL_MAPS.iter().map(|m| (*m, p.map(m))).collect()).unwrap_or_default();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

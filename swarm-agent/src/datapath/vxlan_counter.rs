@@ -60,9 +60,7 @@ impl VxlanStats {
 
     /// All frames seen.
     pub fn total(&self) -> Counter {
-        self.per_class
-            .values()
-            .fold(Counter::default(), |a, c| a.plus(*c))
+        self.per_class.values().fold(Counter::default(), |a, c| a.plus(*c))
     }
 }
 
@@ -73,11 +71,7 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
         .program_mut(PROG_XDP_VXLAN_COUNT)
         .ok_or(DatapathError::MissingProgram(PROG_XDP_VXLAN_COUNT))?
         .try_into()
-        .map_err(|source| DatapathError::Program {
-            op: "opening",
-            program: PROG_XDP_VXLAN_COUNT,
-            source,
-        })?;
+        .map_err(|source| DatapathError::Program { op: "opening", program: PROG_XDP_VXLAN_COUNT, source })?;
     if prog.fd().is_err() {
         prog.load().map_err(|source| DatapathError::Program {
             op: "loading",
@@ -90,12 +84,8 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
 
 /// Reads the counters from the maps of a loaded object.
 pub fn stats(ebpf: &Ebpf) -> Result<VxlanStats, DatapathError> {
-    let vni = ebpf
-        .map(MAP_VXLAN_VNI_STATS)
-        .ok_or(DatapathError::MissingMap(MAP_VXLAN_VNI_STATS))?;
-    let class = ebpf
-        .map(MAP_XDP_RX_CLASS_STATS)
-        .ok_or(DatapathError::MissingMap(MAP_XDP_RX_CLASS_STATS))?;
+    let vni = ebpf.map(MAP_VXLAN_VNI_STATS).ok_or(DatapathError::MissingMap(MAP_VXLAN_VNI_STATS))?;
+    let class = ebpf.map(MAP_XDP_RX_CLASS_STATS).ok_or(DatapathError::MissingMap(MAP_XDP_RX_CLASS_STATS))?;
     read_stats(vni, class)
 }
 
@@ -105,18 +95,15 @@ fn read_stats(vni_map: &Map, class_map: &Map) -> Result<VxlanStats, DatapathErro
         PerCpuHashMap::try_from(vni_map).map_err(map_err(MAP_VXLAN_VNI_STATS))?;
     let class: PerCpuArray<&MapData, Counter> =
         PerCpuArray::try_from(class_map).map_err(map_err(MAP_XDP_RX_CLASS_STATS))?;
-    let sum = |values: &aya::maps::PerCpuValues<Counter>| {
-        values.iter().fold(Counter::default(), |a, c| a.plus(*c))
-    };
+    let sum =
+        |values: &aya::maps::PerCpuValues<Counter>| values.iter().fold(Counter::default(), |a, c| a.plus(*c));
     let mut stats = VxlanStats::default();
     for entry in &vni {
         let (key, values) = entry.map_err(map_err(MAP_VXLAN_VNI_STATS))?;
         stats.per_vni.insert(key.vni, sum(&values));
     }
     for c in RxClass::ALL {
-        let values = class
-            .get(&c.index(), 0)
-            .map_err(map_err(MAP_XDP_RX_CLASS_STATS))?;
+        let values = class.get(&c.index(), 0).map_err(map_err(MAP_XDP_RX_CLASS_STATS))?;
         stats.per_class.insert(c, sum(&values));
     }
     Ok(stats)
@@ -125,11 +112,7 @@ fn read_stats(vni_map: &Map, class_map: &Map) -> Result<VxlanStats, DatapathErro
 /// Attaches the counter to `iface` in the calling thread's network namespace
 /// and pins the link under `pins`, so it stays attached after this process
 /// exits. Returns the XDP mode in use.
-pub fn attach_pinned(
-    pins: &PinLayout,
-    iface: &str,
-    mode: AttachMode,
-) -> Result<XdpMode, DatapathError> {
+pub fn attach_pinned(pins: &PinLayout, iface: &str, mode: AttachMode) -> Result<XdpMode, DatapathError> {
     // Check everything the user named before changing anything.
     let ifindex = if_index(iface)?;
     let link_path = pins.link(PROG_XDP_VXLAN_COUNT, iface);
@@ -146,13 +129,11 @@ pub fn attach_pinned(
     for &m in mode.candidates() {
         match prog.attach_to_if_index(ifindex, m) {
             Ok(id) => {
-                let link = prog
-                    .take_link(id)
-                    .map_err(|source| DatapathError::Program {
-                        op: "taking link of",
-                        program: PROG_XDP_VXLAN_COUNT,
-                        source,
-                    })?;
+                let link = prog.take_link(id).map_err(|source| DatapathError::Program {
+                    op: "taking link of",
+                    program: PROG_XDP_VXLAN_COUNT,
+                    source,
+                })?;
                 let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
                     op: "pinning link at",
                     path: link_path.clone(),
@@ -175,11 +156,7 @@ pub fn attach_pinned(
             iface: iface.to_owned(),
         });
     }
-    Err(DatapathError::Program {
-        op: "attaching",
-        program: PROG_XDP_VXLAN_COUNT,
-        source,
-    })
+    Err(DatapathError::Program { op: "attaching", program: PROG_XDP_VXLAN_COUNT, source })
 }
 
 /// Detaches a counter attached with [`attach_pinned`]. When no attachment is
@@ -187,10 +164,7 @@ pub fn attach_pinned(
 pub fn detach_pinned(pins: &PinLayout, iface: &str) -> Result<(), DatapathError> {
     let link_path = pins.link(PROG_XDP_VXLAN_COUNT, iface);
     if !link_path.exists() {
-        return Err(DatapathError::NotAttached {
-            program: PROG_XDP_VXLAN_COUNT,
-            iface: iface.to_owned(),
-        });
+        return Err(DatapathError::NotAttached { program: PROG_XDP_VXLAN_COUNT, iface: iface.to_owned() });
     }
     let pin_err = |e: &dyn std::fmt::Display| DatapathError::Pin {
         op: "unpinning link at",
@@ -207,11 +181,7 @@ pub fn detach_pinned(pins: &PinLayout, iface: &str) -> Result<(), DatapathError>
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(DatapathError::Io {
-                        op: "removing",
-                        path: p,
-                        source,
-                    });
+                    return Err(DatapathError::Io { op: "removing", path: p, source });
                 }
             }
         }
@@ -252,8 +222,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn if_index(iface: &str) -> Result<u32, DatapathError> {
-    nix::net::if_::if_nametoindex(iface)
-        .map_err(|_| DatapathError::NoSuchInterface(iface.to_owned()))
+    nix::net::if_::if_nametoindex(iface).map_err(|_| DatapathError::NoSuchInterface(iface.to_owned()))
 }
 
 fn busy(e: &aya::programs::ProgramError) -> bool {
