@@ -3,5 +3,6 @@
 //! This library holds everything the binary does, so integration tests can
 //! drive the same code.
 
+pub mod cluster;
 pub mod datapath;
 pub mod table;

@@ -1,0 +1,1 @@
+//! Raft network (filled in with the RPC layer).

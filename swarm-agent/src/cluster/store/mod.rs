@@ -1,0 +1,4 @@
+//! The replicated store: object model and state machine.
+
+pub mod model;
+pub mod state;

@@ -1,0 +1,428 @@
+//! The replicated state machine: the cluster's objects and the commands that
+//! change them. Pure: `apply` takes a command and the Raft index it was
+//! committed at and changes the state deterministically, or refuses with
+//! Docker's error text and changes nothing. Every manager applies the same
+//! commands in the same order; the leader also runs the checks before
+//! proposing, so users get errors without a round of consensus.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{
+    Cluster, ClusterSpec, ManagerInfo, Meta, Nanos, Network, Node, NodeDescription, NodeSpec, NodeState,
+};
+use crate::cluster::{ca::Role, error::ApiError};
+
+/// Everything the managers replicate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster: Option<Cluster>,
+    pub nodes: BTreeMap<String, Node>,
+    pub networks: BTreeMap<String, Network>,
+    /// Nodes removed from the swarm: their certificates are refused.
+    pub removed_nodes: BTreeSet<String>,
+}
+
+/// A change to the state. `now` fields are set by the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `swarm init`: the cluster, the first manager and the ingress network.
+    CreateCluster { cluster: Box<Cluster>, node: Box<Node>, ingress: Box<Network> },
+    /// A node joined (its certificate was issued).
+    AddNode { node: Box<Node> },
+    /// `node update`: the user's spec, guarded by the version they read.
+    UpdateNodeSpec { id: String, version: u64, spec: NodeSpec, now: Nanos },
+    /// Liveness as seen by the leader's dispatcher.
+    SetNodeStatus { id: String, state: NodeState, message: String, addr: Option<String>, now: Nanos },
+    /// What a node reports about itself.
+    SetNodeDescription { id: String, description: NodeDescription, now: Nanos },
+    /// The role a node's certificate carries now, and its Raft membership.
+    SetNodeRole { id: String, role: Role, manager: Option<ManagerInfo>, now: Nanos },
+    /// `node rm [--force]`.
+    RemoveNode { id: String, force: bool, now: Nanos },
+    /// `join-token --rotate`: new tokens (`None` keeps the current one).
+    RotateJoinTokens { worker: Option<String>, manager: Option<String>, now: Nanos },
+    /// `swarm update`.
+    UpdateClusterSpec { version: u64, spec: ClusterSpec, now: Nanos },
+    /// `init --force-new-cluster`: `node_id` is now the only manager.
+    ForceNewCluster { node_id: String, manager: ManagerInfo, now: Nanos },
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::CreateCluster { cluster, .. } => write!(f, "create-cluster({})", cluster.id),
+            Command::AddNode { node } => write!(f, "add-node({})", node.id),
+            Command::UpdateNodeSpec { id, .. } => write!(f, "update-node-spec({id})"),
+            Command::SetNodeStatus { id, state, .. } => write!(f, "set-node-status({id}, {})", state.as_str()),
+            Command::SetNodeDescription { id, .. } => write!(f, "set-node-description({id})"),
+            Command::SetNodeRole { id, role, .. } => write!(f, "set-node-role({id}, {})", role.as_str()),
+            Command::RemoveNode { id, .. } => write!(f, "remove-node({id})"),
+            Command::RotateJoinTokens { .. } => write!(f, "rotate-join-tokens"),
+            Command::UpdateClusterSpec { .. } => write!(f, "update-cluster-spec"),
+            Command::ForceNewCluster { node_id, .. } => write!(f, "force-new-cluster({node_id})"),
+        }
+    }
+}
+
+/// The outcome of applying a command, returned to the proposer.
+pub type Outcome = Result<(), ApiError>;
+
+impl ClusterState {
+    /// Applies `cmd`, committed at Raft log index `index`.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        self.check(cmd)?;
+        match cmd {
+            Command::CreateCluster { cluster, node, ingress } => {
+                let mut cluster = (**cluster).clone();
+                cluster.meta.version = index;
+                let mut node = (**node).clone();
+                node.meta.version = index;
+                let mut ingress = (**ingress).clone();
+                ingress.meta.version = index;
+                self.cluster = Some(cluster);
+                self.nodes.insert(node.id.clone(), node);
+                self.networks.insert(ingress.id.clone(), ingress);
+            }
+            Command::AddNode { node } => {
+                let mut node = (**node).clone();
+                node.meta.version = index;
+                self.nodes.insert(node.id.clone(), node);
+            }
+            Command::UpdateNodeSpec { id, spec, now, .. } => {
+                let n = self.node_mut(id)?;
+                n.spec = spec.clone();
+                touch(&mut n.meta, index, *now);
+            }
+            Command::SetNodeStatus { id, state, message, addr, now } => {
+                let n = self.node_mut(id)?;
+                n.status.state = *state;
+                n.status.message.clone_from(message);
+                if let Some(a) = addr {
+                    n.status.addr.clone_from(a);
+                }
+                touch(&mut n.meta, index, *now);
+            }
+            Command::SetNodeDescription { id, description, now } => {
+                let n = self.node_mut(id)?;
+                n.description = description.clone();
+                touch(&mut n.meta, index, *now);
+            }
+            Command::SetNodeRole { id, role, manager, now } => {
+                let n = self.node_mut(id)?;
+                n.role = *role;
+                n.manager.clone_from(manager);
+                touch(&mut n.meta, index, *now);
+            }
+            Command::RemoveNode { id, .. } => {
+                self.nodes.remove(id);
+                self.removed_nodes.insert(id.clone());
+            }
+            Command::RotateJoinTokens { worker, manager, now } => {
+                let c = self.cluster_mut()?;
+                if let Some(w) = worker {
+                    c.worker_token.clone_from(w);
+                }
+                if let Some(m) = manager {
+                    c.manager_token.clone_from(m);
+                }
+                touch(&mut c.meta, index, *now);
+            }
+            Command::UpdateClusterSpec { spec, now, .. } => {
+                let c = self.cluster_mut()?;
+                c.spec = spec.clone();
+                touch(&mut c.meta, index, *now);
+            }
+            Command::ForceNewCluster { node_id, manager, now } => {
+                for n in self.nodes.values_mut() {
+                    if n.id == *node_id {
+                        n.role = Role::Manager;
+                        n.spec.role = Role::Manager;
+                        n.manager = Some(manager.clone());
+                    } else if n.role == Role::Manager || n.manager.is_some() || n.spec.role == Role::Manager {
+                        // Former managers are out of the Raft group; they stay
+                        // listed as (down) workers until removed or rejoined.
+                        n.role = Role::Worker;
+                        n.spec.role = Role::Worker;
+                        n.manager = None;
+                        n.status.state = NodeState::Down;
+                        n.status.message = "removed from the raft group by --force-new-cluster".into();
+                    } else {
+                        continue;
+                    }
+                    touch(&mut n.meta, index, *now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks `apply` makes before changing anything; the leader also
+    /// calls this before proposing.
+    pub fn check(&self, cmd: &Command) -> Outcome {
+        match cmd {
+            Command::CreateCluster { .. } => {
+                if self.cluster.is_some() {
+                    return Err(ApiError::unavailable(crate::cluster::error::ALREADY_IN_SWARM));
+                }
+            }
+            Command::AddNode { node } => {
+                if self.nodes.contains_key(&node.id) {
+                    return Err(ApiError::conflict(format!("node {} already exists", node.id)));
+                }
+            }
+            Command::UpdateNodeSpec { id, version, spec, .. } => {
+                let n = self.node(id)?;
+                if n.meta.version != *version {
+                    return Err(ApiError::invalid("update out of sequence"));
+                }
+                if n.spec.role == Role::Manager && spec.role == Role::Worker && self.desired_managers() == 1 {
+                    return Err(ApiError::precondition("attempting to demote the last manager of the swarm"));
+                }
+            }
+            Command::SetNodeStatus { id, .. }
+            | Command::SetNodeDescription { id, .. }
+            | Command::SetNodeRole { id, .. } => {
+                self.node(id)?;
+            }
+            Command::RemoveNode { id, force, .. } => {
+                let n = self.node(id)?;
+                if n.spec.role == Role::Manager || n.manager.is_some() {
+                    return Err(ApiError::precondition(format!(
+                        "node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
+                    )));
+                }
+                if !force && n.status.state == NodeState::Ready {
+                    return Err(ApiError::precondition(format!("node {id} is not down and can't be removed")));
+                }
+            }
+            Command::RotateJoinTokens { .. } | Command::ForceNewCluster { .. } => {
+                self.cluster()?;
+            }
+            Command::UpdateClusterSpec { version, .. } => {
+                if self.cluster()?.meta.version != *version {
+                    return Err(ApiError::invalid("update out of sequence"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn cluster(&self) -> Result<&Cluster, ApiError> {
+        self.cluster.as_ref().ok_or_else(|| ApiError::unavailable(crate::cluster::error::NOT_IN_SWARM))
+    }
+
+    fn cluster_mut(&mut self) -> Result<&mut Cluster, ApiError> {
+        self.cluster.as_mut().ok_or_else(|| ApiError::unavailable(crate::cluster::error::NOT_IN_SWARM))
+    }
+
+    pub fn node(&self, id: &str) -> Result<&Node, ApiError> {
+        self.nodes.get(id).ok_or_else(|| ApiError::not_found(format!("node {id} not found")))
+    }
+
+    fn node_mut(&mut self, id: &str) -> Result<&mut Node, ApiError> {
+        self.nodes.get_mut(id).ok_or_else(|| ApiError::not_found(format!("node {id} not found")))
+    }
+
+    /// Finds a node by full ID, then name or hostname, then unique ID prefix
+    /// (as `docker node inspect` resolves its argument).
+    pub fn resolve_node(&self, input: &str) -> Result<&Node, ApiError> {
+        if let Some(n) = self.nodes.get(input) {
+            return Ok(n);
+        }
+        let by_name: Vec<&Node> =
+            self.nodes.values().filter(|n| n.spec.name == input || n.description.hostname == input).collect();
+        let candidates: Vec<&Node> = if by_name.is_empty() {
+            self.nodes.values().filter(|n| !input.is_empty() && n.id.starts_with(input)).collect()
+        } else {
+            by_name
+        };
+        match candidates.as_slice() {
+            [n] => Ok(n),
+            [] => Err(ApiError::not_found(format!("node {input} not found"))),
+            many => Err(ApiError::invalid(format!("node {input} is ambiguous ({} matches found)", many.len()))),
+        }
+    }
+
+    /// Nodes whose desired role is manager.
+    pub fn desired_managers(&self) -> usize {
+        self.nodes.values().filter(|n| n.spec.role == Role::Manager).count()
+    }
+
+    /// Nodes that are Raft members.
+    pub fn raft_members(&self) -> impl Iterator<Item = (&Node, &ManagerInfo)> {
+        self.nodes.values().filter_map(|n| n.manager.as_ref().map(|m| (n, m)))
+    }
+
+    pub fn node_by_raft_id(&self, raft_id: u64) -> Option<&Node> {
+        self.nodes.values().find(|n| n.manager.as_ref().is_some_and(|m| m.raft_id == raft_id))
+    }
+}
+
+fn touch(meta: &mut Meta, index: u64, now: Nanos) {
+    meta.version = index;
+    meta.updated_at = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::store::model::{Availability, NodeStatus};
+
+    fn node(id: &str, role: Role, state: NodeState) -> Node {
+        Node {
+            id: id.into(),
+            meta: Meta::default(),
+            spec: NodeSpec { name: String::new(), labels: BTreeMap::new(), role, availability: Availability::Active },
+            role,
+            description: NodeDescription { hostname: format!("host-{id}"), ..Default::default() },
+            status: NodeStatus { state, message: String::new(), addr: String::new() },
+            manager: (role == Role::Manager).then(|| ManagerInfo { raft_id: 1, addr: "198.18.0.1:2377".into() }),
+        }
+    }
+
+    fn cluster() -> Cluster {
+        Cluster {
+            id: "c".into(),
+            meta: Meta::default(),
+            spec: ClusterSpec::default(),
+            root_ca_cert: String::new(),
+            root_ca_key: String::new(),
+            worker_token: "w".into(),
+            manager_token: "m".into(),
+            default_addr_pool: vec!["10.0.0.0/8".into()],
+            subnet_size: 24,
+            data_path_port: 4789,
+        }
+    }
+
+    fn ingress() -> Network {
+        Network {
+            id: "ing".into(),
+            meta: Meta::default(),
+            name: "ingress".into(),
+            driver: "overlay".into(),
+            ingress: true,
+            attachable: false,
+            subnet: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1".into(),
+            vni: 4096,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn initialized() -> ClusterState {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            &Command::CreateCluster {
+                cluster: Box::new(cluster()),
+                node: Box::new(node("m1", Role::Manager, NodeState::Ready)),
+                ingress: Box::new(ingress()),
+            },
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn create_cluster_once() {
+        let mut s = initialized();
+        assert_eq!(s.cluster().unwrap().meta.version, 1);
+        assert_eq!(s.nodes["m1"].meta.version, 1);
+        assert_eq!(s.networks["ing"].vni, 4096);
+        let again = Command::CreateCluster {
+            cluster: Box::new(cluster()),
+            node: Box::new(node("m2", Role::Manager, NodeState::Ready)),
+            ingress: Box::new(ingress()),
+        };
+        let before = s.clone();
+        assert!(s.apply(2, &again).unwrap_err().message.starts_with("This node is already part of a swarm"));
+        assert_eq!(s, before, "a refused command changes nothing");
+    }
+
+    #[test]
+    fn last_manager_cannot_be_demoted() {
+        let mut s = initialized();
+        let mut spec = s.nodes["m1"].spec.clone();
+        spec.role = Role::Worker;
+        let cmd = Command::UpdateNodeSpec { id: "m1".into(), version: 1, spec: spec.clone(), now: 5 };
+        assert_eq!(s.apply(2, &cmd).unwrap_err().message, "attempting to demote the last manager of the swarm");
+        // With a second manager it is allowed.
+        s.apply(2, &Command::AddNode { node: Box::new(node("m2", Role::Manager, NodeState::Ready)) }).unwrap();
+        s.apply(3, &cmd).unwrap();
+        assert_eq!(s.nodes["m1"].spec.role, Role::Worker);
+        assert_eq!(s.nodes["m1"].meta.version, 3);
+        assert_eq!(s.nodes["m1"].meta.updated_at, 5);
+    }
+
+    #[test]
+    fn stale_versions_are_refused() {
+        let mut s = initialized();
+        let spec = s.nodes["m1"].spec.clone();
+        let cmd = Command::UpdateNodeSpec { id: "m1".into(), version: 0, spec, now: 0 };
+        assert_eq!(s.apply(2, &cmd).unwrap_err().message, "update out of sequence");
+    }
+
+    #[test]
+    fn remove_rules_match_swarmkit() {
+        let mut s = initialized();
+        s.apply(2, &Command::AddNode { node: Box::new(node("w1", Role::Worker, NodeState::Ready)) }).unwrap();
+        let rm = |id: &str, force| Command::RemoveNode { id: id.into(), force, now: 0 };
+        assert_eq!(
+            s.apply(3, &rm("m1", true)).unwrap_err().message,
+            "node m1 is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
+        );
+        assert_eq!(s.apply(3, &rm("w1", false)).unwrap_err().message, "node w1 is not down and can't be removed");
+        s.apply(3, &rm("w1", true)).unwrap();
+        assert!(!s.nodes.contains_key("w1"));
+        assert!(s.removed_nodes.contains("w1"));
+        assert_eq!(s.apply(4, &rm("w1", true)).unwrap_err().message, "node w1 not found");
+    }
+
+    #[test]
+    fn down_nodes_are_removed_without_force() {
+        let mut s = initialized();
+        s.apply(2, &Command::AddNode { node: Box::new(node("w1", Role::Worker, NodeState::Ready)) }).unwrap();
+        let down = Command::SetNodeStatus {
+            id: "w1".into(),
+            state: NodeState::Down,
+            message: "heartbeat failure".into(),
+            addr: None,
+            now: 9,
+        };
+        s.apply(3, &down).unwrap();
+        s.apply(4, &Command::RemoveNode { id: "w1".into(), force: false, now: 0 }).unwrap();
+    }
+
+    #[test]
+    fn nodes_resolve_by_id_name_and_prefix() {
+        let mut s = initialized();
+        s.apply(2, &Command::AddNode { node: Box::new(node("abc1", Role::Worker, NodeState::Ready)) }).unwrap();
+        s.apply(3, &Command::AddNode { node: Box::new(node("abc2", Role::Worker, NodeState::Ready)) }).unwrap();
+        assert_eq!(s.resolve_node("abc1").unwrap().id, "abc1");
+        assert_eq!(s.resolve_node("host-abc2").unwrap().id, "abc2");
+        assert_eq!(s.resolve_node("m").unwrap().id, "m1");
+        assert_eq!(s.resolve_node("abc").unwrap_err().message, "node abc is ambiguous (2 matches found)");
+        assert_eq!(s.resolve_node("zzz").unwrap_err().message, "node zzz not found");
+    }
+
+    #[test]
+    fn force_new_cluster_keeps_nodes_and_leaves_one_manager() {
+        let mut s = initialized();
+        let mut m2 = node("m2", Role::Manager, NodeState::Ready);
+        m2.manager = Some(ManagerInfo { raft_id: 2, addr: "198.18.0.2:2377".into() });
+        s.apply(2, &Command::AddNode { node: Box::new(m2) }).unwrap();
+        s.apply(3, &Command::AddNode { node: Box::new(node("w1", Role::Worker, NodeState::Ready)) }).unwrap();
+        let info = ManagerInfo { raft_id: 77, addr: "198.18.0.1:2377".into() };
+        s.apply(4, &Command::ForceNewCluster { node_id: "m1".into(), manager: info.clone(), now: 1 }).unwrap();
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!(s.nodes["m1"].manager, Some(info));
+        assert_eq!(s.nodes["m2"].role, Role::Worker);
+        assert_eq!(s.nodes["m2"].manager, None);
+        assert_eq!(s.nodes["m2"].status.state, NodeState::Down);
+        assert_eq!(s.nodes["w1"].meta.version, 3, "workers untouched");
+        assert_eq!(s.raft_members().count(), 1);
+    }
+}
