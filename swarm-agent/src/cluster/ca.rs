@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 use time::OffsetDateTime;
@@ -94,7 +94,8 @@ impl RootCa {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, ROOT_CN);
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - CERT_BACKDATE;
         params.not_after = now + ROOT_VALIDITY;
@@ -109,7 +110,10 @@ impl RootCa {
             .map_err(|e| CaError::Invalid(format!("root CA certificate: {e}")))?;
         let info = CertInfo::from_der(&der)?;
         if info.common_name != ROOT_CN {
-            return Err(CaError::Invalid(format!("root CA has CN {:?}, expected {ROOT_CN:?}", info.common_name)));
+            return Err(CaError::Invalid(format!(
+                "root CA has CN {:?}, expected {ROOT_CN:?}",
+                info.common_name
+            )));
         }
         if let Some(k) = key_pem {
             KeyPair::from_pem(k)?;
@@ -153,7 +157,12 @@ impl RootCa {
     }
 }
 
-fn node_params(node_id: &str, role: Role, cluster_id: &str, expiry: Duration) -> Result<CertificateParams, CaError> {
+fn node_params(
+    node_id: &str,
+    role: Role,
+    cluster_id: &str,
+    expiry: Duration,
+) -> Result<CertificateParams, CaError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::OrganizationName, cluster_id);
@@ -163,11 +172,10 @@ fn node_params(node_id: &str, role: Role, cluster_id: &str, expiry: Duration) ->
     if role == Role::Manager {
         sans.push(ROOT_CN.to_owned());
     }
-    p.subject_alt_names = sans
-        .into_iter()
-        .map(|s| s.try_into().map(SanType::DnsName))
-        .collect::<Result<_, _>>()
-        .map_err(|e: rcgen::Error| CaError::Invalid(format!("node id {node_id:?} is not a DNS name: {e}")))?;
+    p.subject_alt_names =
+        sans.into_iter().map(|s| s.try_into().map(SanType::DnsName)).collect::<Result<_, _>>().map_err(
+            |e: rcgen::Error| CaError::Invalid(format!("node id {node_id:?} is not a DNS name: {e}")),
+        )?;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let now = OffsetDateTime::now_utc();
@@ -209,17 +217,20 @@ pub struct CertInfo {
 
 impl CertInfo {
     pub fn from_pem(pem: &str) -> Result<CertInfo, CaError> {
-        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| CaError::Invalid(e.to_string()))?;
+        let der =
+            CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| CaError::Invalid(e.to_string()))?;
         CertInfo::from_der(&der)
     }
 
     pub fn from_der(der: &[u8]) -> Result<CertInfo, CaError> {
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| CaError::Invalid(format!("parsing: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| CaError::Invalid(format!("parsing: {e}")))?;
         let attr = |name: &x509_parser::x509::X509Name<'_>, oid: &x509_parser::der_parser::oid::Oid<'_>| {
             name.iter_by_oid(oid).next().and_then(|a| a.as_str().ok()).unwrap_or_default().to_owned()
         };
-        use x509_parser::oid_registry::{OID_X509_COMMON_NAME, OID_X509_ORGANIZATION_NAME, OID_X509_ORGANIZATIONAL_UNIT};
+        use x509_parser::oid_registry::{
+            OID_X509_COMMON_NAME, OID_X509_ORGANIZATION_NAME, OID_X509_ORGANIZATIONAL_UNIT,
+        };
         Ok(CertInfo {
             common_name: attr(cert.subject(), &OID_X509_COMMON_NAME),
             organizational_unit: attr(cert.subject(), &OID_X509_ORGANIZATIONAL_UNIT),
@@ -261,7 +272,15 @@ mod tests {
         p.distinguished_name.push(DnType::CommonName, "evil");
         p.distinguished_name.push(DnType::OrganizationalUnitName, "swarm-manager");
         let csr = p.serialize_request(&key).unwrap().pem().unwrap();
-        let pem = ca.sign_node_csr(&csr, "nodeid0000000000000000001", Role::Worker, "clusterid", DEFAULT_NODE_CERT_EXPIRY).unwrap();
+        let pem = ca
+            .sign_node_csr(
+                &csr,
+                "nodeid0000000000000000001",
+                Role::Worker,
+                "clusterid",
+                DEFAULT_NODE_CERT_EXPIRY,
+            )
+            .unwrap();
         let info = CertInfo::from_pem(&pem).unwrap();
         assert_eq!(info.common_name, "nodeid0000000000000000001");
         assert_eq!(info.organizational_unit, "swarm-worker");
@@ -277,8 +296,14 @@ mod tests {
         let ca = RootCa::generate().unwrap();
         let worker_view = RootCa::from_pem(ca.cert_pem(), None).unwrap();
         let (_, csr) = new_key_and_csr().unwrap();
-        assert!(matches!(worker_view.sign_node_csr(&csr, "n", Role::Worker, "c", MIN_NODE_CERT_EXPIRY), Err(CaError::NoKey)));
-        assert!(matches!(ca.sign_node_csr("not a csr", "n", Role::Worker, "c", MIN_NODE_CERT_EXPIRY), Err(CaError::Invalid(_))));
+        assert!(matches!(
+            worker_view.sign_node_csr(&csr, "n", Role::Worker, "c", MIN_NODE_CERT_EXPIRY),
+            Err(CaError::NoKey)
+        ));
+        assert!(matches!(
+            ca.sign_node_csr("not a csr", "n", Role::Worker, "c", MIN_NODE_CERT_EXPIRY),
+            Err(CaError::Invalid(_))
+        ));
         assert!(RootCa::from_pem("nope", None).is_err());
     }
 }

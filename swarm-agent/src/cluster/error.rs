@@ -74,8 +74,7 @@ impl ApiError {
 pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
 pub const INACTIVE: &str = "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
 pub const NOT_IN_SWARM: &str = "This node is not part of a swarm";
-pub const ALREADY_IN_SWARM: &str =
-    "This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.";
+pub const ALREADY_IN_SWARM: &str = "This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.";
 pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
 pub const INVALID_JOIN_SECRET: &str = "A valid join token is necessary to join this cluster";
 pub const PENDING: &str = "This node is joining a swarm; try again when it has joined.";

@@ -129,7 +129,10 @@ mod tests {
         let t = JoinToken::from_parts([0; 32], &[0; 16]);
         assert_eq!(t.as_str(), format!("SWMTKN-1-{}-{}", "0".repeat(50), "0".repeat(25)));
         let t = JoinToken::from_parts(ca_digest(b""), &[1; 16]);
-        assert_eq!(t.digest_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            t.digest_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(JoinToken::parse(t.as_str()).unwrap().ca_digest, ca_digest(b""));
     }
 

@@ -66,7 +66,11 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachine)> {
     Ok((log, sm))
 }
 
-fn get<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str) -> io::Result<Option<T>> {
+fn get<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> io::Result<Option<T>> {
     let tx = db.begin_read().map_err(io_err)?;
     let t = tx.open_table(table).map_err(io_err)?;
     t.get(key).map_err(io_err)?.map(|v| decode(v.value())).transpose()
@@ -141,9 +145,13 @@ impl RaftLogStorage<C> for LogStore {
         let last = {
             let tx = self.db.begin_read().map_err(io_err)?;
             let t = tx.open_table(LOG).map_err(io_err)?;
-            t.last().map_err(io_err)?.map(|(_, v)| decode::<EntryOf<C>>(v.value())).transpose()?.map(|e| e.log_id())
+            t.last()
+                .map_err(io_err)?
+                .map(|(_, v)| decode::<EntryOf<C>>(v.value()))
+                .transpose()?
+                .map(|e| e.log_id())
         };
-        Ok(LogState { last_log_id: last.or_else(|| purged.clone()), last_purged_log_id: purged })
+        Ok(LogState { last_log_id: last.or(purged), last_purged_log_id: purged })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -178,7 +186,7 @@ impl RaftLogStorage<C> for LogStore {
             // Durable (fsync) before openraft hears about it.
             tx.commit().map_err(io_err)
         })();
-        let reported = result.as_ref().map(|()| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        let reported = result.as_ref().copied().map_err(|e| io::Error::new(e.kind(), e.to_string()));
         callback.io_completed(reported);
         result
     }
@@ -252,7 +260,7 @@ impl StateMachine {
             membership: get(&db, SM, "membership")?.unwrap_or_default(),
             state: get(&db, SM, "state")?.unwrap_or_default(),
         };
-        let index = data.last_applied.as_ref().map_or(0, |l| l.index());
+        let index = data.last_applied.as_ref().map_or(0, openraft::LogId::index);
         let (applied_tx, applied_rx) = watch::channel(index);
         Ok(StateMachine { db, data: Arc::new(RwLock::new(data)), applied_tx, applied_rx })
     }
@@ -270,12 +278,16 @@ impl StateMachine {
         put_many(
             &self.db,
             SM,
-            &[("applied", encode(&a.last_applied)?), ("membership", encode(&a.membership)?), ("state", encode(&a.state)?)],
+            &[
+                ("applied", encode(&a.last_applied)?),
+                ("membership", encode(&a.membership)?),
+                ("state", encode(&a.state)?),
+            ],
         )
     }
 
     fn publish(&self, a: &Applied) {
-        let index = a.last_applied.as_ref().map_or(0, |l| l.index());
+        let index = a.last_applied.as_ref().map_or(0, openraft::LogId::index);
         self.applied_tx.send_replace(index);
     }
 }
@@ -300,7 +312,7 @@ impl RaftSnapshotBuilder<C> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
         let data = encode(&self.applied.state)?;
         let meta = SnapshotMetaOf::<C> {
-            last_log_id: self.applied.last_applied.clone(),
+            last_log_id: self.applied.last_applied,
             last_membership: self.applied.membership.clone(),
         };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
@@ -315,7 +327,7 @@ impl RaftStateMachine<C> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
         let a = self.data.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok((a.last_applied.clone(), a.membership.clone()))
+        Ok((a.last_applied, a.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -335,7 +347,7 @@ impl RaftStateMachine<C> for StateMachine {
                     EntryPayload::Blank => Ok(()),
                     EntryPayload::Normal(cmd) => a.state.apply(log_id.index(), cmd),
                     EntryPayload::Membership(m) => {
-                        a.membership = StoredMembershipOf::<C>::new(Some(log_id.clone()), m.clone());
+                        a.membership = StoredMembershipOf::<C>::new(Some(log_id), m.clone());
                         Ok(())
                     }
                 };
@@ -359,10 +371,14 @@ impl RaftStateMachine<C> for StateMachine {
         SnapshotBuilder { db: self.db.clone(), applied }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<C>,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let state: ClusterState = decode(&snapshot)?;
         let applied =
-            Applied { last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone(), state };
+            Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
         self.persist(&applied)?;
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
         put_many(&self.db, SM, &[("snapshot", encode(&stored)?)])?;

@@ -55,7 +55,9 @@ impl std::fmt::Display for Command {
             Command::CreateCluster { cluster, .. } => write!(f, "create-cluster({})", cluster.id),
             Command::AddNode { node } => write!(f, "add-node({})", node.id),
             Command::UpdateNodeSpec { id, .. } => write!(f, "update-node-spec({id})"),
-            Command::SetNodeStatus { id, state, .. } => write!(f, "set-node-status({id}, {})", state.as_str()),
+            Command::SetNodeStatus { id, state, .. } => {
+                write!(f, "set-node-status({id}, {})", state.as_str())
+            }
             Command::SetNodeDescription { id, .. } => write!(f, "set-node-description({id})"),
             Command::SetNodeRole { id, role, .. } => write!(f, "set-node-role({id}, {})", role.as_str()),
             Command::RemoveNode { id, .. } => write!(f, "remove-node({id})"),
@@ -194,7 +196,9 @@ impl ClusterState {
                     )));
                 }
                 if !force && n.status.state == NodeState::Ready {
-                    return Err(ApiError::precondition(format!("node {id} is not down and can't be removed")));
+                    return Err(ApiError::precondition(format!(
+                        "node {id} is not down and can't be removed"
+                    )));
                 }
             }
             Command::RotateJoinTokens { .. } | Command::ForceNewCluster { .. } => {
@@ -241,7 +245,9 @@ impl ClusterState {
         match candidates.as_slice() {
             [n] => Ok(n),
             [] => Err(ApiError::not_found(format!("node {input} not found"))),
-            many => Err(ApiError::invalid(format!("node {input} is ambiguous ({} matches found)", many.len()))),
+            many => {
+                Err(ApiError::invalid(format!("node {input} is ambiguous ({} matches found)", many.len())))
+            }
         }
     }
 
@@ -274,11 +280,17 @@ mod tests {
         Node {
             id: id.into(),
             meta: Meta::default(),
-            spec: NodeSpec { name: String::new(), labels: BTreeMap::new(), role, availability: Availability::Active },
+            spec: NodeSpec {
+                name: String::new(),
+                labels: BTreeMap::new(),
+                role,
+                availability: Availability::Active,
+            },
             role,
             description: NodeDescription { hostname: format!("host-{id}"), ..Default::default() },
             status: NodeStatus { state, message: String::new(), addr: String::new() },
-            manager: (role == Role::Manager).then(|| ManagerInfo { raft_id: 1, addr: "198.18.0.1:2377".into() }),
+            manager: (role == Role::Manager)
+                .then(|| ManagerInfo { raft_id: 1, addr: "198.18.0.1:2377".into() }),
         }
     }
 
@@ -348,9 +360,13 @@ mod tests {
         let mut spec = s.nodes["m1"].spec.clone();
         spec.role = Role::Worker;
         let cmd = Command::UpdateNodeSpec { id: "m1".into(), version: 1, spec: spec.clone(), now: 5 };
-        assert_eq!(s.apply(2, &cmd).unwrap_err().message, "attempting to demote the last manager of the swarm");
+        assert_eq!(
+            s.apply(2, &cmd).unwrap_err().message,
+            "attempting to demote the last manager of the swarm"
+        );
         // With a second manager it is allowed.
-        s.apply(2, &Command::AddNode { node: Box::new(node("m2", Role::Manager, NodeState::Ready)) }).unwrap();
+        s.apply(2, &Command::AddNode { node: Box::new(node("m2", Role::Manager, NodeState::Ready)) })
+            .unwrap();
         s.apply(3, &cmd).unwrap();
         assert_eq!(s.nodes["m1"].spec.role, Role::Worker);
         assert_eq!(s.nodes["m1"].meta.version, 3);
@@ -374,7 +390,10 @@ mod tests {
             s.apply(3, &rm("m1", true)).unwrap_err().message,
             "node m1 is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
         );
-        assert_eq!(s.apply(3, &rm("w1", false)).unwrap_err().message, "node w1 is not down and can't be removed");
+        assert_eq!(
+            s.apply(3, &rm("w1", false)).unwrap_err().message,
+            "node w1 is not down and can't be removed"
+        );
         s.apply(3, &rm("w1", true)).unwrap();
         assert!(!s.nodes.contains_key("w1"));
         assert!(s.removed_nodes.contains("w1"));
@@ -399,8 +418,10 @@ mod tests {
     #[test]
     fn nodes_resolve_by_id_name_and_prefix() {
         let mut s = initialized();
-        s.apply(2, &Command::AddNode { node: Box::new(node("abc1", Role::Worker, NodeState::Ready)) }).unwrap();
-        s.apply(3, &Command::AddNode { node: Box::new(node("abc2", Role::Worker, NodeState::Ready)) }).unwrap();
+        s.apply(2, &Command::AddNode { node: Box::new(node("abc1", Role::Worker, NodeState::Ready)) })
+            .unwrap();
+        s.apply(3, &Command::AddNode { node: Box::new(node("abc2", Role::Worker, NodeState::Ready)) })
+            .unwrap();
         assert_eq!(s.resolve_node("abc1").unwrap().id, "abc1");
         assert_eq!(s.resolve_node("host-abc2").unwrap().id, "abc2");
         assert_eq!(s.resolve_node("m").unwrap().id, "m1");
@@ -416,7 +437,8 @@ mod tests {
         s.apply(2, &Command::AddNode { node: Box::new(m2) }).unwrap();
         s.apply(3, &Command::AddNode { node: Box::new(node("w1", Role::Worker, NodeState::Ready)) }).unwrap();
         let info = ManagerInfo { raft_id: 77, addr: "198.18.0.1:2377".into() };
-        s.apply(4, &Command::ForceNewCluster { node_id: "m1".into(), manager: info.clone(), now: 1 }).unwrap();
+        s.apply(4, &Command::ForceNewCluster { node_id: "m1".into(), manager: info.clone(), now: 1 })
+            .unwrap();
         assert_eq!(s.nodes.len(), 3);
         assert_eq!(s.nodes["m1"].manager, Some(info));
         assert_eq!(s.nodes["m2"].role, Role::Worker);
