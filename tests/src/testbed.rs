@@ -143,19 +143,26 @@ impl Host {
         self.dir.join("state")
     }
 
+    /// `unix://` address of the host's swarm-agent API socket.
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.state_dir().join("docker.sock").display())
+    }
+
     /// Mount point of the host's own bpffs instance.
     pub fn bpffs(&self) -> PathBuf {
         self.dir.join("bpffs")
     }
 
     /// A command that runs inside this host: its network and UTS namespaces,
-    /// with `SWARM_DATA_ROOT` and `SWARM_BPFFS` pointing at the host's state
-    /// directory and bpffs.
+    /// with `SWARM_DATA_ROOT`, `SWARM_BPFFS` and `DOCKER_HOST` pointing at the
+    /// host's state directory, bpffs and agent socket.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command, TestbedError> {
         let net = File::open(self.netns_path()).map_err(io_err("open", self.netns_path()))?;
         let uts = File::open(self.uts_path()).map_err(io_err("open", self.uts_path()))?;
         let mut c = Command::new(program);
-        c.env("SWARM_DATA_ROOT", self.state_dir()).env("SWARM_BPFFS", self.bpffs().join("swarm-agent"));
+        c.env("SWARM_DATA_ROOT", self.state_dir())
+            .env("SWARM_BPFFS", self.bpffs().join("swarm-agent"))
+            .env("DOCKER_HOST", self.docker_host());
         // SAFETY: only async-signal-safe syscalls run between fork and exec.
         unsafe {
             c.pre_exec(move || {

@@ -45,8 +45,9 @@ pub enum Command {
     RotateJoinTokens { worker: Option<String>, manager: Option<String>, now: Nanos },
     /// `swarm update`.
     UpdateClusterSpec { version: u64, spec: ClusterSpec, now: Nanos },
-    /// `init --force-new-cluster`: `node_id` is now the only manager.
-    ForceNewCluster { node_id: String, manager: ManagerInfo, now: Nanos },
+    /// `init --force-new-cluster`: the state a surviving manager had, with
+    /// `node_id` as the only manager, as the first entry of a new Raft group.
+    ForceNewCluster { state: Box<ClusterState>, node_id: String, manager: ManagerInfo, now: Nanos },
 }
 
 impl std::fmt::Display for Command {
@@ -136,7 +137,8 @@ impl ClusterState {
                 c.spec = spec.clone();
                 touch(&mut c.meta, index, *now);
             }
-            Command::ForceNewCluster { node_id, manager, now } => {
+            Command::ForceNewCluster { state, node_id, manager, now } => {
+                *self = (**state).clone();
                 for n in self.nodes.values_mut() {
                     if n.id == *node_id {
                         n.role = Role::Manager;
@@ -201,8 +203,15 @@ impl ClusterState {
                     )));
                 }
             }
-            Command::RotateJoinTokens { .. } | Command::ForceNewCluster { .. } => {
+            Command::RotateJoinTokens { .. } => {
                 self.cluster()?;
+            }
+            Command::ForceNewCluster { state, node_id, .. } => {
+                if self.cluster.is_some() {
+                    return Err(ApiError::unavailable(crate::cluster::error::ALREADY_IN_SWARM));
+                }
+                state.cluster()?;
+                state.node(node_id)?;
             }
             Command::UpdateClusterSpec { version, .. } => {
                 if self.cluster()?.meta.version != *version {
@@ -437,8 +446,12 @@ mod tests {
         s.apply(2, &Command::AddNode { node: Box::new(m2) }).unwrap();
         s.apply(3, &Command::AddNode { node: Box::new(node("w1", Role::Worker, NodeState::Ready)) }).unwrap();
         let info = ManagerInfo { raft_id: 77, addr: "198.18.0.1:2377".into() };
-        s.apply(4, &Command::ForceNewCluster { node_id: "m1".into(), manager: info.clone(), now: 1 })
-            .unwrap();
+        let old = Box::new(s.clone());
+        let mut s = ClusterState::default();
+        let cmd =
+            Command::ForceNewCluster { state: old, node_id: "m1".into(), manager: info.clone(), now: 1 };
+        s.apply(1, &cmd).unwrap();
+        assert!(s.check(&cmd).is_err(), "only on a fresh raft group");
         assert_eq!(s.nodes.len(), 3);
         assert_eq!(s.nodes["m1"].manager, Some(info));
         assert_eq!(s.nodes["m2"].role, Role::Worker);
@@ -446,5 +459,6 @@ mod tests {
         assert_eq!(s.nodes["m2"].status.state, NodeState::Down);
         assert_eq!(s.nodes["w1"].meta.version, 3, "workers untouched");
         assert_eq!(s.raft_members().count(), 1);
+        assert_eq!(s.cluster().unwrap().id, "c", "the cluster keeps its identity");
     }
 }

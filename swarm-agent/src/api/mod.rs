@@ -1,0 +1,506 @@
+//! The Docker Engine API subset the swarm commands use, on a unix socket:
+//! `_ping`, `version`, `info`, `swarm`, `nodes`, `tasks`. Paths work with and
+//! without a `/v1.NN` prefix; errors are `{"message": ...}` as docker's CLI
+//! expects.
+
+pub mod convert;
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Path as UrlPath, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bollard_stubs::models as m;
+use serde::Deserialize;
+
+use crate::{
+    cluster::{
+        addr::DEFAULT_LISTEN_ADDR,
+        error::ApiError,
+        messages::{ControlRequest, ControlResponse, NodeView},
+        node::{InitParams, JoinParams},
+        store::model::{Availability, ClusterSpec},
+    },
+    daemon::{Engine, LocalNodeState},
+};
+
+/// The API version this daemon speaks (what `docker version` negotiates to).
+pub const API_VERSION: &str = "1.50";
+pub const MIN_API_VERSION: &str = "1.24";
+
+type S = State<Arc<Engine>>;
+
+/// The router, with a layer that strips `/vX.Y` prefixes.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/_ping", get(ping))
+        .route("/version", get(version))
+        .route("/info", get(info))
+        .route("/swarm", get(swarm_inspect))
+        .route("/swarm/init", post(swarm_init))
+        .route("/swarm/join", post(swarm_join))
+        .route("/swarm/leave", post(swarm_leave))
+        .route("/swarm/update", post(swarm_update))
+        .route("/swarm/unlockkey", get(swarm_unlockkey))
+        .route("/nodes", get(nodes_list))
+        .route("/nodes/{id}", get(node_inspect).delete(node_remove))
+        .route("/nodes/{id}/update", post(node_update))
+        .route("/tasks", get(tasks_list))
+        .route("/services", get(services_list))
+        .fallback(not_found)
+        .with_state(engine)
+}
+
+/// Serves the API on a unix socket until `shutdown` completes.
+pub async fn serve(
+    socket: &Path,
+    engine: Arc<Engine>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    let app = tower::ServiceBuilder::new().map_request(strip_version).service(router(engine));
+    axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `/v1.47/swarm` -> `/swarm`.
+fn strip_version(mut req: axum::extract::Request) -> axum::extract::Request {
+    let path = req.uri().path();
+    let rest = path.strip_prefix("/v").and_then(|r| {
+        let (ver, tail) = r.split_once('/')?;
+        ver.chars().all(|c| c.is_ascii_digit() || c == '.').then(|| format!("/{tail}"))
+    });
+    if let Some(new_path) = rest {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        if let Ok(uri) = pq.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("page not found")
+}
+
+fn swarm_header(state: LocalNodeState, manager: bool) -> &'static str {
+    match (state, manager) {
+        (LocalNodeState::Inactive, _) => "inactive",
+        (LocalNodeState::Pending, _) => "pending",
+        (LocalNodeState::Active, true) => "active/manager",
+        (LocalNodeState::Active, false) => "active/worker",
+    }
+}
+
+async fn ping(State(e): S) -> Response {
+    let manager = match e.node().await {
+        Some(n) => n.manager().await.is_some(),
+        None => false,
+    };
+    let mut h = HeaderMap::new();
+    h.insert("API-Version", HeaderValue::from_static(API_VERSION));
+    h.insert("Docker-Experimental", HeaderValue::from_static("false"));
+    h.insert("OSType", HeaderValue::from_static("linux"));
+    h.insert("Swarm", HeaderValue::from_static(swarm_header(e.state().await, manager)));
+    h.insert("Cache-Control", HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    h.insert("Pragma", HeaderValue::from_static("no-cache"));
+    (StatusCode::OK, h, "OK").into_response()
+}
+
+fn kernel_version() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+async fn version() -> Json<m::SystemVersion> {
+    Json(m::SystemVersion {
+        platform: Some(m::SystemVersionPlatform { name: "swarm-agent".into() }),
+        components: None,
+        version: Some(env!("CARGO_PKG_VERSION").into()),
+        api_version: Some(API_VERSION.into()),
+        min_api_version: Some(MIN_API_VERSION.into()),
+        git_commit: Some(String::new()),
+        go_version: Some(String::new()),
+        os: Some("linux".into()),
+        arch: Some(go_arch().into()),
+        kernel_version: Some(kernel_version()),
+        experimental: Some(false),
+        build_time: None,
+    })
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
+async fn control(e: &Engine, req: ControlRequest) -> Result<ControlResponse, ApiError> {
+    e.control(req).await
+}
+
+async fn list_views(e: &Engine) -> Result<Vec<NodeView>, ApiError> {
+    match control(e, ControlRequest::ListNodes).await? {
+        ControlResponse::Nodes(v) => Ok(v),
+        _ => Err(ApiError::internal("unexpected response")),
+    }
+}
+
+async fn get_cluster(e: &Engine) -> Result<crate::cluster::store::model::Cluster, ApiError> {
+    match control(e, ControlRequest::GetSwarm).await? {
+        ControlResponse::Swarm(c) => Ok(*c),
+        _ => Err(ApiError::internal("unexpected response")),
+    }
+}
+
+async fn swarm_info(e: &Engine) -> m::SwarmInfo {
+    let state = e.state().await;
+    let local_state = match state {
+        LocalNodeState::Inactive => m::LocalNodeState::INACTIVE,
+        LocalNodeState::Pending => m::LocalNodeState::PENDING,
+        LocalNodeState::Active => m::LocalNodeState::ACTIVE,
+    };
+    let Some(node) = e.node().await else {
+        return m::SwarmInfo {
+            node_id: Some(String::new()),
+            node_addr: Some(String::new()),
+            local_node_state: Some(local_state),
+            control_available: Some(false),
+            error: Some(String::new()),
+            remote_managers: None,
+            nodes: None,
+            managers: None,
+            cluster: None,
+        };
+    };
+    let local = node.local();
+    let node_addr =
+        local.advertise_addr.rsplit_once(':').map_or(local.advertise_addr.as_str(), |(h, _)| h).to_owned();
+    let mut info = m::SwarmInfo {
+        node_id: Some(local.node_id.clone()),
+        node_addr: Some(node_addr),
+        local_node_state: Some(local_state),
+        control_available: Some(node.manager().await.is_some()),
+        error: Some(String::new()),
+        remote_managers: Some(
+            local
+                .managers
+                .iter()
+                .map(|a| m::PeerNode { node_id: Some(String::new()), addr: Some(a.clone()) })
+                .collect(),
+        ),
+        nodes: None,
+        managers: None,
+        cluster: None,
+    };
+    if info.control_available == Some(true) {
+        match (list_views(e).await, get_cluster(e).await) {
+            (Ok(views), Ok(cluster)) => {
+                let managers: Vec<m::PeerNode> = views
+                    .iter()
+                    .filter_map(|v| {
+                        v.node.manager.as_ref().map(|mi| m::PeerNode {
+                            node_id: Some(v.node.id.clone()),
+                            addr: Some(mi.addr.clone()),
+                        })
+                    })
+                    .collect();
+                info.nodes = Some(views.len() as i64);
+                info.managers = Some(managers.len() as i64);
+                info.remote_managers = Some(managers);
+                info.cluster = Some(convert::cluster_info(&cluster));
+            }
+            (Err(err), _) | (_, Err(err)) => info.error = Some(err.message),
+        }
+    }
+    info
+}
+
+async fn info(State(e): S) -> Json<m::SystemInfo> {
+    let swarm = swarm_info(&e).await;
+    let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let d = crate::cluster::node::describe();
+    Json(m::SystemInfo {
+        id: Some(swarm.node_id.clone().unwrap_or_default()),
+        containers: Some(0),
+        containers_running: Some(0),
+        containers_paused: Some(0),
+        containers_stopped: Some(0),
+        images: Some(0),
+        name: Some(hostname),
+        server_version: Some(env!("CARGO_PKG_VERSION").into()),
+        operating_system: Some("swarm-agent".into()),
+        os_type: Some("linux".into()),
+        architecture: Some(d.arch),
+        kernel_version: Some(kernel_version()),
+        ncpu: Some(d.nano_cpus / 1_000_000_000),
+        mem_total: Some(d.memory_bytes),
+        docker_root_dir: Some(e.data_root().display().to_string()),
+        swarm: Some(swarm),
+        ..Default::default()
+    })
+}
+
+async fn swarm_inspect(State(e): S) -> Result<Json<m::Swarm>, ApiError> {
+    Ok(Json(convert::swarm(&get_cluster(&e).await?)))
+}
+
+/// `POST /swarm/init`; docker's CLI also sends `Availability`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct InitRequest {
+    listen_addr: String,
+    advertise_addr: String,
+    data_path_addr: String,
+    data_path_port: u32,
+    default_addr_pool: Vec<String>,
+    force_new_cluster: bool,
+    subnet_size: u32,
+    spec: Option<m::SwarmSpec>,
+    availability: String,
+}
+
+fn parse_availability(a: &str) -> Result<Availability, ApiError> {
+    if a.is_empty() { Ok(Availability::Active) } else { Availability::parse(a).map_err(ApiError::invalid) }
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &axum::body::Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))
+}
+
+async fn swarm_init(State(e): S, body: axum::body::Bytes) -> Result<Json<String>, ApiError> {
+    let req: InitRequest = json_body(&body)?;
+    if !req.data_path_addr.is_empty() {
+        return Err(ApiError::invalid("--data-path-addr is not supported yet"));
+    }
+    let spec = convert::cluster_spec(req.spec.as_ref(), &ClusterSpec::default())?;
+    let p = InitParams {
+        listen_addr: if req.listen_addr.is_empty() { DEFAULT_LISTEN_ADDR.into() } else { req.listen_addr },
+        advertise_addr: (!req.advertise_addr.is_empty()).then_some(req.advertise_addr),
+        availability: parse_availability(&req.availability)?,
+        default_addr_pool: req.default_addr_pool,
+        subnet_size: req.subnet_size,
+        data_path_port: req.data_path_port,
+        spec,
+        timing: e.timing(),
+    };
+    e.init(p, req.force_new_cluster).await.map(Json)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct JoinRequest {
+    listen_addr: String,
+    advertise_addr: String,
+    data_path_addr: String,
+    remote_addrs: Vec<String>,
+    join_token: String,
+    availability: String,
+}
+
+async fn swarm_join(State(e): S, body: axum::body::Bytes) -> Result<StatusCode, ApiError> {
+    let req: JoinRequest = json_body(&body)?;
+    if !req.data_path_addr.is_empty() {
+        return Err(ApiError::invalid("--data-path-addr is not supported yet"));
+    }
+    let remote = req
+        .remote_addrs
+        .first()
+        .cloned()
+        .ok_or_else(|| ApiError::invalid("at least 1 RemoteAddr is required to join"))?;
+    let p = JoinParams {
+        remote,
+        token: req.join_token,
+        listen_addr: if req.listen_addr.is_empty() { DEFAULT_LISTEN_ADDR.into() } else { req.listen_addr },
+        advertise_addr: (!req.advertise_addr.is_empty()).then_some(req.advertise_addr),
+        availability: parse_availability(&req.availability)?,
+        timing: e.timing(),
+    };
+    e.join(p).await?;
+    Ok(StatusCode::OK)
+}
+
+fn flag(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE"))
+}
+
+async fn swarm_leave(State(e): S, Query(q): Query<HashMap<String, String>>) -> Result<StatusCode, ApiError> {
+    e.leave(flag(&q, "force")).await?;
+    Ok(StatusCode::OK)
+}
+
+fn version_param(q: &HashMap<String, String>) -> Result<u64, ApiError> {
+    let v = q.get("version").ok_or_else(|| ApiError::invalid("missing version parameter"))?;
+    v.parse().map_err(|_| ApiError::invalid(format!("invalid version: {v}")))
+}
+
+async fn swarm_update(
+    State(e): S,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let version = version_param(&q)?;
+    let spec: Option<m::SwarmSpec> = if body.is_empty() { None } else { Some(json_body(&body)?) };
+    let current = get_cluster(&e).await?;
+    let spec = convert::cluster_spec(spec.as_ref(), &current.spec)?;
+    if flag(&q, "rotateManagerUnlockKey") {
+        return Err(ApiError::invalid("cannot rotate because autolock is not turned on"));
+    }
+    control(
+        &e,
+        ControlRequest::UpdateSwarm {
+            version,
+            spec,
+            rotate_worker_token: flag(&q, "rotateWorkerToken"),
+            rotate_manager_token: flag(&q, "rotateManagerToken"),
+        },
+    )
+    .await?;
+    Ok(StatusCode::OK)
+}
+
+async fn swarm_unlockkey(State(e): S) -> Result<Json<serde_json::Value>, ApiError> {
+    get_cluster(&e).await?;
+    Ok(Json(serde_json::json!({ "UnlockKey": "" })))
+}
+
+/// Docker's `filters` query: `{"role":{"manager":true}}` (or the old list form).
+fn parse_filters(q: &HashMap<String, String>) -> Result<HashMap<String, Vec<String>>, ApiError> {
+    let Some(raw) = q.get("filters").filter(|s| !s.is_empty()) else { return Ok(HashMap::new()) };
+    let v: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| ApiError::invalid(format!("invalid filter: {e}")))?;
+    let mut out = HashMap::new();
+    for (k, val) in v.as_object().into_iter().flatten() {
+        let vals: Vec<String> = match val {
+            serde_json::Value::Object(o) => o.keys().cloned().collect(),
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        };
+        out.insert(k.clone(), vals);
+    }
+    Ok(out)
+}
+
+fn node_matches(v: &NodeView, filters: &HashMap<String, Vec<String>>) -> Result<bool, ApiError> {
+    for (k, vals) in filters {
+        let ok = match k.as_str() {
+            "id" => vals.iter().any(|x| v.node.id.starts_with(x.as_str())),
+            "name" => vals.iter().any(|x| {
+                v.node.description.hostname.contains(x.as_str()) || v.node.spec.name.contains(x.as_str())
+            }),
+            "role" => vals.iter().any(|x| x == v.node.spec.role.as_str()),
+            "membership" => vals.iter().any(|x| x == "accepted"),
+            "label" | "node.label" => vals.iter().all(|x| match x.split_once('=') {
+                Some((lk, lv)) => v.node.spec.labels.get(lk).is_some_and(|val| val == lv),
+                None => v.node.spec.labels.contains_key(x),
+            }),
+            other => return Err(ApiError::invalid(format!("invalid filter '{other}'"))),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn ca_pem(e: &Engine) -> String {
+    e.node().await.map(|n| n.ca_cert()).unwrap_or_default()
+}
+
+async fn nodes_list(
+    State(e): S,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<m::Node>>, ApiError> {
+    let filters = parse_filters(&q)?;
+    let views = list_views(&e).await?;
+    let ca = ca_pem(&e).await;
+    let mut out = Vec::new();
+    for v in &views {
+        if node_matches(v, &filters)? {
+            out.push(convert::node(v, &ca));
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn node_inspect(State(e): S, UrlPath(id): UrlPath<String>) -> Result<Json<m::Node>, ApiError> {
+    match control(&e, ControlRequest::GetNode { id }).await? {
+        ControlResponse::Node(v) => Ok(Json(convert::node(&v, &ca_pem(&e).await))),
+        _ => Err(ApiError::internal("unexpected response")),
+    }
+}
+
+async fn node_update(
+    State(e): S,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+    Json(spec): Json<m::NodeSpec>,
+) -> Result<StatusCode, ApiError> {
+    let version = version_param(&q)?;
+    let spec = convert::node_spec(&spec)?;
+    control(&e, ControlRequest::UpdateNode { id, version, spec }).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn node_remove(
+    State(e): S,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<StatusCode, ApiError> {
+    control(&e, ControlRequest::RemoveNode { id, force: flag(&q, "force") }).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn tasks_list(State(e): S) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    // No services yet: every swarm has no tasks. Still refuse off-swarm.
+    if e.node().await.is_none() {
+        return Err(ApiError::unavailable(crate::cluster::error::INACTIVE));
+    }
+    control(&e, ControlRequest::GetSwarm).await?;
+    Ok(Json(Vec::new()))
+}
+
+async fn services_list(State(e): S) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    tasks_list(State(e)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_prefixes_are_stripped() {
+        let req = |p: &str| axum::extract::Request::builder().uri(p).body(axum::body::Body::empty()).unwrap();
+        assert_eq!(strip_version(req("/v1.47/swarm")).uri(), "/swarm");
+        assert_eq!(strip_version(req("/v1.50/nodes?filters=x")).uri(), "/nodes?filters=x");
+        assert_eq!(strip_version(req("/_ping")).uri(), "/_ping");
+        assert_eq!(strip_version(req("/volumes")).uri(), "/volumes");
+    }
+
+    #[test]
+    fn filters_in_both_shapes() {
+        let q = HashMap::from([("filters".to_owned(), r#"{"role":{"manager":true}}"#.to_owned())]);
+        assert_eq!(parse_filters(&q).unwrap()["role"], vec!["manager".to_owned()]);
+        let q = HashMap::from([("filters".to_owned(), r#"{"role":["worker"]}"#.to_owned())]);
+        assert_eq!(parse_filters(&q).unwrap()["role"], vec!["worker".to_owned()]);
+    }
+}

@@ -1,0 +1,72 @@
+//! `swarm-agent daemon`: the engine and its Docker API socket.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use crate::{api, cluster::raft::Timing, daemon::Engine};
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Raft heartbeat interval (tuning; default 250ms)
+    #[arg(long, env = "SWARM_RAFT_HEARTBEAT", value_parser = super::swarm::parse_duration)]
+    pub raft_heartbeat: Option<Duration>,
+    /// Raft election timeout; each election waits between this and twice this (default 1.5s)
+    #[arg(long, env = "SWARM_RAFT_ELECTION", value_parser = super::swarm::parse_duration)]
+    pub raft_election: Option<Duration>,
+}
+
+pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let mut timing = Timing::default();
+    if let Some(h) = args.raft_heartbeat {
+        timing.heartbeat = h;
+    }
+    if let Some(e) = args.raft_election {
+        timing.election = e;
+    }
+    if timing.election <= timing.heartbeat * 2 {
+        eprintln!("Error: the raft election timeout must be more than twice the heartbeat interval");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = std::fs::create_dir_all(&data_root) {
+        eprintln!("Error: creating {}: {e}", data_root.display());
+        return ExitCode::FAILURE;
+    }
+    let pid_file = data_root.join("swarm-agent.pid");
+    let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
+    let engine = match Engine::start(data_root.clone(), timing).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(socket = %socket.display(), data_root = %data_root.display(), "swarm-agent daemon listening");
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let served = api::serve(&socket, engine.clone(), shutdown).await;
+    engine.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&pid_file);
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: serving the API on {}: {e}", socket.display());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The `swarm-agent` command line: docker's swarm and node commands as a
+//! client of the daemon's API, the daemon itself, and debug tools.
+
+pub mod client;
+pub mod daemon;
+pub mod debug;
+pub mod fmt;
+pub mod info;
+pub mod node;
+pub mod swarm;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use self::client::{CliError, Client, DEFAULT_DATA_ROOT, DEFAULT_SOCKET, socket_path};
+
+#[derive(Debug, Parser)]
+#[command(name = "swarm-agent", version, about = "Docker swarm mode, in Rust, with an eBPF datapath")]
+pub struct Cli {
+    /// Daemon socket to connect to (unix:///path)
+    #[arg(short = 'H', long = "host", env = "DOCKER_HOST", global = true)]
+    pub host: Option<String>,
+    /// Root of the daemon's persistent state
+    #[arg(long, env = "SWARM_DATA_ROOT", global = true)]
+    pub data_root: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon (the engine serving the Docker API)
+    Daemon(daemon::DaemonArgs),
+    /// Initialize a swarm
+    Init(swarm::InitArgs),
+    /// Join a swarm as a node and/or manager
+    Join(swarm::JoinArgs),
+    /// Manage join tokens
+    JoinToken(swarm::JoinTokenArgs),
+    /// Leave the swarm
+    Leave {
+        /// Force this node to leave the swarm, ignoring warnings
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Manage swarm nodes
+    Node {
+        #[command(subcommand)]
+        cmd: node::NodeCmd,
+    },
+    /// Display system-wide information
+    Info,
+    /// Low-level datapath tools (not part of docker's CLI)
+    Debug {
+        #[command(subcommand)]
+        cmd: debug::DebugCmd,
+    },
+}
+
+impl Cli {
+    fn client(&self) -> Result<Client, CliError> {
+        let host = self.host.clone().unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"));
+        Ok(Client::new(socket_path(&host)?))
+    }
+
+    fn data_root(&self) -> PathBuf {
+        self.data_root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_ROOT))
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let client = match cli.client() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let data_root = cli.data_root();
+    let result = match cli.cmd {
+        Cmd::Daemon(args) => return daemon::run(client.socket().to_owned(), data_root, args).await,
+        Cmd::Debug { cmd } => debug::run(cmd).map_err(|e| format!("Error: {e:#}")),
+        cmd => client_command(&client, &data_root, cmd).await.map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client_command(client: &Client, data_root: &std::path::Path, cmd: Cmd) -> Result<(), CliError> {
+    match cmd {
+        Cmd::Init(args) => {
+            client.ensure_daemon(data_root).await?;
+            swarm::init(client, args).await
+        }
+        Cmd::Join(args) => {
+            client.ensure_daemon(data_root).await?;
+            swarm::join(client, args).await
+        }
+        Cmd::JoinToken(args) => swarm::join_token(client, args).await,
+        Cmd::Leave { force } => swarm::leave(client, force).await,
+        Cmd::Node { cmd } => node::run(client, cmd).await,
+        Cmd::Info => info::info(client).await,
+        Cmd::Daemon(_) | Cmd::Debug { .. } => Ok(()),
+    }
+}

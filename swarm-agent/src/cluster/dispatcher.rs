@@ -1,0 +1,107 @@
+//! Node liveness as the leader's dispatcher tracks it (swarmkit
+//! manager/dispatcher): each heartbeat extends a node's deadline to three
+//! heartbeat periods from now; a node whose deadline passes is down. Sans-I/O:
+//! the caller passes the time in and turns the answers into store commands.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+/// Missed periods after which a node is down (swarmkit's grace multiplier).
+pub const GRACE_MULTIPLIER: u32 = 3;
+
+#[derive(Debug, Default)]
+pub struct Liveness {
+    deadlines: HashMap<String, Instant>,
+}
+
+impl Liveness {
+    /// Records a heartbeat from `node` at `now`, with the current `period`.
+    pub fn heartbeat(&mut self, node: &str, now: Instant, period: Duration) {
+        self.deadlines.insert(node.to_owned(), now + period * GRACE_MULTIPLIER);
+    }
+
+    /// Starts tracking `nodes` as if they had just sent a heartbeat, with a
+    /// longer grace (a new leader gives nodes time to find it).
+    pub fn start(&mut self, nodes: impl IntoIterator<Item = String>, now: Instant, period: Duration) {
+        self.deadlines.clear();
+        for n in nodes {
+            self.deadlines.insert(n, now + period * GRACE_MULTIPLIER * 2);
+        }
+    }
+
+    /// Nodes whose deadline has passed at `now`. They stay expired (and are
+    /// not reported again) until their next heartbeat.
+    pub fn expired(&mut self, now: Instant) -> Vec<String> {
+        let mut gone: Vec<String> =
+            self.deadlines.iter().filter(|(_, d)| **d <= now).map(|(n, _)| n.clone()).collect();
+        gone.sort();
+        for n in &gone {
+            self.deadlines.remove(n);
+        }
+        gone
+    }
+
+    /// Stops tracking a node (removed from the swarm).
+    pub fn forget(&mut self, node: &str) {
+        self.deadlines.remove(node);
+    }
+
+    pub fn is_tracked(&self, node: &str) -> bool {
+        self.deadlines.contains_key(node)
+    }
+}
+
+/// How often the leader checks deadlines: a tenth of the period, within 20-500 ms.
+pub fn check_interval(period: Duration) -> Duration {
+    (period / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_node_is_down_after_three_missed_periods() {
+        let t0 = Instant::now();
+        let mut l = Liveness::default();
+        l.heartbeat("a", t0, P);
+        assert!(l.expired(t0 + P * 3 - Duration::from_millis(1)).is_empty());
+        assert_eq!(l.expired(t0 + P * 3), vec!["a".to_owned()]);
+        assert!(l.expired(t0 + P * 10).is_empty(), "reported once");
+        l.heartbeat("a", t0 + P * 10, P);
+        assert!(l.is_tracked("a"));
+    }
+
+    #[test]
+    fn heartbeats_keep_a_node_alive() {
+        let t0 = Instant::now();
+        let mut l = Liveness::default();
+        for i in 0..10 {
+            l.heartbeat("a", t0 + P * i, P);
+            assert!(l.expired(t0 + P * i + P).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_new_leader_gives_double_grace() {
+        let t0 = Instant::now();
+        let mut l = Liveness::default();
+        l.start(["a".to_owned(), "b".to_owned()], t0, P);
+        assert!(l.expired(t0 + P * 5).is_empty());
+        l.heartbeat("a", t0 + P * 5, P);
+        assert_eq!(l.expired(t0 + P * 6), vec!["b".to_owned()]);
+        l.forget("a");
+        assert!(l.expired(t0 + P * 100).is_empty());
+    }
+
+    #[test]
+    fn check_interval_is_bounded() {
+        assert_eq!(check_interval(Duration::from_secs(5)), Duration::from_millis(500));
+        assert_eq!(check_interval(Duration::from_millis(500)), Duration::from_millis(50));
+        assert_eq!(check_interval(Duration::from_millis(10)), Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,761 @@
+//! A manager: a Raft member holding the store, serving the node-to-node RPC
+//! on 2377, and — while it is the leader — running the CA signer, the
+//! dispatcher (node liveness) and the role reconciler. Followers forward
+//! leader-only requests to the leader, as swarmkit's raft proxy does.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Json, Router, extract::State, routing::post};
+use openraft::{Instant as _, ServerState, async_runtime::WatchReceiver as _};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use super::{
+    ca::{Role, RootCa},
+    dispatcher::{self, Liveness},
+    error::{ApiError, INVALID_JOIN_SECRET},
+    ids,
+    messages::{
+        ControlRequest, ControlResponse, HeartbeatRequest, HeartbeatResponse, IssueCertRequest,
+        IssueCertResponse, JoinRaftRequest, NodeView, Reachability, RootCaResponse, path,
+    },
+    raft::{self, Raft, RaftPeer, Timing, network::SnapshotRequest, storage::StateReader},
+    rpc::{self, Caller, Identity, RpcClient},
+    store::{
+        model::{ManagerInfo, Meta, Node, NodeSpec, NodeState, NodeStatus},
+        state::{ClusterState, Command},
+    },
+    token::{JoinToken, tokens_equal},
+};
+
+/// How a manager is set up.
+#[derive(Clone)]
+pub struct ManagerConfig {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub raft_id: u64,
+    /// `ip:port` other managers reach this one at.
+    pub advertise_addr: String,
+    pub raft_dir: PathBuf,
+    pub timing: Timing,
+    pub ca: RootCa,
+}
+
+pub struct Manager {
+    cfg: ManagerConfig,
+    raft: Raft,
+    state: StateReader,
+    rpc: RpcClient,
+    liveness: Mutex<Liveness>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Now, as the store records times.
+pub fn now_nanos() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn internal(what: &str) -> impl FnOnce(String) -> ApiError + '_ {
+    move |e| ApiError::internal(format!("{what}: {e}"))
+}
+
+impl Manager {
+    /// Opens the Raft store under `cfg.raft_dir`, starts Raft and serves RPC
+    /// on `listener`. A brand-new store needs [`Manager::initialize`] (first
+    /// manager) or a leader adding it (joining manager).
+    pub async fn start(
+        cfg: ManagerConfig,
+        listener: TcpListener,
+        server_tls: Arc<rustls::ServerConfig>,
+        rpc: RpcClient,
+    ) -> Result<Arc<Manager>, ApiError> {
+        std::fs::create_dir_all(&cfg.raft_dir)
+            .map_err(|e| internal("creating raft directory")(e.to_string()))?;
+        let (log, sm) = raft::storage::open(&cfg.raft_dir.join("raft.redb"))
+            .map_err(|e| internal("opening the raft store")(e.to_string()))?;
+        let state = sm.reader();
+        let snapshot_interval =
+            state.read(|s| s.cluster.as_ref().map_or(10_000, |c| c.spec.snapshot_interval));
+        let raft = Raft::new(
+            cfg.raft_id,
+            raft::config(cfg.timing, snapshot_interval),
+            raft::network::Network::new(rpc.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| internal("starting raft")(e.to_string()))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mgr = Arc::new(Manager {
+            cfg,
+            raft,
+            state,
+            rpc,
+            liveness: Mutex::new(Liveness::default()),
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let server = tokio::spawn(rpc::serve(listener, server_tls, mgr.clone().router(), shutdown_rx));
+        let supervisor = tokio::spawn(mgr.clone().supervise_leadership());
+        mgr.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend([server, supervisor]);
+        Ok(mgr)
+    }
+
+    /// Makes this the only member of a new Raft group (`swarm init`, or
+    /// `--force-new-cluster` on an emptied store).
+    pub async fn initialize(&self) -> Result<(), ApiError> {
+        let peer = RaftPeer { addr: self.cfg.advertise_addr.clone(), node_id: self.cfg.node_id.clone() };
+        self.raft
+            .initialize(BTreeMap::from([(self.cfg.raft_id, peer)]))
+            .await
+            .map_err(|e| internal("initializing raft")(e.to_string()))
+    }
+
+    /// Waits until some manager (this one or another) is the leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(), ApiError> {
+        let mut m = self.raft.metrics();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if m.borrow_watched().current_leader.is_some() {
+                    return;
+                }
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .map_err(|_| ApiError::no_leader())
+    }
+
+    /// Waits until the store has the cluster (a joining manager catching up).
+    pub async fn wait_for_state(&self, timeout: Duration) -> Result<(), ApiError> {
+        let mut sub = self.state.subscribe();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if self.state.read(|s| s.cluster.is_some()) {
+                    return;
+                }
+                if sub.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("timed out waiting for the swarm state to replicate"))
+    }
+
+    pub fn state(&self) -> &StateReader {
+        &self.state
+    }
+
+    pub fn raft_id(&self) -> u64 {
+        self.cfg.raft_id
+    }
+
+    /// Stops serving and leaves Raft running no more.
+    pub async fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+        let _ = self.raft.shutdown().await;
+        let tasks =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route(path::ROOT_CA, post(h_root_ca))
+            .route(path::ISSUE_CERT, post(h_issue_cert))
+            .route(path::HEARTBEAT, post(h_heartbeat))
+            .route(path::RAFT_APPEND, post(h_raft_append))
+            .route(path::RAFT_VOTE, post(h_raft_vote))
+            .route(path::RAFT_SNAPSHOT, post(h_raft_snapshot))
+            .route(path::RAFT_JOIN, post(h_raft_join))
+            .route(path::CONTROL, post(h_control))
+            .with_state(self)
+    }
+
+    // ---- leadership -------------------------------------------------------
+
+    /// Proposes a command on this manager, which must be the leader.
+    pub async fn propose_as_leader(&self, cmd: Command) -> Result<(), ApiError> {
+        self.propose(cmd).await
+    }
+
+    /// A control-API request from this node on behalf of `caller`, served
+    /// here if this is the leader, else by the leader.
+    pub async fn handle_control(
+        self: &Arc<Self>,
+        caller: Caller,
+        req: ControlRequest,
+    ) -> Result<ControlResponse, ApiError> {
+        let c = caller.clone();
+        let me = self.clone();
+        self.on_leader(&caller, path::CONTROL, req, |req| async move { me.control(c, req).await }).await
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// Where the leader is: `Ok(None)` if it is this manager.
+    fn leader_addr(&self) -> Result<Option<String>, ApiError> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader {
+            return Ok(None);
+        }
+        let leader = m.current_leader.ok_or_else(ApiError::no_leader)?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|p| Some(p.addr.clone()))
+            .ok_or_else(ApiError::no_leader)
+    }
+
+    /// A leader that has heard from a quorum recently; otherwise writes
+    /// would hang, so they fail fast instead.
+    fn leader_with_quorum(&self) -> Result<(), ApiError> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            return Err(ApiError::no_leader());
+        }
+        let voters = m.membership_config.membership().voter_ids().count();
+        let fresh = m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < self.quorum_window());
+        if voters <= 1 || fresh { Ok(()) } else { Err(ApiError::no_leader()) }
+    }
+
+    fn quorum_window(&self) -> Duration {
+        self.cfg.timing.election * 2
+    }
+
+    fn write_timeout(&self) -> Duration {
+        (self.cfg.timing.election * 4).clamp(Duration::from_secs(2), Duration::from_secs(20))
+    }
+
+    /// Runs `local` here if this is the leader, else forwards the request to
+    /// the leader on behalf of `caller`.
+    async fn on_leader<Q, R, F, Fut>(
+        &self,
+        caller: &Caller,
+        path: &str,
+        req: Q,
+        local: F,
+    ) -> Result<R, ApiError>
+    where
+        Q: serde::Serialize,
+        R: serde::de::DeserializeOwned,
+        F: FnOnce(Q) -> Fut,
+        Fut: std::future::Future<Output = Result<R, ApiError>>,
+    {
+        match self.leader_addr()? {
+            None => local(req).await,
+            Some(addr) => {
+                if caller.forwarded_by.is_some() {
+                    // Already forwarded once: the leader moved. Let the caller retry.
+                    return Err(ApiError::no_leader());
+                }
+                self.rpc.call(&addr, path, &req, self.write_timeout(), Some(&caller.identity)).await.map_err(
+                    |e| match e {
+                        rpc::RpcError::Api(a) => a,
+                        rpc::RpcError::Transport(_) => ApiError::no_leader(),
+                    },
+                )
+            }
+        }
+    }
+
+    /// Proposes a change; returns once it is committed and applied.
+    async fn propose(&self, cmd: Command) -> Result<(), ApiError> {
+        self.state.read(|s| s.check(&cmd))?;
+        self.leader_with_quorum()?;
+        match tokio::time::timeout(self.write_timeout(), self.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => resp.data,
+            Ok(Err(e)) => {
+                tracing::warn!("raft write failed: {e}");
+                Err(ApiError::no_leader())
+            }
+            Err(_) => Err(ApiError::no_leader()),
+        }
+    }
+
+    /// Watches Raft for leadership changes and runs the leader's loops while
+    /// this manager leads.
+    async fn supervise_leadership(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut leading: Option<JoinHandle<()>> = None;
+        loop {
+            let is_leader = metrics.borrow_watched().state == ServerState::Leader;
+            match (is_leader, leading.is_some()) {
+                (true, false) => {
+                    tracing::info!(node = %self.cfg.node_id, "became the leader");
+                    leading = Some(tokio::spawn(self.clone().lead()));
+                }
+                (false, true) => {
+                    tracing::info!(node = %self.cfg.node_id, "no longer the leader");
+                    if let Some(h) = leading.take() {
+                        h.abort();
+                    }
+                }
+                _ => {}
+            }
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+        if let Some(h) = leading {
+            h.abort();
+        }
+    }
+
+    /// The leader's loops: liveness and role reconciliation.
+    async fn lead(self: Arc<Self>) {
+        let period = self.heartbeat_period();
+        let nodes: Vec<String> = self.state.read(|s| s.nodes.keys().cloned().collect());
+        self.liveness().start(nodes, Instant::now(), period);
+        let mut changes = self.state.subscribe();
+        let mut tick = tokio::time::interval(dispatcher::check_interval(period));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconcile = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.expire_nodes().await,
+                _ = reconcile.tick() => self.reconcile_roles().await,
+                r = changes.changed() => {
+                    if r.is_err() { return; }
+                    self.reconcile_roles().await;
+                }
+            }
+        }
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn heartbeat_period(&self) -> Duration {
+        let ns = self.state.read(|s| s.cluster.as_ref().map_or(5_000_000_000, |c| c.spec.heartbeat_period));
+        Duration::from_nanos(ns.max(1_000_000))
+    }
+
+    async fn expire_nodes(&self) {
+        let expired = self.liveness().expired(Instant::now());
+        for id in expired {
+            let ready =
+                self.state.read(|s| s.nodes.get(&id).is_some_and(|n| n.status.state == NodeState::Ready));
+            if !ready {
+                continue;
+            }
+            tracing::info!(node = %id, "heartbeat failure: node is down");
+            let cmd = Command::SetNodeStatus {
+                id: id.clone(),
+                state: NodeState::Down,
+                message: "heartbeat failure".into(),
+                addr: None,
+                now: now_nanos(),
+            };
+            if let Err(e) = self.propose(cmd).await {
+                tracing::warn!(node = %id, "marking node down: {e}");
+            }
+        }
+    }
+
+    /// Moves each node's role towards the role the user asked for.
+    async fn reconcile_roles(&self) {
+        let pending: Vec<Node> =
+            self.state.read(|s| s.nodes.values().filter(|n| n.spec.role != n.role).cloned().collect());
+        for n in pending {
+            let result = match n.spec.role {
+                // Promotion: the node renews its certificate as a manager, then joins Raft.
+                Role::Manager => {
+                    self.propose(Command::SetNodeRole {
+                        id: n.id.clone(),
+                        role: Role::Manager,
+                        manager: None,
+                        now: now_nanos(),
+                    })
+                    .await
+                }
+                Role::Worker => self.demote(&n).await,
+            };
+            if let Err(e) = result {
+                tracing::warn!(node = %n.id, "changing role: {e}");
+                return;
+            }
+        }
+    }
+
+    async fn demote(&self, n: &Node) -> Result<(), ApiError> {
+        if let Some(m) = &n.manager {
+            let voters: BTreeSet<u64> =
+                self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+            if voters.contains(&m.raft_id) {
+                let remaining: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != m.raft_id).collect();
+                if remaining.is_empty() {
+                    return Err(ApiError::precondition("attempting to demote the last manager of the swarm"));
+                }
+                tracing::info!(node = %n.id, raft_id = m.raft_id, "removing manager from raft");
+                tokio::time::timeout(self.write_timeout(), self.raft.change_membership(remaining, false))
+                    .await
+                    .map_err(|_| ApiError::no_leader())?
+                    .map_err(|e| internal("removing raft member")(e.to_string()))?;
+                if m.raft_id == self.cfg.raft_id {
+                    // This leader just left the group; the next leader finishes the demotion.
+                    return Ok(());
+                }
+            }
+        }
+        self.propose(Command::SetNodeRole {
+            id: n.id.clone(),
+            role: Role::Worker,
+            manager: None,
+            now: now_nanos(),
+        })
+        .await
+    }
+
+    // ---- request handling ----------------------------------------------------
+
+    fn cluster_id(&self) -> &str {
+        &self.cfg.cluster_id
+    }
+
+    /// The caller's node, refusing removed nodes.
+    fn caller_node(&self, caller: &Caller, roles: &[Role]) -> Result<Identity, ApiError> {
+        let id = caller.require(self.cluster_id(), roles)?.clone();
+        self.state.read(|s| {
+            if s.removed_nodes.contains(&id.node_id) {
+                Err(ApiError::denied(format!(
+                    "permission denied: node {} was removed from the swarm",
+                    id.node_id
+                )))
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(id)
+    }
+
+    async fn issue_cert(&self, caller: Caller, req: IssueCertRequest) -> Result<IssueCertResponse, ApiError> {
+        let state = self.state.snapshot();
+        let cluster = state.cluster()?.clone();
+        let expiry = Duration::from_nanos(cluster.spec.node_cert_expiry);
+        let (node_id, role) = if let Some(token) = &req.token {
+            JoinToken::parse(token).map_err(|e| ApiError::invalid(e.to_string()))?;
+            let role = if tokens_equal(token, &cluster.manager_token) {
+                Role::Manager
+            } else if tokens_equal(token, &cluster.worker_token) {
+                Role::Worker
+            } else {
+                return Err(ApiError::invalid(INVALID_JOIN_SECRET));
+            };
+            let node_id = ids::new_id();
+            let now = now_nanos();
+            let node = Node {
+                id: node_id.clone(),
+                meta: Meta { version: 0, created_at: now, updated_at: now },
+                spec: NodeSpec {
+                    name: String::new(),
+                    labels: BTreeMap::new(),
+                    role,
+                    availability: req.availability,
+                },
+                role,
+                description: req.description.clone(),
+                status: NodeStatus {
+                    state: NodeState::Unknown,
+                    message: String::new(),
+                    addr: host_of(&req.advertise_addr),
+                },
+                manager: None,
+            };
+            self.propose(Command::AddNode { node: Box::new(node) }).await?;
+            (node_id, role)
+        } else {
+            // Renewal: the node proves who it is with its current certificate.
+            let id = self.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+            let node = state.node(&id.node_id)?;
+            (id.node_id.clone(), node.role)
+        };
+        let cert_pem = self
+            .cfg
+            .ca
+            .sign_node_csr(&req.csr_pem, &node_id, role, &cluster.id, expiry)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        Ok(IssueCertResponse {
+            node_id,
+            cert_pem,
+            ca_pem: cluster.root_ca_cert.clone(),
+            ca_key_pem: (role == Role::Manager).then(|| cluster.root_ca_key.clone()),
+            role,
+            cluster_id: cluster.id.clone(),
+            managers: manager_addrs(&state, self.leader_raft_id()),
+        })
+    }
+
+    fn leader_raft_id(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    async fn heartbeat(&self, caller: Caller, req: HeartbeatRequest) -> Result<HeartbeatResponse, ApiError> {
+        let id = self.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+        let period = self.heartbeat_period();
+        let node = self.state.read(|s| s.node(&id.node_id).cloned())?;
+        self.liveness().heartbeat(&id.node_id, Instant::now(), period);
+        if node.status.state != NodeState::Ready || node.status.addr != req.addr {
+            self.propose(Command::SetNodeStatus {
+                id: id.node_id.clone(),
+                state: NodeState::Ready,
+                message: String::new(),
+                addr: Some(req.addr.clone()),
+                now: now_nanos(),
+            })
+            .await?;
+        }
+        if node.description != req.description {
+            self.propose(Command::SetNodeDescription {
+                id: id.node_id.clone(),
+                description: req.description,
+                now: now_nanos(),
+            })
+            .await?;
+        }
+        let managers = self.state.read(|s| manager_addrs(s, self.leader_raft_id()));
+        Ok(HeartbeatResponse {
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            managers,
+            role: node.role,
+        })
+    }
+
+    async fn join_raft(&self, caller: Caller, req: JoinRaftRequest) -> Result<ControlResponse, ApiError> {
+        let id = self.caller_node(&caller, &[Role::Manager])?;
+        let node = self.state.read(|s| s.node(&id.node_id).cloned())?;
+        if node.role != Role::Manager {
+            return Err(ApiError::denied(format!("node {} is not a manager", node.id)));
+        }
+        let info = ManagerInfo { raft_id: req.raft_id, addr: req.addr.clone() };
+        if node.manager.as_ref() != Some(&info) {
+            self.propose(Command::SetNodeRole {
+                id: node.id.clone(),
+                role: Role::Manager,
+                manager: Some(info),
+                now: now_nanos(),
+            })
+            .await?;
+        }
+        let peer = RaftPeer { addr: req.addr, node_id: node.id.clone() };
+        let timeout = self.write_timeout() * 3;
+        tokio::time::timeout(timeout, self.raft.add_learner(req.raft_id, peer, true))
+            .await
+            .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
+            .map_err(|e| internal("adding raft learner")(e.to_string()))?;
+        let mut voters: BTreeSet<u64> =
+            self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        if voters.insert(req.raft_id) {
+            tokio::time::timeout(timeout, self.raft.change_membership(voters, false))
+                .await
+                .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
+                .map_err(|e| internal("adding raft voter")(e.to_string()))?;
+        }
+        tracing::info!(node = %node.id, raft_id = req.raft_id, "manager joined raft");
+        Ok(ControlResponse::Done)
+    }
+
+    async fn control(&self, caller: Caller, req: ControlRequest) -> Result<ControlResponse, ApiError> {
+        self.caller_node(&caller, &[Role::Manager])?;
+        match req {
+            ControlRequest::GetSwarm => {
+                Ok(ControlResponse::Swarm(Box::new(self.state.read(|s| s.cluster().cloned())?)))
+            }
+            ControlRequest::ListNodes => {
+                let state = self.state.snapshot();
+                Ok(ControlResponse::Nodes(state.nodes.values().map(|n| self.view(n)).collect()))
+            }
+            ControlRequest::GetNode { id } => {
+                let state = self.state.snapshot();
+                Ok(ControlResponse::Node(Box::new(self.view(state.resolve_node(&id)?))))
+            }
+            ControlRequest::UpdateNode { id, version, spec } => {
+                let id = self.state.read(|s| s.resolve_node(&id).map(|n| n.id.clone()))?;
+                self.propose(Command::UpdateNodeSpec { id, version, spec, now: now_nanos() }).await?;
+                Ok(ControlResponse::Done)
+            }
+            ControlRequest::RemoveNode { id, force } => {
+                let id = self.state.read(|s| s.resolve_node(&id).map(|n| n.id.clone()))?;
+                self.propose(Command::RemoveNode { id: id.clone(), force, now: now_nanos() }).await?;
+                self.liveness().forget(&id);
+                Ok(ControlResponse::Done)
+            }
+            ControlRequest::UpdateSwarm { version, spec, rotate_worker_token, rotate_manager_token } => {
+                let cluster = self.state.read(|s| s.cluster().cloned())?;
+                if cluster.meta.version != version {
+                    return Err(ApiError::invalid("update out of sequence"));
+                }
+                if spec.node_cert_expiry < super::ca::MIN_NODE_CERT_EXPIRY.as_nanos() as u64 {
+                    return Err(ApiError::invalid("minimum certificate expiry time is: 1h0m0s"));
+                }
+                if spec != cluster.spec {
+                    self.propose(Command::UpdateClusterSpec { version, spec, now: now_nanos() }).await?;
+                }
+                if rotate_worker_token || rotate_manager_token {
+                    let ca = cluster.root_ca_cert.as_bytes();
+                    let new = |yes: bool| yes.then(|| JoinToken::generate(ca).as_str().to_owned());
+                    self.propose(Command::RotateJoinTokens {
+                        worker: new(rotate_worker_token),
+                        manager: new(rotate_manager_token),
+                        now: now_nanos(),
+                    })
+                    .await?;
+                }
+                Ok(ControlResponse::Done)
+            }
+        }
+    }
+
+    /// A node with its manager status, as seen from here.
+    fn view(&self, n: &Node) -> NodeView {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let Some(info) = &n.manager else {
+            return NodeView { node: n.clone(), leader: false, reachability: Reachability::Unknown };
+        };
+        let leader = m.current_leader == Some(info.raft_id);
+        let reachability = if info.raft_id == self.cfg.raft_id {
+            Reachability::Reachable
+        } else if m.state == ServerState::Leader {
+            match m.heartbeat.as_ref().and_then(|h| h.get(&info.raft_id)) {
+                Some(Some(t)) if t.elapsed() < self.quorum_window() => Reachability::Reachable,
+                Some(_) => Reachability::Unreachable,
+                None => Reachability::Unknown,
+            }
+        } else {
+            Reachability::Unknown
+        };
+        NodeView { node: n.clone(), leader, reachability }
+    }
+
+    /// Raft requests are accepted from current Raft members only (or from
+    /// any manager while this store is still empty, i.e. joining), so
+    /// managers removed by `--force-new-cluster` cannot disturb the group.
+    fn raft_peer_allowed(&self, caller: &Caller) -> Result<(), ApiError> {
+        let id = self.caller_node(caller, &[Role::Manager])?;
+        self.state.read(|s| {
+            if s.cluster.is_none() || s.nodes.get(&id.node_id).is_some_and(|n| n.manager.is_some()) {
+                Ok(())
+            } else {
+                Err(ApiError::denied(format!("permission denied: node {} is not a raft member", id.node_id)))
+            }
+        })
+    }
+}
+
+fn host_of(addr: &str) -> String {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned()
+}
+
+/// Advertised manager addresses, the leader's first.
+fn manager_addrs(state: &ClusterState, leader: Option<u64>) -> Vec<String> {
+    let mut v: Vec<(bool, String)> =
+        state.raft_members().map(|(_, m)| (Some(m.raft_id) != leader, m.addr.clone())).collect();
+    v.sort();
+    v.into_iter().map(|(_, a)| a).collect()
+}
+
+// ---- axum handlers -------------------------------------------------------------
+
+type S = State<Arc<Manager>>;
+
+async fn h_root_ca(State(m): S) -> Json<RootCaResponse> {
+    Json(RootCaResponse { ca_pem: m.cfg.ca.cert_pem().to_owned() })
+}
+
+async fn h_issue_cert(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<IssueCertRequest>,
+) -> Result<Json<IssueCertResponse>, ApiError> {
+    let c = caller.clone();
+    let mm = m.clone();
+    m.on_leader(&caller, path::ISSUE_CERT, req, |req| async move { mm.issue_cert(c, req).await })
+        .await
+        .map(Json)
+}
+
+async fn h_heartbeat(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    m.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+    let c = caller.clone();
+    let mm = m.clone();
+    m.on_leader(&caller, path::HEARTBEAT, req, |req| async move { mm.heartbeat(c, req).await })
+        .await
+        .map(Json)
+}
+
+async fn h_raft_join(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<JoinRaftRequest>,
+) -> Result<Json<ControlResponse>, ApiError> {
+    m.caller_node(&caller, &[Role::Manager])?;
+    let c = caller.clone();
+    let mm = m.clone();
+    m.on_leader(&caller, path::RAFT_JOIN, req, |req| async move { mm.join_raft(c, req).await })
+        .await
+        .map(Json)
+}
+
+async fn h_control(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<ControlRequest>,
+) -> Result<Json<ControlResponse>, ApiError> {
+    m.caller_node(&caller, &[Role::Manager])?;
+    let c = caller.clone();
+    let mm = m.clone();
+    m.on_leader(&caller, path::CONTROL, req, |req| async move { mm.control(c, req).await }).await.map(Json)
+}
+
+async fn h_raft_append(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<openraft::raft::AppendEntriesRequest<raft::TypeConfig>>,
+) -> Result<Json<openraft::raft::AppendEntriesResponse<raft::TypeConfig>>, ApiError> {
+    m.raft_peer_allowed(&caller)?;
+    m.raft.append_entries(req).await.map(Json).map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+async fn h_raft_vote(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<openraft::raft::VoteRequest<raft::TypeConfig>>,
+) -> Result<Json<openraft::raft::VoteResponse<raft::TypeConfig>>, ApiError> {
+    m.raft_peer_allowed(&caller)?;
+    m.raft.vote(req).await.map(Json).map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+async fn h_raft_snapshot(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<SnapshotRequest>,
+) -> Result<Json<openraft::raft::SnapshotResponse<raft::TypeConfig>>, ApiError> {
+    m.raft_peer_allowed(&caller)?;
+    let snapshot = openraft::alias::SnapshotOf::<raft::TypeConfig, raft::storage::SnapshotData> {
+        meta: req.meta,
+        snapshot: req.data,
+    };
+    m.raft
+        .install_full_snapshot(req.vote, snapshot)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+}

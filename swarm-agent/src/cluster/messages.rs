@@ -1,0 +1,118 @@
+//! Requests and responses of the node-to-node RPC, and which certificate
+//! roles may send each (enforced by the manager's handlers).
+//!
+//! | path | who may call | served by |
+//! |---|---|---|
+//! | `/ca/root` | anyone (joining nodes) | any manager |
+//! | `/ca/issue` | anyone with a join token; nodes renewing with their certificate | leader |
+//! | `/dispatcher/heartbeat` | workers and managers | leader |
+//! | `/raft/append`, `/raft/vote`, `/raft/snapshot` | Raft members (managers) | any manager |
+//! | `/raft/join` | managers | leader |
+//! | `/control` | managers | leader |
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ca::Role,
+    store::model::{Availability, Cluster, ClusterSpec, Node, NodeDescription, NodeSpec},
+};
+
+pub mod path {
+    pub const ROOT_CA: &str = "/ca/root";
+    pub const ISSUE_CERT: &str = "/ca/issue";
+    pub const HEARTBEAT: &str = "/dispatcher/heartbeat";
+    pub const RAFT_APPEND: &str = "/raft/append";
+    pub const RAFT_VOTE: &str = "/raft/vote";
+    pub const RAFT_SNAPSHOT: &str = "/raft/snapshot";
+    pub const RAFT_JOIN: &str = "/raft/join";
+    pub const CONTROL: &str = "/control";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RootCaResponse {
+    pub ca_pem: String,
+}
+
+/// A certificate request: a join (with a token, no certificate) or a
+/// renewal (with the node's certificate, no token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueCertRequest {
+    pub token: Option<String>,
+    pub csr_pem: String,
+    pub availability: Availability,
+    pub description: NodeDescription,
+    /// `ip:port` the node advertises (its Raft address if it is a manager).
+    pub advertise_addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueCertResponse {
+    pub node_id: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// Only managers receive the CA key.
+    pub ca_key_pem: Option<String>,
+    pub role: Role,
+    pub cluster_id: String,
+    /// Advertised addresses of the managers.
+    pub managers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub description: NodeDescription,
+    /// The node's advertised address.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Send the next heartbeat within this period.
+    pub period_ms: u64,
+    /// Advertised addresses of the managers, leader first.
+    pub managers: Vec<String>,
+    /// The role the node's certificate should carry; a node whose
+    /// certificate says otherwise renews it.
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRaftRequest {
+    pub raft_id: u64,
+    pub addr: String,
+}
+
+/// How the leader sees a manager's Raft connectivity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reachability {
+    Unknown,
+    Unreachable,
+    Reachable,
+}
+
+/// A node as the control API reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node: Node,
+    pub leader: bool,
+    pub reachability: Reachability,
+}
+
+/// The cluster-state API that `docker swarm`/`docker node` use, served by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControlRequest {
+    GetSwarm,
+    ListNodes,
+    GetNode { id: String },
+    UpdateNode { id: String, version: u64, spec: NodeSpec },
+    RemoveNode { id: String, force: bool },
+    UpdateSwarm { version: u64, spec: ClusterSpec, rotate_worker_token: bool, rotate_manager_token: bool },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Swarm(Box<Cluster>),
+    Nodes(Vec<NodeView>),
+    Node(Box<NodeView>),
+    Done,
+}
