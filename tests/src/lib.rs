@@ -7,6 +7,7 @@
 pub mod cmd;
 pub mod packet;
 pub mod poll;
+pub mod swarm;
 pub mod testbed;
 
 use std::path::PathBuf;

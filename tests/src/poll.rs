@@ -24,3 +24,20 @@ pub fn until<T, E: std::fmt::Display>(
         }
     }
 }
+
+/// Checks that `check` keeps returning `Ok` for the whole of `window`
+/// (observing a steady state, e.g. a node that must stay up).
+pub fn holds<E: std::fmt::Display>(
+    what: &str,
+    window: Duration,
+    mut check: impl FnMut() -> Result<(), E>,
+) -> Result<(), String> {
+    let end = Instant::now() + window;
+    loop {
+        check().map_err(|e| format!("{what} stopped holding: {e}"))?;
+        if Instant::now() >= end {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

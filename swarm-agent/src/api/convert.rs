@@ -10,7 +10,7 @@ use crate::cluster::{
     ca::Role,
     error::ApiError,
     messages::{NodeView, Reachability},
-    store::model::{Availability, Cluster, ClusterSpec, Meta, NodeSpec, NodeState},
+    store::model::{Availability, Cluster, ClusterSpec, Meta, Network, NodeSpec, NodeState},
 };
 
 /// RFC 3339 with nanoseconds, as Docker prints times.
@@ -113,20 +113,33 @@ pub fn node(v: &NodeView, ca_pem: &str) -> m::Node {
     }
 }
 
-/// A node spec sent by a client, applied over the current one.
-pub fn node_spec(spec: &m::NodeSpec) -> Result<NodeSpec, ApiError> {
-    let role = match spec.role {
-        Some(m::NodeSpecRoleEnum::MANAGER) => Role::Manager,
-        Some(m::NodeSpecRoleEnum::WORKER) | None | Some(m::NodeSpecRoleEnum::EMPTY) => Role::Worker,
+/// A node spec as a client sent it (JSON), with moby's errors for bad
+/// values (`invalid Role: "x"`, `invalid Availability: "x"`).
+pub fn node_spec_json(body: &[u8]) -> Result<NodeSpec, ApiError> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "PascalCase", default)]
+    struct Raw {
+        name: String,
+        labels: Option<HashMap<String, String>>,
+        role: String,
+        availability: String,
+    }
+    let raw: Raw =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))?;
+    let role = match raw.role.to_ascii_lowercase().as_str() {
+        "manager" => Role::Manager,
+        "worker" => Role::Worker,
+        _ => return Err(ApiError::invalid(format!("invalid Role: {:?}", raw.role))),
     };
-    let availability = match spec.availability {
-        Some(m::NodeSpecAvailabilityEnum::PAUSE) => Availability::Pause,
-        Some(m::NodeSpecAvailabilityEnum::DRAIN) => Availability::Drain,
-        _ => Availability::Active,
+    let availability = match raw.availability.to_ascii_lowercase().as_str() {
+        "active" => Availability::Active,
+        "pause" => Availability::Pause,
+        "drain" => Availability::Drain,
+        _ => return Err(ApiError::invalid(format!("invalid Availability: {:?}", raw.availability))),
     };
     Ok(NodeSpec {
-        name: spec.name.clone().unwrap_or_default(),
-        labels: spec.labels.clone().unwrap_or_default().into_iter().collect(),
+        name: raw.name,
+        labels: raw.labels.unwrap_or_default().into_iter().collect(),
         role,
         availability,
     })
@@ -226,6 +239,39 @@ pub fn swarm(c: &Cluster) -> m::Swarm {
             worker: Some(c.worker_token.clone()),
             manager: Some(c.manager_token.clone()),
         }),
+    }
+}
+
+pub fn network(n: &Network) -> m::Network {
+    m::Network {
+        name: Some(n.name.clone()),
+        id: Some(n.id.clone()),
+        created: Some(rfc3339(n.meta.created_at)),
+        scope: Some("swarm".into()),
+        driver: Some(n.driver.clone()),
+        enable_ipv4: Some(true),
+        enable_ipv6: Some(false),
+        ipam: Some(m::Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![m::IpamConfig {
+                subnet: Some(n.subnet.clone()),
+                ip_range: None,
+                gateway: Some(n.gateway.clone()),
+                auxiliary_addresses: None,
+            }]),
+            options: None,
+        }),
+        internal: Some(false),
+        attachable: Some(n.attachable),
+        ingress: Some(n.ingress),
+        config_from: None,
+        config_only: Some(false),
+        options: Some(HashMap::from([(
+            "com.docker.network.driver.overlay.vxlanid_list".to_owned(),
+            n.vni.to_string(),
+        )])),
+        labels: Some(n.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        peers: None,
     }
 }
 

@@ -50,6 +50,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/nodes/{id}", get(node_inspect).delete(node_remove))
         .route("/nodes/{id}/update", post(node_update))
         .route("/tasks", get(tasks_list))
+        .route("/networks", get(networks_list))
+        .route("/networks/{id}", get(network_inspect))
         .route("/services", get(services_list))
         .fallback(not_found)
         .with_state(engine)
@@ -453,10 +455,10 @@ async fn node_update(
     State(e): S,
     UrlPath(id): UrlPath<String>,
     Query(q): Query<HashMap<String, String>>,
-    Json(spec): Json<m::NodeSpec>,
+    body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let version = version_param(&q)?;
-    let spec = convert::node_spec(&spec)?;
+    let spec = convert::node_spec_json(&body)?;
     control(&e, ControlRequest::UpdateNode { id, version, spec }).await?;
     Ok(StatusCode::OK)
 }
@@ -468,6 +470,28 @@ async fn node_remove(
 ) -> Result<StatusCode, ApiError> {
     control(&e, ControlRequest::RemoveNode { id, force: flag(&q, "force") }).await?;
     Ok(StatusCode::OK)
+}
+
+async fn networks(e: &Engine) -> Result<Vec<crate::cluster::store::model::Network>, ApiError> {
+    match control(e, ControlRequest::ListNetworks).await? {
+        ControlResponse::Networks(v) => Ok(v),
+        _ => Err(ApiError::internal("unexpected response")),
+    }
+}
+
+async fn networks_list(State(e): S) -> Result<Json<Vec<m::Network>>, ApiError> {
+    Ok(Json(networks(&e).await?.iter().map(convert::network).collect()))
+}
+
+async fn network_inspect(State(e): S, UrlPath(id): UrlPath<String>) -> Result<Json<m::Network>, ApiError> {
+    let all = networks(&e).await?;
+    let found: Vec<_> = all.iter().filter(|n| n.id == id || n.name == id).collect();
+    let found = if found.is_empty() { all.iter().filter(|n| n.id.starts_with(&id)).collect() } else { found };
+    match found.as_slice() {
+        [n] => Ok(Json(convert::network(n))),
+        [] => Err(ApiError::not_found(format!("network {id} not found"))),
+        _ => Err(ApiError::invalid(format!("network {id} is ambiguous ({} matches found)", found.len()))),
+    }
 }
 
 async fn tasks_list(State(e): S) -> Result<Json<Vec<serde_json::Value>>, ApiError> {

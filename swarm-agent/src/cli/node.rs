@@ -137,6 +137,8 @@ fn manager_status(n: &m::Node) -> String {
 
 async fn ls(client: &Client, quiet: bool, filters: &[String]) -> Result<(), CliError> {
     let mut nodes: Vec<m::Node> = client.get(&format!("/nodes{}", filters_query(filters)?)).await?;
+    let hostname = |n: &m::Node| n.description.as_ref().and_then(|d| d.hostname.clone()).unwrap_or_default();
+    nodes.sort_by(|a, b| natural_cmp(&hostname(a), &hostname(b)));
     if quiet {
         for n in nodes {
             println!("{}", n.id.unwrap_or_default());
@@ -144,8 +146,6 @@ async fn ls(client: &Client, quiet: bool, filters: &[String]) -> Result<(), CliE
         return Ok(());
     }
     let me = self_id(client).await?;
-    let hostname = |n: &m::Node| n.description.as_ref().and_then(|d| d.hostname.clone()).unwrap_or_default();
-    nodes.sort_by(|a, b| natural_cmp(&hostname(a), &hostname(b)));
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
@@ -184,9 +184,7 @@ async fn inspect(client: &Client, pretty_fmt: bool, nodes: &[String]) -> Result<
         let id = resolve(client, n).await?;
         match client.get::<m::Node>(&format!("/nodes/{id}")).await {
             Ok(node) => found.push(node),
-            Err(CliError::Daemon(msg)) if msg.ends_with("not found") => {
-                errors.push(format!("Error: No such node: {n}"))
-            }
+            Err(e @ CliError::Daemon(_)) => errors.push(e.to_string()),
             Err(e) => return Err(e),
         }
     }
@@ -231,7 +229,11 @@ fn pretty_node(n: &m::Node) -> String {
         }
     }
     let _ = writeln!(s, "Hostname:              \t{}", desc.hostname.clone().unwrap_or_default());
-    let _ = writeln!(s, "Joined at:             \t{}", go_time(n.created_at.as_deref().unwrap_or_default()));
+    let _ = writeln!(
+        s,
+        "Joined at:             \t{}",
+        pretty(&go_time(n.created_at.as_deref().unwrap_or_default()))
+    );
     let _ = writeln!(s, "Status:");
     let _ = writeln!(s, " State:\t\t\t{}", pretty(&status.state.map(|x| x.to_string()).unwrap_or_default()));
     if let Some(msg) = status.message.as_ref().filter(|m| !m.is_empty()) {
@@ -320,6 +322,20 @@ async fn get_node(client: &Client, node: &str) -> Result<(String, u64, m::NodeSp
     Ok((n.id.unwrap_or_default(), n.version.and_then(|v| v.index).unwrap_or(0), n.spec.unwrap_or_default()))
 }
 
+/// Sets an enum field of a spec from user text, going through JSON so
+/// unknown values reach the daemon (and its error message) unchanged.
+fn spec_set(spec: &mut m::NodeSpec, field: &str, value: &str) -> Result<(), CliError> {
+    let mut v = serde_json::to_value(&*spec).map_err(|e| CliError::local(e.to_string()))?;
+    v[field] = serde_json::Value::String(value.to_owned());
+    match serde_json::from_value::<m::NodeSpec>(v) {
+        Ok(s) => {
+            *spec = s;
+            Ok(())
+        }
+        Err(_) => Err(CliError::Daemon(format!("invalid {field}: {value:?}"))),
+    }
+}
+
 async fn post_spec(client: &Client, id: &str, version: u64, spec: &m::NodeSpec) -> Result<(), CliError> {
     client.post(&format!("/nodes/{id}/update?version={version}"), spec).await.map(|_| ())
 }
@@ -365,28 +381,12 @@ async fn update(
     label_rm: &[String],
 ) -> Result<(), CliError> {
     let (id, version, mut spec) = get_node(client, node).await?;
+    // Like docker's CLI, values go to the daemon as given; it validates them.
     if let Some(a) = availability {
-        spec.availability = Some(match a.to_ascii_lowercase().as_str() {
-            "active" => m::NodeSpecAvailabilityEnum::ACTIVE,
-            "pause" => m::NodeSpecAvailabilityEnum::PAUSE,
-            "drain" => m::NodeSpecAvailabilityEnum::DRAIN,
-            _ => {
-                return Err(CliError::local(format!(
-                    "invalid argument \"{a}\" for \"--availability\" flag: invalid availability \"{a}\", only active, pause and drain are supported"
-                )));
-            }
-        });
+        spec_set(&mut spec, "Availability", &a)?;
     }
     if let Some(r) = role {
-        spec.role = Some(match r.to_ascii_lowercase().as_str() {
-            "manager" => m::NodeSpecRoleEnum::MANAGER,
-            "worker" => m::NodeSpecRoleEnum::WORKER,
-            _ => {
-                return Err(CliError::local(format!(
-                    "invalid argument \"{r}\" for \"--role\" flag: invalid role \"{r}\", only worker and manager are supported"
-                )));
-            }
-        });
+        spec_set(&mut spec, "Role", &r)?;
     }
     let labels = spec.labels.get_or_insert_with(HashMap::new);
     for l in label_add {

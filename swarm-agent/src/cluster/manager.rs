@@ -583,6 +583,9 @@ impl Manager {
                 let state = self.state.snapshot();
                 Ok(ControlResponse::Node(Box::new(self.view(state.resolve_node(&id)?))))
             }
+            ControlRequest::ListNetworks => {
+                Ok(ControlResponse::Networks(self.state.read(|s| s.networks.values().cloned().collect())))
+            }
             ControlRequest::UpdateNode { id, version, spec } => {
                 let id = self.state.read(|s| s.resolve_node(&id).map(|n| n.id.clone()))?;
                 self.propose(Command::UpdateNodeSpec { id, version, spec, now: now_nanos() }).await?;

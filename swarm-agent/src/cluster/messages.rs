@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ca::Role,
-    store::model::{Availability, Cluster, ClusterSpec, Node, NodeDescription, NodeSpec},
+    store::model::{Availability, Cluster, ClusterSpec, Network, Node, NodeDescription, NodeSpec},
 };
 
 pub mod path {
@@ -107,6 +107,7 @@ pub enum ControlRequest {
     UpdateNode { id: String, version: u64, spec: NodeSpec },
     RemoveNode { id: String, force: bool },
     UpdateSwarm { version: u64, spec: ClusterSpec, rotate_worker_token: bool, rotate_manager_token: bool },
+    ListNetworks,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,5 +115,6 @@ pub enum ControlResponse {
     Swarm(Box<Cluster>),
     Nodes(Vec<NodeView>),
     Node(Box<NodeView>),
+    Networks(Vec<Network>),
     Done,
 }

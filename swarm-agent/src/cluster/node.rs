@@ -553,7 +553,7 @@ impl SwarmNode {
                 if reachable.saturating_sub(2) <= unreachable && reachable >= 1 {
                     if reachable == 1 && unreachable == 0 {
                         msg.push_str("Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ");
-                        return Err(ApiError::unavailable(msg.trim_end().to_owned()));
+                        return Err(ApiError::unavailable(msg));
                     }
                     msg.push_str(&format!(
                         "Removing this node leaves {} managers out of {}. Without a Raft quorum your swarm will be inaccessible. ",
