@@ -532,6 +532,7 @@ impl Manager {
             period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
             managers,
             role: node.role,
+            raft_id: node.manager.as_ref().map(|m| m.raft_id),
         })
     }
 

@@ -74,6 +74,9 @@ pub struct HeartbeatResponse {
     /// The role the node's certificate should carry; a node whose
     /// certificate says otherwise renews it.
     pub role: Role,
+    /// The node's Raft member ID in the store, if it is a member; a manager
+    /// whose own ID differs (or that runs no Raft) (re)joins Raft.
+    pub raft_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -599,7 +599,7 @@ impl SwarmNode {
             match self.heartbeat(period).await {
                 Ok(resp) => {
                     period = Duration::from_millis(resp.period_ms.max(10));
-                    self.update_managers(resp.managers);
+                    self.update_managers(resp.managers.clone());
                     if resp.role != self.local().role || SystemTime::now() >= renew_at {
                         if let Err(e) = self.renew(resp.role).await {
                             tracing::warn!("renewing the node certificate: {e}");
@@ -607,11 +607,31 @@ impl SwarmNode {
                             renew_at = self.renewal_time();
                         }
                     }
+                    if let Err(e) = self.check_raft_seat(&resp).await {
+                        tracing::warn!("joining raft: {e}");
+                    }
                 }
                 Err(e) => tracing::debug!("heartbeat: {e}"),
             }
             tokio::time::sleep_until(started + period).await;
         }
+    }
+
+    /// A manager whose seat in Raft is gone (demoted and promoted again
+    /// before it noticed, or removed by `--force-new-cluster`) takes a new one.
+    async fn check_raft_seat(&self, resp: &HeartbeatResponse) -> Result<(), ApiError> {
+        let local = self.local();
+        if resp.role != Role::Manager || local.role != Role::Manager {
+            return Ok(());
+        }
+        let running = self.manager().await.is_some();
+        if running && resp.raft_id.is_some() && resp.raft_id == local.raft_id {
+            return Ok(());
+        }
+        tracing::info!("this manager has no seat in raft; joining");
+        self.stop_manager().await;
+        let listener = bind(&local.listen_addr).await?;
+        self.become_manager(listener).await
     }
 
     async fn heartbeat(&self, period: Duration) -> Result<HeartbeatResponse, ApiError> {
@@ -689,6 +709,8 @@ impl SwarmNode {
         };
         self.dir.save_certs(&certs).map_err(io("saving certificates"))?;
         self.resolver.set(&certs.node_cert, &certs.node_key).map_err(tls_err)?;
+        // Connections made with the old certificate keep its role: start over.
+        self.rpc.reset_connections();
         let old_role = {
             let mut l = self.local_mut();
             let old = l.role;
@@ -701,17 +723,11 @@ impl SwarmNode {
         };
         tracing::info!(role = issued.role.as_str(), "node certificate renewed");
         debug_assert_eq!(issued.role, role);
-        match (old_role, issued.role, self.manager().await.is_some()) {
-            (_, Role::Manager, false) => {
-                let listener = bind(&self.local().listen_addr).await?;
-                self.become_manager(listener).await?;
-            }
-            (_, Role::Worker, true) => {
-                self.stop_manager().await;
-                self.dir.wipe_raft().map_err(io("removing the raft store"))?;
-            }
-            _ => {}
+        if old_role == Role::Manager && issued.role == Role::Worker {
+            self.stop_manager().await;
+            self.dir.wipe_raft().map_err(io("removing the raft store"))?;
         }
+        // A new manager takes its Raft seat in `check_raft_seat`.
         Ok(())
     }
 }

@@ -268,6 +268,12 @@ impl RpcClient {
         }
     }
 
+    /// Drops every pooled connection: the next calls handshake again (with
+    /// a renewed certificate).
+    pub fn reset_connections(&self) {
+        self.inner.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+
     fn forget(&self, addr: &str) {
         self.inner.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(addr);
     }

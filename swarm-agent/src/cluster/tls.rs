@@ -102,6 +102,10 @@ pub fn server_config(ca: &RootCa, resolver: Arc<CertResolver>) -> Result<Arc<Ser
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed session keeps the client certificate
+    // of the first handshake, and a node's role changes with its certificate.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(cfg))
 }
 
@@ -113,6 +117,7 @@ pub fn client_config(ca: &RootCa, resolver: Arc<CertResolver>) -> Result<Arc<Cli
         .with_root_certificates(roots(ca)?)
         .with_client_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
 
