@@ -155,8 +155,18 @@ pub fn kill9(host: &Host) {
     .unwrap();
 }
 
+/// A daemon started by a test; killed and reaped when dropped.
+pub struct DaemonProcess(Child);
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the host's daemon (e.g. after a crash), logging to its state dir.
-pub fn start_daemon(host: &Host, env: &[(&str, &str)]) -> Child {
+pub fn start_daemon(host: &Host, env: &[(&str, &str)]) -> DaemonProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

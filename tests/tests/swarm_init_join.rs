@@ -41,7 +41,7 @@ fn init_prints_dockers_output_and_creates_the_swarm() {
     let h = tb.host(0);
     let out = agent(h, &["init"]).unwrap();
     let re = Regex::new(&format!(
-        "^Swarm initialized: current node \\(({ID})\\) is now a manager\\.\n\nTo add a worker to this swarm, run the following command:\n\n    swarm-agent join --token ({TOKEN}) 198\\.18\\.0\\.1:2377\n\nTo add a manager to this swarm, run 'swarm-agent join-token manager' and follow the instructions\\.\n\n$"
+        "^Swarm initialized: current node \\(({ID})\\) is now a manager\\.\n\nTo add a worker to this swarm, run the following command:\n\n    swarm-agent join --token ({TOKEN}) 198\\.18\\.0\\.1:2377\n\nTo add a manager to this swarm, run 'swarm-agent join-token manager' and follow the instructions\\.\n$"
     ))
     .unwrap();
     let caps = re.captures(&out).unwrap_or_else(|| panic!("unexpected init output:\n{out}"));

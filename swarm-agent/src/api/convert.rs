@@ -183,10 +183,10 @@ pub fn cluster_spec(s: Option<&m::SwarmSpec>, base: &ClusterSpec) -> Result<Clus
     if let Some(l) = &s.labels {
         out.labels = l.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     }
-    if let Some(o) = &s.orchestration {
-        if let Some(v) = o.task_history_retention_limit {
-            out.task_history_limit = v;
-        }
+    if let Some(o) = &s.orchestration
+        && let Some(v) = o.task_history_retention_limit
+    {
+        out.task_history_limit = v;
     }
     if let Some(r) = &s.raft {
         out.snapshot_interval = r.snapshot_interval.filter(|v| *v > 0).unwrap_or(out.snapshot_interval);
@@ -196,13 +196,13 @@ pub fn cluster_spec(s: Option<&m::SwarmSpec>, base: &ClusterSpec) -> Result<Clus
         out.election_tick = r.election_tick.filter(|v| *v > 0).map_or(out.election_tick, |v| v as u32);
         out.heartbeat_tick = r.heartbeat_tick.filter(|v| *v > 0).map_or(out.heartbeat_tick, |v| v as u32);
     }
-    if let Some(d) = &s.dispatcher {
-        if let Some(p) = d.heartbeat_period.filter(|p| *p != 0) {
-            if p < 0 {
-                return Err(ApiError::invalid("heartbeat period must be positive"));
-            }
-            out.heartbeat_period = p as u64;
+    if let Some(d) = &s.dispatcher
+        && let Some(p) = d.heartbeat_period.filter(|p| *p != 0)
+    {
+        if p < 0 {
+            return Err(ApiError::invalid("heartbeat period must be positive"));
         }
+        out.heartbeat_period = p as u64;
     }
     if let Some(c) = &s.ca_config {
         if let Some(e) = c.node_cert_expiry.filter(|e| *e != 0) {
@@ -215,10 +215,10 @@ pub fn cluster_spec(s: Option<&m::SwarmSpec>, base: &ClusterSpec) -> Result<Clus
             return Err(ApiError::invalid("external CAs are not supported"));
         }
     }
-    if let Some(e) = &s.encryption_config {
-        if e.auto_lock_managers == Some(true) {
-            return Err(ApiError::invalid("autolock is not supported yet"));
-        }
+    if let Some(e) = &s.encryption_config
+        && e.auto_lock_managers == Some(true)
+    {
+        return Err(ApiError::invalid("autolock is not supported yet"));
     }
     Ok(out)
 }
@@ -303,8 +303,7 @@ mod tests {
 
     #[test]
     fn specs_round_trip_through_the_api_model() {
-        let mut spec = ClusterSpec::default();
-        spec.heartbeat_period = 500_000_000;
+        let mut spec = ClusterSpec { heartbeat_period: 500_000_000, ..ClusterSpec::default() };
         spec.labels.insert("a".into(), "b".into());
         let back = cluster_spec(Some(&swarm_spec(&spec)), &ClusterSpec::default()).unwrap();
         assert_eq!(back, spec);

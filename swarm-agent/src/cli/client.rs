@@ -117,8 +117,7 @@ impl Client {
             message: String,
         }
         let msg = serde_json::from_slice::<E>(&bytes)
-            .map(|e| e.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
+            .map_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned(), |e| e.message);
         Err(CliError::Daemon(msg))
     }
 

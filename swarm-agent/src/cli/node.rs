@@ -106,7 +106,7 @@ fn filters_query(filters: &[String]) -> Result<String, CliError> {
     for f in filters {
         let (k, v) = f
             .split_once('=')
-            .ok_or_else(|| CliError::local(format!("bad format of filter (expected name=value)")))?;
+            .ok_or_else(|| CliError::local("bad format of filter (expected name=value)".to_string()))?;
         map.entry(k.to_owned()).or_default().insert(v.to_owned(), true);
     }
     let json = serde_json::to_string(&map).map_err(|e| CliError::local(e.to_string()))?;

@@ -100,8 +100,8 @@ pub async fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
     };
     print!("Swarm initialized: current node ({node_id}) is now a manager.\n\n");
     print_join_command(client, &node_id, true, false).await?;
-    print!(
-        "To add a manager to this swarm, run 'swarm-agent join-token manager' and follow the instructions.\n\n"
+    println!(
+        "To add a manager to this swarm, run 'swarm-agent join-token manager' and follow the instructions."
     );
     Ok(())
 }

@@ -289,20 +289,25 @@ impl Manager {
     /// Watches Raft for leadership changes and runs the leader's loops while
     /// this manager leads.
     async fn supervise_leadership(self: Arc<Self>) {
+        /// Aborts the leader's loops when dropped, also when this task is aborted.
+        struct Leading(JoinHandle<()>);
+        impl Drop for Leading {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
         let mut metrics = self.raft.metrics();
-        let mut leading: Option<JoinHandle<()>> = None;
+        let mut leading: Option<Leading> = None;
         loop {
             let is_leader = metrics.borrow_watched().state == ServerState::Leader;
             match (is_leader, leading.is_some()) {
                 (true, false) => {
                     tracing::info!(node = %self.cfg.node_id, "became the leader");
-                    leading = Some(tokio::spawn(self.clone().lead()));
+                    leading = Some(Leading(tokio::spawn(self.clone().lead())));
                 }
                 (false, true) => {
                     tracing::info!(node = %self.cfg.node_id, "no longer the leader");
-                    if let Some(h) = leading.take() {
-                        h.abort();
-                    }
+                    leading = None;
                 }
                 _ => {}
             }
@@ -310,9 +315,7 @@ impl Manager {
                 break;
             }
         }
-        if let Some(h) = leading {
-            h.abort();
-        }
+        drop(leading);
     }
 
     /// The leader's loops: liveness and role reconciliation.

@@ -393,13 +393,19 @@ impl SwarmNode {
         if self.local().role != Role::Manager {
             return Err(ApiError::invalid("--force-new-cluster can only be used on a manager"));
         }
-        self.stop().await;
-        let raft_db = self.dir.raft_dir().join("raft.redb");
-        let state =
-            super::raft::storage::read_applied_state(&raft_db).map_err(io("reading the raft store"))?;
+        // This manager's copy of the state: everything it has applied.
+        let state = match self.manager().await {
+            Some(m) => m.state().snapshot(),
+            None => {
+                return Err(ApiError::invalid(
+                    "this manager is not running raft; restart the daemon and retry",
+                ));
+            }
+        };
         state
             .cluster()
             .map_err(|_| ApiError::invalid("this manager has no copy of the swarm state to recover"))?;
+        self.stop().await;
         self.dir.wipe_raft().map_err(io("removing the raft store"))?;
         let raft_id = rand::rng().random::<u64>() >> 1;
         {

@@ -259,12 +259,11 @@ impl RpcClient {
                 Err(RpcError::Api(e))
             }
         };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.forget(addr);
-                Err(RpcError::Transport(format!("{addr} did not answer within {timeout:?}")))
-            }
+        if let Ok(r) = tokio::time::timeout(timeout, fut).await {
+            r
+        } else {
+            self.forget(addr);
+            Err(RpcError::Transport(format!("{addr} did not answer within {timeout:?}")))
         }
     }
 
@@ -281,10 +280,10 @@ impl RpcClient {
     async fn connection(&self, addr: &str) -> Result<http2::SendRequest<Full<Bytes>>, RpcError> {
         let existing =
             self.inner.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(addr).cloned();
-        if let Some(s) = existing {
-            if !s.is_closed() {
-                return Ok(s);
-            }
+        if let Some(s) = existing
+            && !s.is_closed()
+        {
+            return Ok(s);
         }
         let tls = self.inner.tls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
