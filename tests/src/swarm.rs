@@ -178,7 +178,7 @@ pub fn start_daemon(host: &Host, env: &[(&str, &str)]) -> DaemonProcess {
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    let child = c.spawn().expect("spawn daemon");
+    let child = DaemonProcess(c.spawn().expect("spawn daemon"));
     poll::until("the daemon to answer", Duration::from_secs(15), || agent(host, &["info"]).map(|_| ()))
         .unwrap();
     child
