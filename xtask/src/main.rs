@@ -4,8 +4,12 @@
 //! - `build-ebpf`: build the eBPF objects the agent embeds.
 //! - `testbed up|down|status|exec|cut|restore`: the multi-host testbed.
 //! - `test`: everything CI checks (setup, build-ebpf, fmt, clippy, tests).
+//! - `demo`: a three-host swarm in network namespaces (`demo --down` removes it).
+//! - `bench control-plane`: init/join/failover/Down-detection times.
 
+mod bench;
 mod build_ebpf;
+mod demo;
 mod setup;
 mod test;
 mod testbed;
@@ -35,6 +39,10 @@ enum Task {
     },
     /// Run every check CI runs: setup, build-ebpf, fmt, clippy and all tests.
     Test(test::Args),
+    /// Bring up a three-host demo swarm in network namespaces (`--down` removes it).
+    Demo(demo::Args),
+    /// Measure the control plane (init, join, failover, Down detection).
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +52,8 @@ fn main() -> std::process::ExitCode {
         Task::BuildEbpf => build_ebpf::run().map(|_| ()),
         Task::Testbed { cmd } => testbed::run(cmd),
         Task::Test(args) => test::run(&args),
+        Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
