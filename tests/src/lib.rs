@@ -26,10 +26,8 @@ pub fn agent_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary> -> target/<profile>/swarm-agent
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
+    let profile_dir =
+        exe.parent().and_then(|deps| deps.parent()).expect("test binary lives in target/<profile>/deps");
     let bin = profile_dir.join("swarm-agent");
     assert!(
         bin.is_file(),

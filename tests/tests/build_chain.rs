@@ -6,12 +6,14 @@ use std::{path::PathBuf, process::Command};
 #[test]
 fn agent_build_without_the_ebpf_object_names_the_command_to_run() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    // A target directory of its own, so the real build is not invalidated;
-    // it is kept between runs, so only the build script reruns.
-    let target = root.join("target").join("check-missing-ebpf");
+    // The target directory this test was built in (target/<profile>/deps/<exe>):
+    // its dependencies are built already, so only the build script runs.
+    // (The next build reruns the script with the real object path.)
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).expect("target/<profile>/deps/<exe>").to_path_buf();
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&root)
-        .args(["check", "--quiet", "--locked", "-p", "swarm-agent"])
+        .args(["build", "--quiet", "--locked", "--lib", "-p", "swarm-agent"])
         .env("CARGO_TARGET_DIR", &target)
         .env("SWARM_EBPF_OBJECT", "/nonexistent/swarm-ebpf")
         .output()

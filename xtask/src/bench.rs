@@ -47,7 +47,11 @@ impl Samples {
 }
 
 fn fmt(d: Duration) -> String {
-    if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{:.2}s", d.as_secs_f64()) }
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.2}s", d.as_secs_f64())
+    }
 }
 
 fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
@@ -69,16 +73,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for run in 1..=args.runs {
         crate::step(&format!("run {run}/{}", args.runs));
         joins(&mut init, &mut join_worker, &mut join_manager)?;
-        failure_run(TUNED_RAFT, &["--dispatcher-heartbeat", TUNED_HEARTBEAT], &mut down_tuned, &mut failover_tuned)?;
+        failure_run(
+            TUNED_RAFT,
+            &["--dispatcher-heartbeat", TUNED_HEARTBEAT],
+            &mut down_tuned,
+            &mut failover_tuned,
+        )?;
         failure_run(&[], &[], &mut down_default, &mut failover_default)?;
     }
     crate::step(&format!("watching a default-settings cluster for {:?}", args.watch));
     let (leader_changes, downs) = watch_defaults(args.watch)?;
 
     let rows = vec![
-        vec!["init (daemon running)".into(), init.summary(), "-".into(), "-".into()],
-        vec!["join as worker".into(), join_worker.summary(), "-".into(), "-".into()],
-        vec!["join as manager".into(), join_manager.summary(), "-".into(), "-".into()],
+        vec!["init (daemon running)".into(), "-".into(), init.summary(), "-".into()],
+        vec!["join as worker".into(), "-".into(), join_worker.summary(), "-".into()],
+        vec!["join as manager".into(), "-".into(), join_manager.summary(), "-".into()],
         vec![
             "leader failover: kill -9 to first write".into(),
             failover_tuned.summary(),
@@ -111,11 +120,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn render(header: &[&str], rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> =
-        (0..header.len()).map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0))
+        .collect();
     let line = |cells: Vec<&str>| {
-        cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i] + 3)).collect::<String>().trim_end().to_owned()
-            + "\n"
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            l.push_str(&format!("{c:<w$}", w = widths[i] + 3));
+        }
+        l.trim_end().to_owned() + "\n"
     };
     let mut out = line(header.to_vec());
     for r in rows {
@@ -140,7 +153,12 @@ fn joins(init: &mut Samples, worker: &mut Samples, manager: &mut Samples) -> any
 
 /// Three managers and a worker: cut the worker (time to Down), then kill
 /// the leader (time to the first successful write on a survivor).
-fn failure_run(env: &[(&str, &str)], init_args: &[&str], down: &mut Samples, failover: &mut Samples) -> anyhow::Result<()> {
+fn failure_run(
+    env: &[(&str, &str)],
+    init_args: &[&str],
+    down: &mut Samples,
+    failover: &mut Samples,
+) -> anyhow::Result<()> {
     let tb = swarm_tests::swarm::cluster(4, 3, env, init_args);
     let (m1, m2, w) = (tb.host(0), tb.host(1), tb.host(3));
     poll::until("the cluster to settle", Duration::from_secs(60), || {
@@ -156,7 +174,11 @@ fn failure_run(env: &[(&str, &str)], init_args: &[&str], down: &mut Samples, fai
     let cut = Instant::now();
     poll::until("the worker to be down", Duration::from_secs(60), || {
         let rows = node_ls(m1).map_err(|e| e.to_string())?;
-        if rows.iter().any(|r| r.hostname == w.name && r.status == "Down") { Ok(()) } else { Err("not yet".to_owned()) }
+        if rows.iter().any(|r| r.hostname == w.name && r.status == "Down") {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
     })
     .map_err(anyhow::Error::msg)?;
     down.add(cut.elapsed());
@@ -178,7 +200,11 @@ fn watch_defaults(window: Duration) -> anyhow::Result<(usize, usize)> {
     let m = tb.host(0);
     poll::until("the cluster to settle", Duration::from_secs(60), || {
         let rows = node_ls(m).map_err(|e| e.to_string())?;
-        if rows.len() == 4 && rows.iter().all(|r| r.status == "Ready") { Ok(()) } else { Err("settling".to_owned()) }
+        if rows.len() == 4 && rows.iter().all(|r| r.status == "Ready") {
+            Ok(())
+        } else {
+            Err("settling".to_owned())
+        }
     })
     .map_err(anyhow::Error::msg)?;
     let end = Instant::now() + window;

@@ -23,6 +23,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
+    docker_cli()?;
     let llvm_major = nightly_llvm_major()?;
     rust_src()?;
     bpf_linker(llvm_major)?;
@@ -56,6 +57,27 @@ fn apt_packages() -> anyhow::Result<()> {
         "apt-get install",
     )?;
     Ok(())
+}
+
+/// The compatibility tests drive the agent with docker's own CLI: the
+/// machine's `docker`, or else the one in Debian's docker.io package.
+fn docker_cli() -> anyhow::Result<()> {
+    let present =
+        Command::new("sh").args(["-c", "command -v docker"]).output().is_ok_and(|o| o.status.success());
+    if present {
+        step("docker CLI: present");
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("the docker CLI is missing; run `cargo xtask setup` as root to install Debian's docker.io");
+    }
+    step("installing Debian package docker.io (the docker CLI for compatibility tests)");
+    run_ok(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "docker.io"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install docker.io",
+    )
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
