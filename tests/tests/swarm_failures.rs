@@ -135,3 +135,31 @@ fn without_quorum_writes_fail_fast_and_force_new_cluster_recovers() {
     // The worker keeps working with the recovered swarm.
     assert!(agent(w, &["info"]).unwrap().contains("Swarm: active"));
 }
+
+#[test]
+fn a_new_manager_catches_up_from_a_snapshot() {
+    // Snapshots every 10 entries, keeping 10: a manager joining after 40
+    // writes cannot get the early log and must install a snapshot.
+    let tb = cluster(4, 2, FAST_RAFT, &["--snapshot-interval", "10"]);
+    let (m1, m2, m3) = (tb.host(0), tb.host(1), tb.host(2));
+    wait_nodes(m1, "two managers", Duration::from_secs(20), |r| {
+        row(r, "node2").manager_status == "Reachable"
+    });
+    for i in 0..40 {
+        label(m1, "node4", &format!("n={i}")).unwrap();
+    }
+    agent(m1, &["node", "promote", "node3"]).unwrap();
+    wait_nodes(m1, "node3 in raft", Duration::from_secs(30), |r| {
+        row(r, "node3").manager_status == "Reachable"
+    });
+    // node3's own copy of the state is complete: recover the swarm from it alone.
+    kill9(m1);
+    kill9(m2);
+    agent(m3, &["init", "--force-new-cluster"]).unwrap();
+    let out = swarm_tests::swarm::docker(
+        m3,
+        &["node", "inspect", "node4", "--format", "{{index .Spec.Labels \"n\"}}"],
+    )
+    .unwrap();
+    assert_eq!(out, "39\n");
+}

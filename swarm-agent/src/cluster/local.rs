@@ -39,6 +39,9 @@ pub struct LocalState {
     pub data_path_port: u32,
     /// Managers' advertised addresses, leader first when known.
     pub managers: Vec<String>,
+    /// Raft snapshot settings of the swarm.
+    #[serde(default)]
+    pub snapshots: super::raft::SnapshotSettings,
 }
 
 /// The PEM files of a node.
@@ -171,6 +174,7 @@ mod tests {
             listen_addr: "0.0.0.0:2377".into(),
             data_path_port: 4789,
             managers: vec!["198.18.0.2:2377".into()],
+            snapshots: crate::cluster::raft::SnapshotSettings::default(),
         };
         let certs = Certs { node_cert: "c".into(), node_key: "k".into(), ca_cert: "ca".into(), ca_key: None };
         d.save_state(&state).unwrap();

@@ -42,6 +42,8 @@ pub struct ManagerConfig {
     pub advertise_addr: String,
     pub raft_dir: PathBuf,
     pub timing: Timing,
+    /// Snapshot settings to use while the store does not have the cluster yet.
+    pub snapshots: raft::SnapshotSettings,
     pub ca: RootCa,
 }
 
@@ -80,11 +82,11 @@ impl Manager {
         let (log, sm) = raft::storage::open(&cfg.raft_dir.join("raft.redb"))
             .map_err(|e| internal("opening the raft store")(e.to_string()))?;
         let state = sm.reader();
-        let snapshot_interval =
-            state.read(|s| s.cluster.as_ref().map_or(10_000, |c| c.spec.snapshot_interval));
+        let snapshots =
+            state.read(|s| s.cluster.as_ref().map(|c| raft::SnapshotSettings::from_spec(&c.spec)));
         let raft = Raft::new(
             cfg.raft_id,
-            raft::config(cfg.timing, snapshot_interval),
+            raft::config(cfg.timing, snapshots.unwrap_or(cfg.snapshots)),
             raft::network::Network::new(rpc.clone()),
             log,
             sm,
@@ -500,6 +502,7 @@ impl Manager {
             role,
             cluster_id: cluster.id.clone(),
             managers: manager_addrs(&state, self.leader_raft_id()),
+            snapshots: raft::SnapshotSettings::from_spec(&cluster.spec),
         })
     }
 

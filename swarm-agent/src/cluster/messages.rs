@@ -56,6 +56,8 @@ pub struct IssueCertResponse {
     pub cluster_id: String,
     /// Advertised addresses of the managers.
     pub managers: Vec<String>,
+    /// The swarm's Raft snapshot settings, for a manager's Raft.
+    pub snapshots: super::raft::SnapshotSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -217,6 +217,7 @@ impl SwarmNode {
             listen_addr: listen,
             data_path_port,
             managers: vec![advertise.clone()],
+            snapshots: super::raft::SnapshotSettings::from_spec(&p.spec),
         };
         let result = async {
             dir.save_certs(&certs).map_err(io("saving certificates"))?;
@@ -356,6 +357,7 @@ impl SwarmNode {
             listen_addr: listen,
             data_path_port: u32::from(swarm_common::VXLAN_UDP_PORT),
             managers,
+            snapshots: issued.snapshots,
         };
         let result = async {
             dir.save_certs(&certs).map_err(io("saving certificates"))?;
@@ -468,6 +470,7 @@ impl SwarmNode {
             advertise_addr: local.advertise_addr.clone(),
             raft_dir: self.dir.raft_dir(),
             timing: self.timing,
+            snapshots: local.snapshots,
             ca,
         };
         let mgr = Manager::start(cfg, listener, server_tls, self.rpc.clone()).await?;
@@ -669,14 +672,11 @@ impl SwarmNode {
         }
     }
 
-    /// When to renew: a random point between 50% and 80% of the
-    /// certificate's life (swarmkit's rotation range).
+    /// When to renew this node's certificate.
     fn renewal_time(&self) -> SystemTime {
         let pem = self.certs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).node_cert.clone();
         let Ok(info) = CertInfo::from_pem(&pem) else { return SystemTime::now() };
-        let life = (info.not_after - info.not_before).max(0) as f64;
-        let at = info.not_before as f64 + life * rand::rng().random_range(0.5..0.8);
-        SystemTime::UNIX_EPOCH + Duration::from_secs_f64(at.max(0.0))
+        renewal_point(info.not_before, info.not_after, rand::rng().random_range(0.5..0.8))
     }
 
     /// Gets a new certificate (same key pair is not reused: a new CSR) with
@@ -738,6 +738,14 @@ impl SwarmNode {
     }
 }
 
+/// A point `fraction` of the way through a certificate's life (swarmkit
+/// renews at a random point between 50% and 80%).
+fn renewal_point(not_before: i64, not_after: i64, fraction: f64) -> SystemTime {
+    let life = (not_after - not_before).max(0) as f64;
+    let at = not_before as f64 + life * fraction;
+    SystemTime::UNIX_EPOCH + Duration::from_secs_f64(at.max(0.0))
+}
+
 fn host(addr: &str) -> String {
     addr.parse::<std::net::SocketAddr>().map_or_else(
         |_| addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned(),
@@ -751,6 +759,14 @@ fn host(addr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_are_renewed_between_half_and_four_fifths_of_their_life() {
+        let (nb, na) = (1_000_000, 1_000_000 + 100 * 3600);
+        let at = |f| renewal_point(nb, na, f).duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(at(0.5), 1_000_000 + 50 * 3600);
+        assert_eq!(at(0.8), 1_000_000 + 80 * 3600);
+    }
 
     #[test]
     fn pools_and_ports_follow_moby() {

@@ -53,8 +53,30 @@ impl Default for Timing {
     }
 }
 
-/// openraft configuration for the given timing.
-pub fn config(timing: Timing, snapshot_interval: u64) -> Arc<openraft::Config> {
+/// When to snapshot: every `interval` entries (`--snapshot-interval`), keeping
+/// `keep_logs` entries after the snapshot for slow followers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotSettings {
+    pub interval: u64,
+    pub keep_logs: u64,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        SnapshotSettings { interval: 10_000, keep_logs: 500 }
+    }
+}
+
+impl SnapshotSettings {
+    /// From the cluster spec; never keeps more logs than the interval.
+    pub fn from_spec(spec: &crate::cluster::store::model::ClusterSpec) -> SnapshotSettings {
+        let interval = spec.snapshot_interval.max(1);
+        SnapshotSettings { interval, keep_logs: spec.log_entries_for_slow_followers.min(interval) }
+    }
+}
+
+/// openraft configuration for the given timing and snapshot settings.
+pub fn config(timing: Timing, snapshots: SnapshotSettings) -> Arc<openraft::Config> {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
     let cfg = openraft::Config {
         cluster_name: "swarm".into(),
@@ -62,8 +84,8 @@ pub fn config(timing: Timing, snapshot_interval: u64) -> Arc<openraft::Config> {
         election_timeout_min: ms(timing.election),
         election_timeout_max: ms(timing.election) * 2,
         install_snapshot_timeout: 10_000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_interval.max(1)),
-        max_in_snapshot_log_to_keep: 500,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshots.interval.max(1)),
+        max_in_snapshot_log_to_keep: snapshots.keep_logs,
         ..Default::default()
     };
     Arc::new(cfg.validate().expect("valid raft config"))
