@@ -11,6 +11,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod names;
+pub mod overlay;
 pub mod stats;
 pub mod wire;
 

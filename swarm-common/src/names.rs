@@ -16,8 +16,49 @@ pub const MAP_VXLAN_VNI_STATS: &str = "VXLAN_VNI_STATS";
 /// every frame the underlay XDP program saw, by classification.
 pub const MAP_XDP_RX_CLASS_STATS: &str = "XDP_RX_CLASS_STATS";
 
+/// TC, ingress of each endpoint's host-side veth (packets leaving the
+/// endpoint): answers ARP, delivers to local endpoints, encapsulates the
+/// rest in VXLAN towards the destination's host.
+pub const PROG_TC_FROM_ENDPOINT: &str = "tc_from_endpoint";
+
+/// TC, ingress of the underlay interface: decapsulates VXLAN for local
+/// endpoints and delivers it; drops VXLAN from non-members and for unknown
+/// VNIs; passes everything else.
+pub const PROG_TC_FROM_UNDERLAY: &str = "tc_from_underlay";
+
+/// XDP on the underlay interface: drops VXLAN from non-members and for
+/// unknown VNIs before the stack sees it; passes everything else (the TC
+/// program decapsulates).
+pub const PROG_XDP_UNDERLAY: &str = "xdp_underlay";
+
+/// `ARRAY` of one [`crate::overlay::HostConfig`].
+pub const MAP_OVERLAY_CONFIG: &str = "OVERLAY_CONFIG";
+/// `HASH` VNI → [`crate::overlay::NetworkInfo`].
+pub const MAP_OVERLAY_NETWORKS: &str = "OVERLAY_NETWORKS";
+/// `HASH` [`crate::overlay::EndpointKey`] → [`crate::overlay::EndpointInfo`].
+pub const MAP_OVERLAY_ENDPOINTS: &str = "OVERLAY_ENDPOINTS";
+/// `HASH` host-side veth ifindex → [`crate::overlay::LocalEndpoint`].
+pub const MAP_OVERLAY_LOCAL: &str = "OVERLAY_LOCAL";
+/// `HASH` [`crate::overlay::HostKey`] → `u32` (1): hosts allowed to send VXLAN.
+pub const MAP_OVERLAY_HOSTS: &str = "OVERLAY_HOSTS";
+/// `PERCPU_ARRAY` indexed by [`crate::overlay::DropReason`] → [`crate::stats::Counter`].
+pub const MAP_OVERLAY_DROPS: &str = "OVERLAY_DROPS";
+/// `PERCPU_ARRAY` indexed by [`crate::overlay::Event`] → [`crate::stats::Counter`].
+pub const MAP_OVERLAY_EVENTS: &str = "OVERLAY_EVENTS";
+
 /// Every program name, for checks that the object has them all.
-pub const ALL_PROGRAMS: &[&str] = &[PROG_XDP_VXLAN_COUNT];
+pub const ALL_PROGRAMS: &[&str] =
+    &[PROG_XDP_VXLAN_COUNT, PROG_TC_FROM_ENDPOINT, PROG_TC_FROM_UNDERLAY, PROG_XDP_UNDERLAY];
 
 /// Every map name, for checks that the object has them all.
-pub const ALL_MAPS: &[&str] = &[MAP_VXLAN_VNI_STATS, MAP_XDP_RX_CLASS_STATS];
+pub const ALL_MAPS: &[&str] = &[
+    MAP_VXLAN_VNI_STATS,
+    MAP_XDP_RX_CLASS_STATS,
+    MAP_OVERLAY_CONFIG,
+    MAP_OVERLAY_NETWORKS,
+    MAP_OVERLAY_ENDPOINTS,
+    MAP_OVERLAY_LOCAL,
+    MAP_OVERLAY_HOSTS,
+    MAP_OVERLAY_DROPS,
+    MAP_OVERLAY_EVENTS,
+];

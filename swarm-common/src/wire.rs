@@ -12,6 +12,11 @@ pub const VXLAN_HDR_LEN: usize = 8;
 pub const ETH_P_IP: u16 = 0x0800;
 /// EtherType ARP.
 pub const ETH_P_ARP: u16 = 0x0806;
+/// Length of an Ethernet/IPv4 ARP packet after the Ethernet header.
+pub const ARP_LEN: usize = 28;
+/// ARP operations.
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
 /// VXLAN flags byte: the I flag, "VNI is valid" (RFC 7348 §5).

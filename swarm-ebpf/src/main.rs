@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod overlay;
 mod packet;
 mod vxlan_count;
 

@@ -2,6 +2,7 @@
 //! reading their maps. Program and map names come from `swarm_common::names`.
 
 pub mod bpffs;
+pub mod overlay;
 pub mod vxlan_counter;
 
 use aya::{Ebpf, EbpfLoader};

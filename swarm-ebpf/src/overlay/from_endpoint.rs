@@ -1,0 +1,193 @@
+//! TC on the ingress of an endpoint's host-side veth: every packet the
+//! container sends. ARP is answered from the endpoint table; IPv4 for an
+//! endpoint on this host goes straight to its veth's peer; IPv4 for a remote
+//! endpoint is wrapped in VXLAN (outer Ethernet/IPv4/UDP/VXLAN, inner frame
+//! unchanged) and sent out of the underlay interface; everything else is
+//! dropped and counted.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    macros::classifier,
+    programs::TcContext,
+};
+use swarm_common::{
+    VXLAN_OVERHEAD,
+    overlay::{
+        DropReason, EndpointInfo, EndpointKey, Event, GATEWAY_MAC, HostConfig, LocalEndpoint, OUTER_TTL,
+        SRC_PORT_MASK, SRC_PORT_MIN,
+    },
+    wire::{
+        ARP_REPLY, ARP_REQUEST, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, VXLAN_FLAG_I,
+    },
+};
+
+use super::{
+    OVERLAY_ENDPOINTS, OVERLAY_LOCAL, OVERLAY_NETWORKS, count_drop, count_event, host_config, ipv4_checksum,
+};
+
+/// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header's length.
+const ENCAP_L2_ETH_HLEN: u64 = (ETH_HDR_LEN as u64) << 56;
+
+#[classifier]
+pub fn tc_from_endpoint(ctx: TcContext) -> i32 {
+    match try_from_endpoint(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count_drop(reason, ctx.len());
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
+    // SAFETY: reading a field of the context the kernel passed us.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: plain data, only read.
+    let me = *unsafe { OVERLAY_LOCAL.get(&ifindex) }.ok_or(DropReason::UnknownSourceEndpoint)?;
+    let eth: EthHdr = ctx.load(0).map_err(|_| DropReason::Malformed)?;
+    match eth.ether_type() {
+        ETH_P_ARP => arp_reply(ctx, &me, ifindex),
+        ETH_P_IP => ipv4(ctx, &me),
+        _ => Err(DropReason::UnsupportedProtocol),
+    }
+}
+
+/// Answers an ARP request for an address in the endpoint's network by
+/// turning the request into the reply and sending it back to the endpoint.
+#[inline(always)]
+fn arp_reply(ctx: &TcContext, me: &LocalEndpoint, ifindex: u32) -> Result<i32, DropReason> {
+    let arp: [u8; 28] = ctx.load(ETH_HDR_LEN).map_err(|_| DropReason::Malformed)?;
+    // Ethernet/IPv4 ARP only.
+    if arp[0..6] != [0, 1, 8, 0, 6, 4] {
+        return Err(DropReason::UnsupportedProtocol);
+    }
+    if u16::from_be_bytes([arp[6], arp[7]]) != ARP_REQUEST {
+        return Err(DropReason::UnsupportedProtocol);
+    }
+    let sender_mac = [arp[8], arp[9], arp[10], arp[11], arp[12], arp[13]];
+    let sender_ip = [arp[14], arp[15], arp[16], arp[17]];
+    let target_ip = [arp[24], arp[25], arp[26], arp[27]];
+    if sender_ip != me.ip {
+        return Err(DropReason::SpoofedSource);
+    }
+    // SAFETY: plain data, only read.
+    let net = unsafe { OVERLAY_NETWORKS.get(&me.vni) }.ok_or(DropReason::UnknownSourceEndpoint)?;
+    let target_mac = if target_ip == net.gateway_ip {
+        GATEWAY_MAC
+    } else {
+        let key = EndpointKey { vni: me.vni, ip: target_ip };
+        // SAFETY: plain data, only read.
+        unsafe { OVERLAY_ENDPOINTS.get(&key) }.ok_or(DropReason::ArpUnknownTarget)?.mac
+    };
+    let mut out = [0u8; 42];
+    out[0..6].copy_from_slice(&sender_mac);
+    out[6..12].copy_from_slice(&target_mac);
+    out[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    out[14..20].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
+    out[20..22].copy_from_slice(&ARP_REPLY.to_be_bytes());
+    out[22..28].copy_from_slice(&target_mac);
+    out[28..32].copy_from_slice(&target_ip);
+    out[32..38].copy_from_slice(&sender_mac);
+    out[38..42].copy_from_slice(&sender_ip);
+    ctx.store(0, &out, 0).map_err(|_| DropReason::Malformed)?;
+    count_event(Event::ArpReplied, ctx.len());
+    // Out of the host-side veth, i.e. back into the endpoint.
+    // SAFETY: helper call with plain integer arguments.
+    unsafe { bpf_redirect(ifindex, 0) };
+    Ok(TC_ACT_REDIRECT)
+}
+
+#[inline(always)]
+fn ipv4(ctx: &TcContext, me: &LocalEndpoint) -> Result<i32, DropReason> {
+    let ip: Ipv4Hdr = ctx.load(ETH_HDR_LEN).map_err(|_| DropReason::Malformed)?;
+    if ip.version() != 4 || ip.ihl() < 5 {
+        return Err(DropReason::Malformed);
+    }
+    if ip.src != me.ip {
+        return Err(DropReason::SpoofedSource);
+    }
+    let key = EndpointKey { vni: me.vni, ip: ip.dst };
+    // SAFETY: plain data, only read.
+    let Some(dst) = (unsafe { OVERLAY_ENDPOINTS.get(&key) }).copied() else {
+        // SAFETY: as above.
+        let in_subnet = unsafe { OVERLAY_NETWORKS.get(&me.vni) }.is_some_and(|n| n.contains(ip.dst));
+        return Err(if in_subnet { DropReason::UnknownDestination } else { DropReason::NoRoute });
+    };
+    if dst.is_local() {
+        // Same host: into the destination endpoint directly (ingress to ingress).
+        ctx.store(0, &dst.mac, 0).map_err(|_| DropReason::Malformed)?;
+        count_event(Event::DeliveredLocally, ctx.len());
+        // SAFETY: helper call with plain integer arguments.
+        unsafe { bpf_redirect_peer(dst.ifindex, 0) };
+        return Ok(TC_ACT_REDIRECT);
+    }
+    let cfg = host_config().ok_or(DropReason::NotConfigured)?;
+    encapsulate(ctx, me, &dst, &cfg)?;
+    count_event(Event::Encapsulated, ctx.len());
+    // The kernel resolves the underlay next hop and fills in the outer MACs.
+    // SAFETY: helper call; a null parameter block means "use the packet's destination".
+    unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
+    Ok(TC_ACT_REDIRECT)
+}
+
+/// Prepends outer Ethernet (MACs left to the neighbour subsystem), IPv4
+/// (checksum computed), UDP (source port from the flow hash, checksum 0)
+/// and VXLAN (I flag, the network's VNI).
+#[inline(always)]
+fn encapsulate(
+    ctx: &TcContext,
+    me: &LocalEndpoint,
+    dst: &EndpointInfo,
+    cfg: &HostConfig,
+) -> Result<(), DropReason> {
+    let inner_len = ctx.len();
+    let inner_eth: [u8; ETH_HDR_LEN] = ctx.load(0).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: helper call on the context the kernel passed us.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let src_port = SRC_PORT_MIN | (((hash ^ (hash >> 16)) as u16) & SRC_PORT_MASK);
+
+    let base = u64::from(BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET);
+    let encap =
+        u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH)
+            | ENCAP_L2_ETH_HLEN;
+    let grow = VXLAN_OVERHEAD as i32;
+    if ctx.adjust_room(grow, BPF_ADJ_ROOM_MAC, base | encap).is_err()
+        && ctx.adjust_room(grow, BPF_ADJ_ROOM_MAC, base).is_err()
+    {
+        return Err(DropReason::AdjustRoomFailed);
+    }
+
+    let mut h = [0u8; 64];
+    // Outer Ethernet: addresses filled in by bpf_redirect_neigh.
+    h[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    // Outer IPv4.
+    let ip_len = (inner_len + 36) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[8] = OUTER_TTL;
+    ip[9] = IPPROTO_UDP;
+    ip[12..16].copy_from_slice(&cfg.underlay_ip);
+    ip[16..20].copy_from_slice(&dst.host_ip);
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    h[14..34].copy_from_slice(&ip);
+    // UDP.
+    h[34..36].copy_from_slice(&src_port.to_be_bytes());
+    h[36..38].copy_from_slice(&cfg.vxlan_port.to_be_bytes());
+    h[38..40].copy_from_slice(&((inner_len + 16) as u16).to_be_bytes());
+    // VXLAN.
+    h[42] = VXLAN_FLAG_I;
+    let vni = me.vni.to_be_bytes();
+    h[46..49].copy_from_slice(&vni[1..4]);
+    // Inner Ethernet: the endpoint's frame, addressed to the destination's MAC.
+    h[50..64].copy_from_slice(&inner_eth);
+    h[50..56].copy_from_slice(&dst.mac);
+    ctx.store(0, &h, 0).map_err(|_| DropReason::AdjustRoomFailed)
+}

@@ -1,0 +1,93 @@
+//! The overlay datapath: maps shared by its programs, and small helpers.
+//!
+//! - `from_endpoint`: TC ingress on each endpoint's host-side veth.
+//! - `from_underlay`: TC ingress on the underlay interface.
+//! - `xdp_underlay`:  XDP on the underlay interface (early drops).
+
+pub mod from_endpoint;
+pub mod from_underlay;
+pub mod xdp_underlay;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use swarm_common::{
+    overlay::{
+        DROP_REASON_COUNT, DropReason, EVENT_COUNT, EndpointInfo, EndpointKey, Event, HostConfig, HostKey,
+        LocalEndpoint, MAX_ENDPOINTS, MAX_HOSTS, MAX_LOCAL_ENDPOINTS, MAX_NETWORKS, NetworkInfo,
+    },
+    stats::Counter,
+};
+
+#[map]
+pub static OVERLAY_CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static OVERLAY_NETWORKS: HashMap<u32, NetworkInfo> = HashMap::with_max_entries(MAX_NETWORKS, 0);
+
+#[map]
+pub static OVERLAY_ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
+    HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static OVERLAY_LOCAL: HashMap<u32, LocalEndpoint> = HashMap::with_max_entries(MAX_LOCAL_ENDPOINTS, 0);
+
+#[map]
+pub static OVERLAY_HOSTS: HashMap<HostKey, u32> = HashMap::with_max_entries(MAX_HOSTS, 0);
+
+#[map]
+pub static OVERLAY_DROPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DROP_REASON_COUNT, 0);
+
+#[map]
+pub static OVERLAY_EVENTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<Counter>, index: u32, len: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot; programs do not preempt themselves.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(len);
+        }
+    }
+}
+
+/// Counts a dropped packet under its reason.
+#[inline(always)]
+pub fn count_drop(reason: DropReason, len: u32) {
+    bump(&OVERLAY_DROPS, reason.index(), len);
+}
+
+#[inline(always)]
+pub fn count_event(event: Event, len: u32) {
+    bump(&OVERLAY_EVENTS, event.index(), len);
+}
+
+/// The host configuration, if user space has set it.
+#[inline(always)]
+pub fn host_config() -> Option<HostConfig> {
+    let c = OVERLAY_CONFIG.get(0)?;
+    if c.underlay_ifindex == 0 { None } else { Some(*c) }
+}
+
+/// True if VXLAN from `ip` (network order) is acceptable: a member host.
+#[inline(always)]
+pub fn is_member(ip: [u8; 4]) -> bool {
+    // SAFETY: the value is a plain integer and only read.
+    unsafe { OVERLAY_HOSTS.get(&HostKey { ip }).is_some() }
+}
+
+/// IPv4 header checksum over 20 bytes with the checksum field zero.
+#[inline(always)]
+pub fn ipv4_checksum(h: &[u8; 20]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
