@@ -12,8 +12,7 @@ use std::{
 use crate::cluster::{
     error::{ALREADY_IN_SWARM, ApiError, INACTIVE, NOT_IN_SWARM, PENDING},
     messages::{ControlRequest, ControlResponse},
-    node::{InitParams, JoinParams, SwarmNode},
-    raft::Timing,
+    node::{InitParams, JoinParams, NodeOptions, SwarmNode},
 };
 
 /// What `docker info` calls `LocalNodeState`.
@@ -26,7 +25,7 @@ pub enum LocalNodeState {
 
 pub struct Engine {
     data_root: PathBuf,
-    timing: Timing,
+    options: NodeOptions,
     node: tokio::sync::RwLock<Option<Arc<SwarmNode>>>,
     /// Serializes init, join, leave.
     op: tokio::sync::Mutex<()>,
@@ -35,11 +34,11 @@ pub struct Engine {
 
 impl Engine {
     /// The engine for `data_root`, resuming a swarm membership found there.
-    pub async fn start(data_root: PathBuf, timing: Timing) -> Result<Arc<Engine>, ApiError> {
-        let node = SwarmNode::resume(data_root.clone(), timing).await?;
+    pub async fn start(data_root: PathBuf, options: NodeOptions) -> Result<Arc<Engine>, ApiError> {
+        let node = SwarmNode::resume(data_root.clone(), options.clone()).await?;
         Ok(Arc::new(Engine {
             data_root,
-            timing,
+            options,
             node: tokio::sync::RwLock::new(node),
             op: tokio::sync::Mutex::new(()),
             joining: AtomicBool::new(false),
@@ -50,8 +49,8 @@ impl Engine {
         &self.data_root
     }
 
-    pub fn timing(&self) -> Timing {
-        self.timing
+    pub fn options(&self) -> NodeOptions {
+        self.options.clone()
     }
 
     pub async fn node(&self) -> Option<Arc<SwarmNode>> {

@@ -32,7 +32,7 @@ pub struct HostConfig {
     pub underlay_ifindex: u32,
     /// VXLAN UDP port (the swarm's data path port), host byte order.
     pub vxlan_port: u16,
-    pub _pad: u16,
+    pub pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<HostConfig>() == 12);
 
@@ -46,7 +46,7 @@ pub struct NetworkInfo {
     pub subnet: [u8; 4],
     /// Subnet prefix length.
     pub prefix_len: u8,
-    pub _pad: [u8; 3],
+    pub pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<NetworkInfo>() == 12);
 
@@ -146,7 +146,7 @@ pub struct LocalEndpoint {
     /// The endpoint's overlay IPv4, network byte order.
     pub ip: [u8; 4],
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    pub pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<LocalEndpoint>() == 16);
 
@@ -261,8 +261,7 @@ mod tests {
 
     #[test]
     fn subnets_contain_their_addresses() {
-        let n =
-            NetworkInfo { gateway_ip: [10, 0, 1, 1], subnet: [10, 0, 1, 0], prefix_len: 24, _pad: [0; 3] };
+        let n = NetworkInfo { gateway_ip: [10, 0, 1, 1], subnet: [10, 0, 1, 0], prefix_len: 24, pad: [0; 3] };
         assert!(n.contains([10, 0, 1, 200]));
         assert!(!n.contains([10, 0, 2, 1]));
         let all = NetworkInfo { prefix_len: 0, ..n };

@@ -130,6 +130,31 @@ pub fn checksum(data: &[u8]) -> u16 {
     !u16::try_from(sum).expect("folded")
 }
 
+/// An Ethernet/IPv4 ARP request from `sender` for `target`.
+pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    a.extend_from_slice(&sender_mac);
+    a.extend_from_slice(&sender_ip.octets());
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&target_ip.octets());
+    ethernet([0xff; 6], sender_mac, ETH_P_ARP, &a)
+}
+
+/// An Ethernet/IPv4 ARP reply, as the datapath should build it.
+pub fn arp_reply(
+    sender_mac: [u8; 6],
+    sender_ip: Ipv4Addr,
+    target_mac: [u8; 6],
+    target_ip: Ipv4Addr,
+) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 2];
+    a.extend_from_slice(&sender_mac);
+    a.extend_from_slice(&sender_ip.octets());
+    a.extend_from_slice(&target_mac);
+    a.extend_from_slice(&target_ip.octets());
+    ethernet(target_mac, sender_mac, ETH_P_ARP, &a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,29 +179,4 @@ mod tests {
         assert_eq!(u16::from_be_bytes([f[36], f[37]]), 4789);
         assert_eq!(&f[42..50], &[0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]);
     }
-}
-
-/// An Ethernet/IPv4 ARP request from `sender` for `target`.
-pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
-    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
-    a.extend_from_slice(&sender_mac);
-    a.extend_from_slice(&sender_ip.octets());
-    a.extend_from_slice(&[0; 6]);
-    a.extend_from_slice(&target_ip.octets());
-    ethernet([0xff; 6], sender_mac, ETH_P_ARP, &a)
-}
-
-/// An Ethernet/IPv4 ARP reply, as the datapath should build it.
-pub fn arp_reply(
-    sender_mac: [u8; 6],
-    sender_ip: Ipv4Addr,
-    target_mac: [u8; 6],
-    target_ip: Ipv4Addr,
-) -> Vec<u8> {
-    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 2];
-    a.extend_from_slice(&sender_mac);
-    a.extend_from_slice(&sender_ip.octets());
-    a.extend_from_slice(&target_mac);
-    a.extend_from_slice(&target_ip.octets());
-    ethernet(target_mac, sender_mac, ETH_P_ARP, &a)
 }

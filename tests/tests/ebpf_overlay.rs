@@ -48,7 +48,7 @@ struct Host {
 }
 
 fn network() -> NetworkInfo {
-    NetworkInfo { gateway_ip: [10, 0, 1, 1], subnet: [10, 0, 1, 0], prefix_len: 24, _pad: [0; 3] }
+    NetworkInfo { gateway_ip: [10, 0, 1, 1], subnet: [10, 0, 1, 0], prefix_len: 24, pad: [0; 3] }
 }
 
 impl Host {
@@ -56,10 +56,10 @@ impl Host {
     fn a() -> Host {
         let mut h = Host { ebpf: datapath::load(None).expect("load the eBPF object (needs root)") };
         let mut m = overlay::Maps::new(&mut h.ebpf);
-        m.set_config(HostConfig { underlay_ip: HOST_A, underlay_ifindex: 99, vxlan_port: 4789, _pad: 0 })
+        m.set_config(HostConfig { underlay_ip: HOST_A, underlay_ifindex: 99, vxlan_port: 4789, pad: 0 })
             .unwrap();
         m.set_network(VNI, network()).unwrap();
-        m.set_local(TEST_IFINDEX, LocalEndpoint { vni: VNI, ip: EP_A.octets(), mac: MAC_A, _pad: [0; 2] })
+        m.set_local(TEST_IFINDEX, LocalEndpoint { vni: VNI, ip: EP_A.octets(), mac: MAC_A, pad: [0; 2] })
             .unwrap();
         let local = |ifindex, mac| EndpointInfo { mac, flags: ENDPOINT_LOCAL, host_ip: [0; 4], ifindex };
         m.set_endpoint(EndpointKey { vni: VNI, ip: EP_A.octets() }, local(TEST_IFINDEX, MAC_A)).unwrap();
@@ -343,7 +343,7 @@ fn garbage_never_crashes_the_programs() {
                 })
                 .collect();
             // Bias some frames towards looking like IPv4/UDP/VXLAN.
-            if len >= 42 && seed % 2 == 0 {
+            if len >= 42 && seed.is_multiple_of(2) {
                 f[12..14].copy_from_slice(&[0x08, 0x00]);
                 f[14] = 0x45;
                 f[23] = 17;
@@ -367,8 +367,7 @@ fn what_one_host_encapsulates_the_other_decapsulates_to_the_original() {
     // Host B: 10.0.1.3 is its local endpoint, host A a member.
     let mut b = Host { ebpf: datapath::load(None).unwrap() };
     let mut m = overlay::Maps::new(&mut b.ebpf);
-    m.set_config(HostConfig { underlay_ip: HOST_B, underlay_ifindex: 99, vxlan_port: 4789, _pad: 0 })
-        .unwrap();
+    m.set_config(HostConfig { underlay_ip: HOST_B, underlay_ifindex: 99, vxlan_port: 4789, pad: 0 }).unwrap();
     m.set_network(VNI, network()).unwrap();
     m.set_endpoint(
         EndpointKey { vni: VNI, ip: EP_REMOTE.octets() },

@@ -51,7 +51,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/nodes/{id}/update", post(node_update))
         .route("/tasks", get(tasks_list))
         .route("/networks", get(networks_list))
-        .route("/networks/{id}", get(network_inspect))
+        .route("/networks/create", post(network_create))
+        .route("/networks/{id}", get(network_inspect).delete(network_remove))
+        .route("/networks/{id}/connect", post(network_connect))
+        .route("/networks/{id}/disconnect", post(network_disconnect))
         .route("/services", get(services_list))
         .fallback(not_found)
         .with_state(engine)
@@ -303,7 +306,7 @@ async fn swarm_init(State(e): S, body: axum::body::Bytes) -> Result<Json<String>
         subnet_size: req.subnet_size,
         data_path_port: req.data_path_port,
         spec,
-        timing: e.timing(),
+        options: e.options(),
     };
     e.init(p, req.force_new_cluster).await.map(Json)
 }
@@ -335,7 +338,7 @@ async fn swarm_join(State(e): S, body: axum::body::Bytes) -> Result<StatusCode, 
         listen_addr: if req.listen_addr.is_empty() { DEFAULT_LISTEN_ADDR.into() } else { req.listen_addr },
         advertise_addr: (!req.advertise_addr.is_empty()).then_some(req.advertise_addr),
         availability: parse_availability(&req.availability)?,
-        timing: e.timing(),
+        options: e.options(),
     };
     e.join(p).await?;
     Ok(StatusCode::OK)
@@ -479,19 +482,204 @@ async fn networks(e: &Engine) -> Result<Vec<crate::cluster::store::model::Networ
     }
 }
 
-async fn networks_list(State(e): S) -> Result<Json<Vec<m::Network>>, ApiError> {
-    Ok(Json(networks(&e).await?.iter().map(convert::network).collect()))
+async fn networks_list(
+    State(e): S,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<m::Network>>, ApiError> {
+    let filters = parse_filters(&q)?;
+    let mut out = Vec::new();
+    for n in networks(&e).await? {
+        let mut ok = true;
+        for (k, vals) in &filters {
+            ok &= match k.as_str() {
+                "driver" => vals.contains(&n.driver),
+                "name" => vals.iter().any(|v| n.name.contains(v.as_str())),
+                "id" => vals.iter().any(|v| n.id.starts_with(v.as_str())),
+                "scope" => vals.iter().any(|v| v == "swarm"),
+                // Docker counts `ingress` among its predefined ("builtin") networks.
+                "type" => vals.iter().any(|v| (v == "builtin") == n.ingress),
+                "label" => vals.iter().all(|x| match x.split_once('=') {
+                    Some((lk, lv)) => n.labels.get(lk).is_some_and(|v| v == lv),
+                    None => n.labels.contains_key(x),
+                }),
+                other => return Err(ApiError::invalid(format!("invalid filter '{other}'"))),
+            };
+        }
+        if ok {
+            out.push(convert::network(&n));
+        }
+    }
+    Ok(Json(out))
 }
 
-async fn network_inspect(State(e): S, UrlPath(id): UrlPath<String>) -> Result<Json<m::Network>, ApiError> {
-    let all = networks(&e).await?;
-    let found: Vec<_> = all.iter().filter(|n| n.id == id || n.name == id).collect();
-    let found = if found.is_empty() { all.iter().filter(|n| n.id.starts_with(&id)).collect() } else { found };
-    match found.as_slice() {
-        [n] => Ok(Json(convert::network(n))),
-        [] => Err(ApiError::not_found(format!("network {id} not found"))),
-        _ => Err(ApiError::invalid(format!("network {id} is ambiguous ({} matches found)", found.len()))),
+async fn network_inspect(
+    State(engine): S,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let n = match control(&engine, ControlRequest::GetNetwork { id }).await? {
+        ControlResponse::Network(n) => *n,
+        _ => return Err(ApiError::internal("unexpected response")),
+    };
+    let mut v = serde_json::to_value(convert::network(&n)).map_err(|x| ApiError::internal(x.to_string()))?;
+    // This node's endpoints in the network, as docker lists its containers.
+    let mut containers = serde_json::Map::new();
+    if let Some(node) = engine.node().await {
+        for ep in node.overlay().endpoints().into_iter().filter(|ep| ep.network_id == n.id) {
+            containers.insert(
+                ep.endpoint_id.clone(),
+                serde_json::json!({
+                    "Name": ep.netns.display().to_string(),
+                    "EndpointID": ep.endpoint_id,
+                    "MacAddress": crate::cluster::store::ipam::format_mac(ep.mac),
+                    "IPv4Address": format!("{}/{}", ep.ip, n.subnet.rsplit_once('/').map_or("32", |x| x.1)),
+                    "IPv6Address": "",
+                }),
+            );
+        }
+        if flag(&query, "verbose")
+            && let Some(dp) = node.overlay().datapath()
+        {
+            let mut d = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            v["Datapath"] = datapath_json(&mut d, n.vni);
+        }
     }
+    v["Containers"] = serde_json::Value::Object(containers);
+    Ok(Json(v))
+}
+
+/// The `Datapath` section of `network inspect --verbose`: this host's drop and
+/// event counters and the endpoint table entries of the network's VNI.
+fn datapath_json(d: &mut crate::datapath::host::HostDatapath, vni: u32) -> serde_json::Value {
+    fn counters<R>(
+        v: Vec<(R, swarm_common::stats::Counter)>,
+        name: impl Fn(&R) -> &'static str,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        v.into_iter()
+            .map(|(r, c)| (name(&r).to_owned(), serde_json::json!({"Packets": c.packets, "Bytes": c.bytes})))
+            .collect()
+    }
+    let drops = counters(d.drops().unwrap_or_default(), |r| r.name());
+    let events = counters(d.events().unwrap_or_default(), |r| r.name());
+    let peers: Vec<serde_json::Value> = d
+        .endpoints()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.vni == vni)
+        .map(|(k, i)| {
+            let host = if i.is_local() {
+                "local".to_owned()
+            } else {
+                std::net::Ipv4Addr::from(i.host_ip).to_string()
+            };
+            serde_json::json!({ "IP": std::net::Ipv4Addr::from(k.ip).to_string(), "Host": host })
+        })
+        .collect();
+    serde_json::json!({
+        "Drops": drops,
+        "Events": events,
+        "Endpoints": peers,
+        "Underlay": d.underlay,
+        "XDP": d.xdp.map(|m| format!("{m:?}")),
+    })
+}
+
+/// `POST /networks/create`.
+#[allow(clippy::struct_excessive_bools, reason = "the Docker API body")]
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct NetworkCreate {
+    name: String,
+    driver: String,
+    attachable: bool,
+    ingress: bool,
+    internal: bool,
+    #[serde(rename = "EnableIPv6")]
+    enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    ipam: Option<m::Ipam>,
+    options: Option<HashMap<String, String>>,
+    labels: Option<HashMap<String, String>>,
+}
+
+async fn network_create(
+    State(e): S,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let req: NetworkCreate = json_body(&body)?;
+    if req.internal {
+        return Err(ApiError::invalid("internal overlay networks are not supported yet"));
+    }
+    if req.enable_ipv6 {
+        return Err(ApiError::invalid("IPv6 overlay networks are not supported yet"));
+    }
+    let configs = req.ipam.and_then(|i| i.config).unwrap_or_default();
+    if configs.len() > 1 {
+        return Err(ApiError::invalid("only one subnet per overlay network is supported"));
+    }
+    let cfg = configs.into_iter().next().unwrap_or_default();
+    if cfg.gateway.is_some() && cfg.subnet.is_none() {
+        return Err(ApiError::invalid("a gateway needs a subnet (--subnet)"));
+    }
+    let spec = crate::cluster::messages::NetworkSpec {
+        name: req.name,
+        driver: if req.driver.is_empty() { "bridge".into() } else { req.driver },
+        subnet: cfg.subnet,
+        gateway: cfg.gateway,
+        attachable: req.attachable,
+        ingress: req.ingress,
+        labels: req.labels.unwrap_or_default().into_iter().collect(),
+        options: req.options.unwrap_or_default().into_iter().collect(),
+    };
+    match control(&e, ControlRequest::CreateNetwork { spec }).await? {
+        ControlResponse::Created { id } => {
+            Ok((StatusCode::CREATED, Json(serde_json::json!({ "Id": id, "Warning": "" }))))
+        }
+        _ => Err(ApiError::internal("unexpected response")),
+    }
+}
+
+async fn network_remove(State(e): S, UrlPath(id): UrlPath<String>) -> Result<StatusCode, ApiError> {
+    control(&e, ControlRequest::RemoveNetwork { id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /networks/{id}/connect` with a network namespace instead of a container.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct NetworkConnect {
+    net_ns: String,
+    endpoint_config: Option<m::EndpointSettings>,
+}
+
+async fn network_connect(
+    State(e): S,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let req: NetworkConnect = json_body(&body)?;
+    if req.net_ns.is_empty() {
+        return Err(ApiError::invalid("a network namespace (NetNs) is needed"));
+    }
+    let ip = req
+        .endpoint_config
+        .and_then(|c| c.ipam_config)
+        .and_then(|c| c.ipv4_address)
+        .filter(|s| !s.is_empty());
+    let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::INACTIVE))?;
+    node.connect(&id, Path::new(&req.net_ns), ip).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn network_disconnect(
+    State(e): S,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let req: NetworkConnect = json_body(&body)?;
+    let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::INACTIVE))?;
+    node.disconnect(&id, Path::new(&req.net_ns)).await?;
+    Ok(StatusCode::OK)
 }
 
 async fn tasks_list(State(e): S) -> Result<Json<Vec<serde_json::Value>>, ApiError> {

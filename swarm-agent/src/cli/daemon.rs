@@ -12,6 +12,16 @@ pub struct DaemonArgs {
     /// Raft election timeout; each election waits between this and twice this (default 1.5s)
     #[arg(long, env = "SWARM_RAFT_ELECTION", value_parser = super::swarm::parse_duration)]
     pub raft_election: Option<Duration>,
+    /// How often the leader makes a new gossip encryption key (default 12h)
+    #[arg(long, env = "SWARM_GOSSIP_KEY_ROTATION", value_parser = super::swarm::parse_duration)]
+    pub gossip_key_rotation: Option<Duration>,
+    /// Root of this agent's pinned eBPF objects (on a bpffs)
+    #[arg(long, env = "SWARM_BPFFS", default_value = crate::datapath::bpffs::DEFAULT_ROOT)]
+    pub bpffs: PathBuf,
+    /// XDP on the underlay interface: auto (native XDP except on veth, where
+    /// it costs throughput), native, generic, or off (TC alone filters)
+    #[arg(long, env = "SWARM_XDP", default_value = "auto", value_parser = ["auto", "native", "generic", "off"])]
+    pub xdp: String,
 }
 
 pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitCode {
@@ -30,6 +40,9 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
     if let Some(e) = args.raft_election {
         timing.election = e;
     }
+    if let Some(r) = args.gossip_key_rotation {
+        timing.gossip_key_rotation = r.max(Duration::from_millis(100));
+    }
     if timing.election <= timing.heartbeat * 2 {
         eprintln!("Error: the raft election timeout must be more than twice the heartbeat interval");
         return ExitCode::FAILURE;
@@ -40,7 +53,13 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
     }
     let pid_file = data_root.join("swarm-agent.pid");
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
-    let engine = match Engine::start(data_root.clone(), timing).await {
+    let options = crate::cluster::node::NodeOptions {
+        timing,
+        bpffs: args.bpffs.clone(),
+        xdp: crate::datapath::host::XdpPolicy::parse(&args.xdp)
+            .unwrap_or(crate::datapath::host::XdpPolicy::Auto),
+    };
+    let engine = match Engine::start(data_root.clone(), options).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("Error: {e}");

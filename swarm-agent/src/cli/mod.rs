@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod debug;
 pub mod fmt;
 pub mod info;
+pub mod network;
 pub mod node;
 pub mod swarm;
 
@@ -48,6 +49,11 @@ pub enum Cmd {
     Node {
         #[command(subcommand)]
         cmd: node::NodeCmd,
+    },
+    /// Manage networks
+    Network {
+        #[command(subcommand)]
+        cmd: network::NetworkCmd,
     },
     /// Display system-wide information
     Info,
@@ -118,6 +124,7 @@ async fn client_command(client: &Client, data_root: &std::path::Path, cmd: Cmd) 
         Cmd::JoinToken(args) => swarm::join_token(client, args).await,
         Cmd::Leave { force } => swarm::leave(client, force).await,
         Cmd::Node { cmd } => node::run(client, cmd).await,
+        Cmd::Network { cmd } => network::run(client, cmd).await,
         Cmd::Info => info::info(client).await,
         Cmd::Daemon(_) | Cmd::Debug { .. } => Ok(()),
     }

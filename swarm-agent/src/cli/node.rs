@@ -98,7 +98,7 @@ async fn resolve(client: &Client, node: &str) -> Result<String, CliError> {
     if node == "self" { self_id(client).await } else { Ok(node.to_owned()) }
 }
 
-fn filters_query(filters: &[String]) -> Result<String, CliError> {
+pub(crate) fn filters_query(filters: &[String]) -> Result<String, CliError> {
     if filters.is_empty() {
         return Ok(String::new());
     }

@@ -17,16 +17,18 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use super::{
     ca::{Role, RootCa},
     dispatcher::{self, Liveness},
-    error::{ApiError, INVALID_JOIN_SECRET},
+    error::{ApiError, ErrorKind, INVALID_JOIN_SECRET},
     ids,
     messages::{
-        ControlRequest, ControlResponse, HeartbeatRequest, HeartbeatResponse, IssueCertRequest,
-        IssueCertResponse, JoinRaftRequest, NodeView, Reachability, RootCaResponse, path,
+        AttachRequest, AttachResponse, ControlRequest, ControlResponse, DetachRequest, HeartbeatRequest,
+        HeartbeatResponse, IssueCertRequest, IssueCertResponse, JoinRaftRequest, NetworkSpec, NodeView,
+        Reachability, RootCaResponse, path,
     },
     raft::{self, Raft, RaftPeer, Timing, network::SnapshotRequest, storage::StateReader},
     rpc::{self, Caller, Identity, RpcClient},
     store::{
-        model::{ManagerInfo, Meta, Node, NodeSpec, NodeState, NodeStatus},
+        ipam::{self, Cidr},
+        model::{Endpoint, MTU_OPTION, ManagerInfo, Meta, Network, Node, NodeSpec, NodeState, NodeStatus},
         state::{ClusterState, Command},
     },
     token::{JoinToken, tokens_equal},
@@ -182,6 +184,8 @@ impl Manager {
             .route(path::RAFT_SNAPSHOT, post(h_raft_snapshot))
             .route(path::RAFT_JOIN, post(h_raft_join))
             .route(path::CONTROL, post(h_control))
+            .route(path::ATTACH, post(h_attach))
+            .route(path::DETACH, post(h_detach))
             .with_state(self)
     }
 
@@ -329,10 +333,15 @@ impl Manager {
         let mut tick = tokio::time::interval(dispatcher::check_interval(period));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconcile = tokio::time::interval(Duration::from_secs(1));
+        let mut keys = tokio::time::interval(
+            (self.cfg.timing.gossip_key_rotation / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(60)),
+        );
         loop {
             tokio::select! {
                 _ = tick.tick() => self.expire_nodes().await,
                 _ = reconcile.tick() => self.reconcile_roles().await,
+                _ = keys.tick() => self.rotate_gossip_keys().await,
                 r = changes.changed() => {
                     if r.is_err() { return; }
                     self.reconcile_roles().await;
@@ -369,6 +378,29 @@ impl Manager {
             if let Err(e) = self.propose(cmd).await {
                 tracing::warn!(node = %id, "marking node down: {e}");
             }
+        }
+    }
+
+    /// Makes a new gossip key when the newest is older than the rotation
+    /// interval; keeps the three newest (Docker's keyring size).
+    async fn rotate_gossip_keys(&self) {
+        let Some((keys, at)) = self
+            .state
+            .read(|s| s.cluster.as_ref().map(|c| (c.gossip_keys.clone(), c.gossip_keys_rotated_at)))
+        else {
+            return;
+        };
+        let age = Duration::from_nanos(u64::try_from(now_nanos() - at).unwrap_or(0));
+        if !keys.is_empty() && age < self.cfg.timing.gossip_key_rotation {
+            return;
+        }
+        let next = keys.iter().map(|k| k.id).max().unwrap_or(0) + 1;
+        let mut new = vec![super::messages::GossipKey::generate(next)];
+        new.extend(keys.into_iter().take(2));
+        if let Err(e) = self.propose(Command::SetGossipKeys { keys: new, now: now_nanos() }).await {
+            tracing::warn!("rotating gossip keys: {e}");
+        } else {
+            tracing::info!(key = next, "gossip key rotated");
         }
     }
 
@@ -503,6 +535,7 @@ impl Manager {
             cluster_id: cluster.id.clone(),
             managers: manager_addrs(&state, self.leader_raft_id()),
             snapshots: raft::SnapshotSettings::from_spec(&cluster.spec),
+            data_path_port: cluster.data_path_port,
         })
     }
 
@@ -539,6 +572,9 @@ impl Manager {
             managers,
             role: node.role,
             raft_id: node.manager.as_ref().map(|m| m.raft_id),
+            gossip_keys: self
+                .state
+                .read(|s| s.cluster.as_ref().map(|c| c.gossip_keys.clone()).unwrap_or_default()),
         })
     }
 
@@ -593,6 +629,15 @@ impl Manager {
             ControlRequest::ListNetworks => {
                 Ok(ControlResponse::Networks(self.state.read(|s| s.networks.values().cloned().collect())))
             }
+            ControlRequest::GetNetwork { id } => {
+                Ok(ControlResponse::Network(Box::new(self.state.read(|s| s.resolve_network(&id).cloned())?)))
+            }
+            ControlRequest::CreateNetwork { spec } => self.create_network(spec).await,
+            ControlRequest::RemoveNetwork { id } => {
+                let id = self.state.read(|s| s.resolve_network(&id).map(|n| n.id.clone()))?;
+                self.propose(Command::RemoveNetwork { id }).await?;
+                Ok(ControlResponse::Done)
+            }
             ControlRequest::UpdateNode { id, version, spec } => {
                 let id = self.state.read(|s| s.resolve_node(&id).map(|n| n.id.clone()))?;
                 self.propose(Command::UpdateNodeSpec { id, version, spec, now: now_nanos() }).await?;
@@ -628,6 +673,156 @@ impl Manager {
                 Ok(ControlResponse::Done)
             }
         }
+    }
+
+    /// `network create`: validates, allocates a subnet, gateway and VNI, and
+    /// commits; retries if a concurrent create took the same ones.
+    async fn create_network(&self, spec: NetworkSpec) -> Result<ControlResponse, ApiError> {
+        validate_name(&spec.name)?;
+        if spec.driver != "overlay" {
+            return Err(ApiError::invalid(format!(
+                "network driver {:?} is not supported for swarm networks: use the overlay driver",
+                spec.driver
+            )));
+        }
+        if let Some(mtu) = spec.options.get(MTU_OPTION) {
+            match mtu.parse::<u32>() {
+                Ok(m) if (68..=65535).contains(&m) => {}
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "invalid MTU {mtu:?}: it must be a number from 68 to 65535"
+                    )));
+                }
+            }
+        }
+        let user_subnet = spec.subnet.as_deref().map(Cidr::parse).transpose().map_err(ApiError::invalid)?;
+        for attempt in 0..3 {
+            let (subnet, vni) = self.state.read(|s| -> Result<(Cidr, u32), ApiError> {
+                let cluster = s.cluster()?;
+                let used: Vec<Cidr> = s.networks.values().filter_map(|n| Cidr::parse(&n.subnet).ok()).collect();
+                let subnet = if let Some(c) = user_subnet {
+                    c
+                } else {
+                    let pools: Vec<Cidr> =
+                        cluster.default_addr_pool.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
+                    ipam::next_subnet(&pools, cluster.subnet_size as u8, &used).ok_or_else(|| {
+                        ApiError::invalid(
+                            "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network",
+                        )
+                    })?
+                };
+                let vnis = s.networks.values().map(|n| n.vni).collect();
+                let vni = ipam::next_vni(&vnis).ok_or_else(|| ApiError::invalid("no VNI left"))?;
+                Ok((subnet, vni))
+            })?;
+            let gateway = match spec.gateway.as_deref() {
+                Some(g) => {
+                    let ip: std::net::Ipv4Addr =
+                        g.parse().map_err(|_| ApiError::invalid(format!("invalid gateway address {g}")))?;
+                    if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() {
+                        return Err(ApiError::invalid(format!(
+                            "invalid gateway address {g}: it does not belong to subnet {subnet}"
+                        )));
+                    }
+                    ip
+                }
+                None => subnet.first_host(),
+            };
+            let now = now_nanos();
+            let network = Network {
+                id: ids::new_id(),
+                meta: Meta { version: 0, created_at: now, updated_at: now },
+                name: spec.name.clone(),
+                driver: "overlay".into(),
+                ingress: spec.ingress,
+                attachable: spec.attachable,
+                subnet: subnet.to_string(),
+                gateway: gateway.to_string(),
+                vni,
+                labels: spec.labels.clone(),
+                options: spec.options.clone(),
+            };
+            let id = network.id.clone();
+            match self.propose(Command::CreateNetwork { network: Box::new(network) }).await {
+                Ok(()) => return Ok(ControlResponse::Created { id }),
+                // Someone else took this subnet or VNI meanwhile: allocate again.
+                Err(e)
+                    if attempt < 2
+                        && user_subnet.is_none()
+                        && e.kind == ErrorKind::Conflict
+                        && !e.message.starts_with("network with name") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict("could not allocate a subnet for the network"))
+    }
+
+    /// Attaches the calling node to a network: an address for a new endpoint.
+    async fn attach(&self, caller: Caller, req: AttachRequest) -> Result<AttachResponse, ApiError> {
+        let id = self.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+        for attempt in 0..5 {
+            let (network, ip) = self.state.read(|s| -> Result<(Network, std::net::Ipv4Addr), ApiError> {
+                let n = s.resolve_network(&req.network)?.clone();
+                if !n.attachable {
+                    return Err(ApiError::denied(format!(
+                        "Could not attach to network {}: network {} not manually attachable",
+                        req.network, n.name
+                    )));
+                }
+                let subnet = Cidr::parse(&n.subnet).map_err(ApiError::internal)?;
+                let gateway: std::net::Ipv4Addr =
+                    n.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
+                let ip = if let Some(ip) = &req.ip {
+                    ip.parse().map_err(|_| ApiError::invalid(format!("invalid IPv4 address {ip}")))?
+                } else {
+                    let used = s
+                        .endpoints
+                        .values()
+                        .filter(|e| e.network_id == n.id)
+                        .filter_map(|e| e.ip.parse().ok())
+                        .collect();
+                    ipam::next_ip(subnet, gateway, &used).ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "no available IPv4 addresses on this network's address pools: {} ({})",
+                            n.name, n.id
+                        ))
+                    })?
+                };
+                Ok((n, ip))
+            })?;
+            let now = now_nanos();
+            let endpoint = Endpoint {
+                id: ids::new_id(),
+                meta: Meta { version: 0, created_at: now, updated_at: now },
+                network_id: network.id.clone(),
+                node_id: id.node_id.clone(),
+                ip: ip.to_string(),
+                mac: ipam::format_mac(ipam::mac_for(ip)),
+                name: req.name.clone(),
+            };
+            match self.propose(Command::AddEndpoint { endpoint: Box::new(endpoint.clone()) }).await {
+                Ok(()) => return Ok(AttachResponse { endpoint, network }),
+                // Another node got this address first: take the next one.
+                Err(e) if attempt < 4 && req.ip.is_none() && e.kind == ErrorKind::Conflict => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict("could not allocate an address"))
+    }
+
+    async fn detach(&self, caller: Caller, req: DetachRequest) -> Result<ControlResponse, ApiError> {
+        let id = self.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+        let owner = self.state.read(|s| {
+            s.endpoints
+                .get(&req.endpoint_id)
+                .map(|e| e.node_id.clone())
+                .ok_or_else(|| ApiError::not_found(format!("endpoint {} not found", req.endpoint_id)))
+        })?;
+        if owner != id.node_id && id.role != Role::Manager {
+            return Err(ApiError::denied("permission denied: the endpoint belongs to another node"));
+        }
+        self.propose(Command::RemoveEndpoint { id: req.endpoint_id }).await?;
+        Ok(ControlResponse::Done)
     }
 
     /// A node with its manager status, as seen from here.
@@ -733,6 +928,47 @@ async fn h_control(
     let c = caller.clone();
     let mm = m.clone();
     m.on_leader(&caller, path::CONTROL, req, |req| async move { mm.control(c, req).await }).await.map(Json)
+}
+
+async fn h_attach(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<AttachRequest>,
+) -> Result<Json<AttachResponse>, ApiError> {
+    m.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+    let c = caller.clone();
+    let mm = m.clone();
+    m.on_leader(&caller, path::ATTACH, req, |req| async move { mm.attach(c, req).await }).await.map(Json)
+}
+
+async fn h_detach(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<DetachRequest>,
+) -> Result<Json<ControlResponse>, ApiError> {
+    m.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+    let c = caller.clone();
+    let mm = m.clone();
+    m.on_leader(&caller, path::DETACH, req, |req| async move { mm.detach(c, req).await }).await.map(Json)
+}
+
+/// Docker's rule for service and network names (swarmkit controlapi).
+fn validate_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::invalid("meta: name must be provided"));
+    }
+    let bytes = name.as_bytes();
+    let alnum = |b: u8| b.is_ascii_alphanumeric();
+    let valid = alnum(bytes[0])
+        && alnum(bytes[bytes.len() - 1])
+        && bytes.iter().all(|&b| alnum(b) || b == b'-' || b == b'_');
+    if !valid {
+        return Err(ApiError::invalid("name must be valid as a DNS name component"));
+    }
+    if name.len() > 63 {
+        return Err(ApiError::invalid("name must be 63 characters or fewer"));
+    }
+    Ok(())
 }
 
 async fn h_raft_append(

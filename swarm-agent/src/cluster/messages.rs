@@ -9,12 +9,13 @@
 //! | `/raft/append`, `/raft/vote`, `/raft/snapshot` | Raft members (managers) | any manager |
 //! | `/raft/join` | managers | leader |
 //! | `/control` | managers | leader |
+//! | `/network/attach`, `/network/detach` | workers and managers (for themselves) | leader |
 
 use serde::{Deserialize, Serialize};
 
 use super::{
     ca::Role,
-    store::model::{Availability, Cluster, ClusterSpec, Network, Node, NodeDescription, NodeSpec},
+    store::model::{Availability, Cluster, ClusterSpec, Endpoint, Network, Node, NodeDescription, NodeSpec},
 };
 
 pub mod path {
@@ -26,6 +27,8 @@ pub mod path {
     pub const RAFT_SNAPSHOT: &str = "/raft/snapshot";
     pub const RAFT_JOIN: &str = "/raft/join";
     pub const CONTROL: &str = "/control";
+    pub const ATTACH: &str = "/network/attach";
+    pub const DETACH: &str = "/network/detach";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +61,8 @@ pub struct IssueCertResponse {
     pub managers: Vec<String>,
     /// The swarm's Raft snapshot settings, for a manager's Raft.
     pub snapshots: super::raft::SnapshotSettings,
+    /// The swarm's VXLAN port.
+    pub data_path_port: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +84,9 @@ pub struct HeartbeatResponse {
     /// The node's Raft member ID in the store, if it is a member; a manager
     /// whose own ID differs (or that runs no Raft) (re)joins Raft.
     pub raft_id: Option<u64>,
+    /// Gossip encryption keys, the one to encrypt with first.
+    #[serde(default)]
+    pub gossip_keys: Vec<GossipKey>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +121,73 @@ pub enum ControlRequest {
     RemoveNode { id: String, force: bool },
     UpdateSwarm { version: u64, spec: ClusterSpec, rotate_worker_token: bool, rotate_manager_token: bool },
     ListNetworks,
+    GetNetwork { id: String },
+    CreateNetwork { spec: NetworkSpec },
+    RemoveNetwork { id: String },
+}
+
+/// `network create` as the user asked for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub driver: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub attachable: bool,
+    pub ingress: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// Attach the calling node to a network (served by the leader; any node may call).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachRequest {
+    pub network: String,
+    /// A specific address, or the next free one.
+    pub ip: Option<String>,
+    /// What the attachment is for (the network namespace).
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachResponse {
+    pub endpoint: Endpoint,
+    pub network: Network,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetachRequest {
+    pub endpoint_id: String,
+}
+
+/// A gossip encryption key, as managers hand them out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKey {
+    pub id: u32,
+    /// 32 bytes, hex.
+    pub key: String,
+}
+
+impl GossipKey {
+    /// A new random AES-256 key.
+    pub fn generate(id: u32) -> GossipKey {
+        use rand::RngCore as _;
+        let mut k = [0u8; 32];
+        rand::rng().fill_bytes(&mut k);
+        GossipKey { id, key: super::token::hex(&k) }
+    }
+
+    /// The key bytes, if the hex is valid.
+    pub fn bytes(&self) -> Option<[u8; 32]> {
+        if self.key.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&self.key[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(out)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,5 +196,7 @@ pub enum ControlResponse {
     Nodes(Vec<NodeView>),
     Node(Box<NodeView>),
     Networks(Vec<Network>),
+    Network(Box<Network>),
+    Created { id: String },
     Done,
 }

@@ -13,6 +13,11 @@ use std::{
 use rand::Rng as _;
 use tokio::{net::TcpListener, task::JoinHandle};
 
+use crate::{
+    cluster::messages::{AttachRequest, AttachResponse, DetachRequest, GossipKey},
+    datapath::host::XdpPolicy,
+};
+
 use super::{
     addr,
     ca::{self, CertInfo, Role, RootCa},
@@ -49,7 +54,26 @@ pub struct InitParams {
     pub subnet_size: u32,
     pub data_path_port: u32,
     pub spec: ClusterSpec,
+    pub options: NodeOptions,
+}
+
+/// How this node runs, from the daemon's flags.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
     pub timing: Timing,
+    /// Root of the pinned eBPF objects.
+    pub bpffs: PathBuf,
+    pub xdp: XdpPolicy,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            timing: Timing::default(),
+            bpffs: PathBuf::from(crate::datapath::bpffs::DEFAULT_ROOT),
+            xdp: XdpPolicy::Auto,
+        }
+    }
 }
 
 /// `swarm join` parameters.
@@ -60,7 +84,7 @@ pub struct JoinParams {
     pub listen_addr: String,
     pub advertise_addr: Option<String>,
     pub availability: Availability,
-    pub timing: Timing,
+    pub options: NodeOptions,
 }
 
 /// A running swarm membership.
@@ -71,8 +95,9 @@ pub struct SwarmNode {
     resolver: Arc<CertResolver>,
     rpc: RpcClient,
     manager: tokio::sync::Mutex<Option<Arc<Manager>>>,
-    timing: Timing,
+    options: NodeOptions,
     agent: Mutex<Option<JoinHandle<()>>>,
+    overlay: super::overlay::Overlay,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ApiError {
@@ -167,11 +192,12 @@ impl SwarmNode {
         dir: SwarmDir,
         local: LocalState,
         certs: Certs,
-        timing: Timing,
+        options: NodeOptions,
     ) -> Result<Arc<SwarmNode>, ApiError> {
         let ca = RootCa::from_pem(&certs.ca_cert, None).map_err(ca_err)?;
         let resolver = CertResolver::new(&certs.node_cert, &certs.node_key).map_err(tls_err)?;
         let rpc = RpcClient::new(tls::client_config(&ca, resolver.clone()).map_err(tls_err)?);
+        let overlay = super::overlay::Overlay::new(dir.root().join("endpoints.json"));
         Ok(Arc::new(SwarmNode {
             dir,
             local: Mutex::new(local),
@@ -179,7 +205,8 @@ impl SwarmNode {
             resolver,
             rpc,
             manager: tokio::sync::Mutex::new(None),
-            timing,
+            overlay,
+            options,
             agent: Mutex::new(None),
         }))
     }
@@ -222,7 +249,7 @@ impl SwarmNode {
         let result = async {
             dir.save_certs(&certs).map_err(io("saving certificates"))?;
             dir.save_state(&local).map_err(io("saving state"))?;
-            let node = SwarmNode::new(dir.clone(), local.clone(), certs.clone(), p.timing)?;
+            let node = SwarmNode::new(dir.clone(), local.clone(), certs.clone(), p.options.clone())?;
             let mgr = node.start_manager(listener).await?;
             mgr.initialize().await?;
             mgr.wait_for_leader(Duration::from_secs(10)).await?;
@@ -240,6 +267,8 @@ impl SwarmNode {
                 default_addr_pool: pool.clone(),
                 subnet_size,
                 data_path_port,
+                gossip_keys: vec![super::messages::GossipKey::generate(1)],
+                gossip_keys_rotated_at: now,
             };
             let me = Node {
                 id: node_id.clone(),
@@ -270,6 +299,7 @@ impl SwarmNode {
                 gateway,
                 vni: 4096,
                 labels: BTreeMap::new(),
+                options: BTreeMap::new(),
             };
             let cmd = Command::CreateCluster {
                 cluster: Box::new(cluster),
@@ -355,17 +385,18 @@ impl SwarmNode {
             raft_id: None,
             advertise_addr: advertise,
             listen_addr: listen,
-            data_path_port: u32::from(swarm_common::VXLAN_UDP_PORT),
+            data_path_port: issued.data_path_port,
             managers,
             snapshots: issued.snapshots,
         };
         let result = async {
             dir.save_certs(&certs).map_err(io("saving certificates"))?;
             dir.save_state(&local).map_err(io("saving state"))?;
-            let node = SwarmNode::new(dir.clone(), local, certs, p.timing)?;
+            let node = SwarmNode::new(dir.clone(), local, certs, p.options.clone())?;
             if let Some(listener) = listener {
                 node.become_manager(listener).await?;
             }
+            node.start_overlay(Vec::new()).await;
             node.start_agent();
             Ok(node)
         }
@@ -377,14 +408,18 @@ impl SwarmNode {
     }
 
     /// Picks up a membership from disk after a daemon restart.
-    pub async fn resume(data_root: PathBuf, timing: Timing) -> Result<Option<Arc<SwarmNode>>, ApiError> {
+    pub async fn resume(
+        data_root: PathBuf,
+        options: NodeOptions,
+    ) -> Result<Option<Arc<SwarmNode>>, ApiError> {
         let dir = SwarmDir::new(&data_root);
         let Some((local, certs)) = dir.load().map_err(io("reading swarm state"))? else { return Ok(None) };
-        let node = SwarmNode::new(dir, local.clone(), certs, timing)?;
+        let node = SwarmNode::new(dir, local.clone(), certs, options)?;
         if local.role == Role::Manager && local.raft_id.is_some() {
             let listener = bind(&local.listen_addr).await?;
             node.start_manager(listener).await?;
         }
+        node.start_overlay(Vec::new()).await;
         node.start_agent();
         Ok(Some(node))
     }
@@ -469,7 +504,7 @@ impl SwarmNode {
             raft_id: local.raft_id.ok_or_else(|| ApiError::internal("manager without a raft id"))?,
             advertise_addr: local.advertise_addr.clone(),
             raft_dir: self.dir.raft_dir(),
-            timing: self.timing,
+            timing: self.options.timing,
             snapshots: local.snapshots,
             ca,
         };
@@ -576,16 +611,104 @@ impl SwarmNode {
             msg.push_str("The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.");
             return Err(ApiError::unavailable(msg));
         }
+        self.overlay.stop(true).await;
         self.stop().await;
         self.dir.wipe().map_err(io("removing swarm state"))
     }
 
-    /// Stops the agent and the manager (daemon shutdown, leave).
+    /// Stops the agent and the manager (daemon shutdown, leave). The
+    /// datapath stays, pinned, for the next start.
     pub async fn stop(&self) {
         if let Some(a) = self.agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             a.abort();
         }
+        self.overlay.stop(false).await;
         self.stop_manager().await;
+    }
+
+    /// Starts the overlay datapath and gossip; a failure is logged and
+    /// retried from the agent loop (the control plane works without it).
+    async fn start_overlay(&self, keys: Vec<GossipKey>) {
+        let l = self.local();
+        let Ok(ip) = host(&l.advertise_addr).parse::<std::net::Ipv4Addr>() else {
+            tracing::warn!("overlay: advertise address {} is not IPv4", l.advertise_addr);
+            return;
+        };
+        let port = u16::try_from(l.data_path_port).unwrap_or(swarm_common::VXLAN_UDP_PORT);
+        match self.overlay.start(&l.node_id, ip, port, &self.options.bpffs, self.options.xdp, keys).await {
+            Ok(()) => self.overlay.seeds(&l.managers),
+            Err(e) => tracing::warn!("overlay not started: {e}"),
+        }
+    }
+
+    /// Attaches a network namespace on this host to an attachable network.
+    pub async fn connect(
+        &self,
+        network: &str,
+        netns: &std::path::Path,
+        ip: Option<String>,
+    ) -> Result<super::overlay::LocalEndpoint, ApiError> {
+        if self.overlay.find(network, netns).is_some() {
+            return Err(ApiError::conflict(format!(
+                "{} is already attached to network {network}",
+                netns.display()
+            )));
+        }
+        if !netns.exists() {
+            return Err(ApiError::invalid(format!("no such network namespace: {}", netns.display())));
+        }
+        let req = AttachRequest { network: network.to_owned(), ip, name: netns.display().to_string() };
+        let alloc: AttachResponse = self.call_managers(path::ATTACH, &req).await?;
+        match self.overlay.connect(&alloc, netns).await {
+            Ok(ep) => Ok(ep),
+            Err(e) => {
+                let _ = self
+                    .call_managers::<_, ControlResponse>(
+                        path::DETACH,
+                        &DetachRequest { endpoint_id: alloc.endpoint.id },
+                    )
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Detaches a network namespace from a network.
+    pub async fn disconnect(&self, network: &str, netns: &std::path::Path) -> Result<(), ApiError> {
+        let ep = self.overlay.find(network, netns).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "{} is not attached to network {network} on this node",
+                netns.display()
+            ))
+        })?;
+        self.overlay.disconnect(&ep).await?;
+        self.call_managers::<_, ControlResponse>(
+            path::DETACH,
+            &DetachRequest { endpoint_id: ep.endpoint_id },
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub fn overlay(&self) -> &super::overlay::Overlay {
+        &self.overlay
+    }
+
+    /// Calls a leader-served RPC through the managers this node knows.
+    async fn call_managers<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        p: &str,
+        req: &Q,
+    ) -> Result<R, ApiError> {
+        let mut last = ApiError::no_leader();
+        for addr in self.local().managers {
+            match self.rpc.call(&addr, p, req, RPC_TIMEOUT * 2, None).await {
+                Ok(r) => return Ok(r),
+                Err(rpc::RpcError::Api(e)) => return Err(e),
+                Err(e) => last = e.into_api(&addr),
+            }
+        }
+        Err(last)
     }
 
     // ---- the agent ------------------------------------------------------------
@@ -609,6 +732,12 @@ impl SwarmNode {
                 Ok(resp) => {
                     period = Duration::from_millis(resp.period_ms.max(10));
                     self.update_managers(resp.managers.clone());
+                    if self.overlay.is_running() {
+                        self.overlay.set_keys(&resp.gossip_keys);
+                        self.overlay.seeds(&resp.managers);
+                    } else {
+                        self.start_overlay(resp.gossip_keys.clone()).await;
+                    }
                     if resp.role != self.local().role || SystemTime::now() >= renew_at {
                         if let Err(e) = self.renew(resp.role).await {
                             tracing::warn!("renewing the node certificate: {e}");

@@ -2,6 +2,8 @@
 //! reading their maps. Program and map names come from `swarm_common::names`.
 
 pub mod bpffs;
+pub mod host;
+pub mod netlink;
 pub mod overlay;
 pub mod vxlan_counter;
 
@@ -46,6 +48,9 @@ pub enum DatapathError {
     /// Pinning an object or finding a pinned one failed.
     #[error("{op} {}: {detail}", path.display())]
     Pin { op: &'static str, path: std::path::PathBuf, detail: String },
+    /// A netlink request failed.
+    #[error("{op}: {detail}")]
+    Netlink { op: &'static str, detail: String },
     /// A network interface named by the user does not exist in this namespace.
     #[error("no such network interface: {0}")]
     NoSuchInterface(String),

@@ -45,11 +45,17 @@ pub struct Timing {
     pub heartbeat: Duration,
     /// Election timeout; openraft picks each timeout in [this, 2 × this).
     pub election: Duration,
+    /// How often the leader makes a new gossip key (Docker: 12 h).
+    pub gossip_key_rotation: Duration,
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { heartbeat: Duration::from_millis(250), election: Duration::from_millis(1500) }
+        Timing {
+            heartbeat: Duration::from_millis(250),
+            election: Duration::from_millis(1500),
+            gossip_key_rotation: Duration::from_secs(12 * 3600),
+        }
     }
 }
 

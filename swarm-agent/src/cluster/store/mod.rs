@@ -1,4 +1,5 @@
 //! The replicated store: object model and state machine.
 
+pub mod ipam;
 pub mod model;
 pub mod state;

@@ -70,6 +70,13 @@ pub struct Cluster {
     pub default_addr_pool: Vec<String>,
     pub subnet_size: u32,
     pub data_path_port: u32,
+    /// Keys that authenticate and encrypt gossip on 7946, newest first
+    /// (the leader rotates them and keeps three).
+    #[serde(default)]
+    pub gossip_keys: Vec<crate::cluster::messages::GossipKey>,
+    /// When the newest gossip key was made.
+    #[serde(default)]
+    pub gossip_keys_rotated_at: Nanos,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -171,7 +178,7 @@ pub struct Node {
     pub manager: Option<ManagerInfo>,
 }
 
-/// An overlay network (issue 4 fills these in; `ingress` exists from `init`).
+/// An overlay network (`ingress` exists from `init`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     pub id: String,
@@ -184,4 +191,35 @@ pub struct Network {
     pub gateway: String,
     pub vni: u32,
     pub labels: BTreeMap<String, String>,
+    /// Driver options (`-o`), e.g. `com.docker.network.driver.mtu`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Option that sets an overlay network's MTU.
+pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
+impl Network {
+    /// The MTU endpoints get: the `-o com.docker.network.driver.mtu` value,
+    /// else the underlay's MTU minus the VXLAN overhead.
+    pub fn mtu(&self, underlay_mtu: u32) -> u32 {
+        self.options
+            .get(MTU_OPTION)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(underlay_mtu.saturating_sub(swarm_common::VXLAN_OVERHEAD as u32))
+    }
+}
+
+/// A network namespace attached to an overlay network on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub meta: Meta,
+    pub network_id: String,
+    pub node_id: String,
+    /// The endpoint's address in the network.
+    pub ip: String,
+    pub mac: String,
+    /// What it is for (the network namespace path, or a task).
+    pub name: String,
 }

@@ -9,8 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{
-    Cluster, ClusterSpec, ManagerInfo, Meta, Nanos, Network, Node, NodeDescription, NodeSpec, NodeState,
+use super::{
+    ipam::{Cidr, check_ip},
+    model::{
+        Cluster, ClusterSpec, Endpoint, ManagerInfo, Meta, Nanos, Network, Node, NodeDescription, NodeSpec,
+        NodeState,
+    },
 };
 use crate::cluster::{ca::Role, error::ApiError};
 
@@ -20,6 +24,9 @@ pub struct ClusterState {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
     pub networks: BTreeMap<String, Network>,
+    /// Network attachments, by endpoint ID.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
     /// Nodes removed from the swarm: their certificates are refused.
     pub removed_nodes: BTreeSet<String>,
 }
@@ -45,6 +52,16 @@ pub enum Command {
     RotateJoinTokens { worker: Option<String>, manager: Option<String>, now: Nanos },
     /// `swarm update`.
     UpdateClusterSpec { version: u64, spec: ClusterSpec, now: Nanos },
+    /// `network create`: a network with its subnet and VNI already allocated.
+    CreateNetwork { network: Box<Network> },
+    /// `network rm`.
+    RemoveNetwork { id: String },
+    /// An attachment with its address already allocated.
+    AddEndpoint { endpoint: Box<Endpoint> },
+    /// An attachment goes away.
+    RemoveEndpoint { id: String },
+    /// New gossip keys (newest first).
+    SetGossipKeys { keys: Vec<crate::cluster::messages::GossipKey>, now: Nanos },
     /// `init --force-new-cluster`: the state a surviving manager had, with
     /// `node_id` as the only manager, as the first entry of a new Raft group.
     ForceNewCluster { state: Box<ClusterState>, node_id: String, manager: ManagerInfo, now: Nanos },
@@ -65,6 +82,13 @@ impl std::fmt::Display for Command {
             Command::RotateJoinTokens { .. } => write!(f, "rotate-join-tokens"),
             Command::UpdateClusterSpec { .. } => write!(f, "update-cluster-spec"),
             Command::ForceNewCluster { node_id, .. } => write!(f, "force-new-cluster({node_id})"),
+            Command::CreateNetwork { network } => write!(f, "create-network({})", network.name),
+            Command::RemoveNetwork { id } => write!(f, "remove-network({id})"),
+            Command::AddEndpoint { endpoint } => write!(f, "add-endpoint({} {})", endpoint.id, endpoint.ip),
+            Command::RemoveEndpoint { id } => write!(f, "remove-endpoint({id})"),
+            Command::SetGossipKeys { keys, .. } => {
+                write!(f, "set-gossip-keys({})", keys.first().map_or(0, |k| k.id))
+            }
         }
     }
 }
@@ -120,7 +144,30 @@ impl ClusterState {
             }
             Command::RemoveNode { id, .. } => {
                 self.nodes.remove(id);
+                self.endpoints.retain(|_, e| e.node_id != *id);
                 self.removed_nodes.insert(id.clone());
+            }
+            Command::CreateNetwork { network } => {
+                let mut n = (**network).clone();
+                n.meta.version = index;
+                self.networks.insert(n.id.clone(), n);
+            }
+            Command::RemoveNetwork { id } => {
+                self.networks.remove(id);
+            }
+            Command::AddEndpoint { endpoint } => {
+                let mut e = (**endpoint).clone();
+                e.meta.version = index;
+                self.endpoints.insert(e.id.clone(), e);
+            }
+            Command::RemoveEndpoint { id } => {
+                self.endpoints.remove(id);
+            }
+            Command::SetGossipKeys { keys, now } => {
+                let c = self.cluster_mut()?;
+                c.gossip_keys.clone_from(keys);
+                c.gossip_keys_rotated_at = *now;
+                touch(&mut c.meta, index, *now);
             }
             Command::RotateJoinTokens { worker, manager, now } => {
                 let c = self.cluster_mut()?;
@@ -203,8 +250,24 @@ impl ClusterState {
                     )));
                 }
             }
-            Command::RotateJoinTokens { .. } => {
+            Command::RotateJoinTokens { .. } | Command::SetGossipKeys { .. } => {
                 self.cluster()?;
+            }
+            Command::CreateNetwork { network } => self.check_new_network(network)?,
+            Command::RemoveNetwork { id } => {
+                let n = self.network(id)?;
+                if self.endpoints.values().any(|e| e.network_id == *id) {
+                    return Err(ApiError::precondition(format!(
+                        "error while removing network: network {} id {} has active endpoints",
+                        n.name, n.id
+                    )));
+                }
+            }
+            Command::AddEndpoint { endpoint } => self.check_new_endpoint(endpoint)?,
+            Command::RemoveEndpoint { id } => {
+                if !self.endpoints.contains_key(id) {
+                    return Err(ApiError::not_found(format!("endpoint {id} not found")));
+                }
             }
             Command::ForceNewCluster { state, node_id, .. } => {
                 if self.cluster.is_some() {
@@ -220,6 +283,77 @@ impl ClusterState {
             }
         }
         Ok(())
+    }
+
+    fn check_new_network(&self, n: &Network) -> Result<(), ApiError> {
+        self.cluster()?;
+        if self.networks.values().any(|x| x.name == n.name) {
+            return Err(ApiError::conflict(format!("network with name {} already exists", n.name)));
+        }
+        if self.networks.contains_key(&n.id) {
+            return Err(ApiError::conflict(format!("network {} already exists", n.id)));
+        }
+        if n.ingress && self.networks.values().any(|x| x.ingress) {
+            return Err(ApiError::conflict("an ingress network already exists"));
+        }
+        let subnet = Cidr::parse(&n.subnet).map_err(ApiError::invalid)?;
+        for other in self.networks.values() {
+            if let Ok(o) = Cidr::parse(&other.subnet)
+                && o.overlaps(subnet)
+            {
+                return Err(ApiError::conflict(format!(
+                    "invalid pool request: Pool overlaps with other one on this address space ({subnet} and {o} of network {})",
+                    other.name
+                )));
+            }
+            if other.vni == n.vni {
+                return Err(ApiError::conflict(format!("VNI {} is in use by network {}", n.vni, other.name)));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_new_endpoint(&self, e: &Endpoint) -> Result<(), ApiError> {
+        let n = self.network(&e.network_id)?;
+        self.node(&e.node_id)?;
+        if self.endpoints.contains_key(&e.id) {
+            return Err(ApiError::conflict(format!("endpoint {} already exists", e.id)));
+        }
+        let subnet = Cidr::parse(&n.subnet).map_err(ApiError::internal)?;
+        let ip: std::net::Ipv4Addr =
+            e.ip.parse().map_err(|_| ApiError::invalid(format!("invalid address {}", e.ip)))?;
+        let gateway = n.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
+        check_ip(subnet, gateway, ip).map_err(ApiError::invalid)?;
+        if self.endpoints.values().any(|x| x.network_id == e.network_id && x.ip == e.ip) {
+            return Err(ApiError::conflict(format!(
+                "Address already in use: {} in network {}",
+                e.ip, n.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn network(&self, id: &str) -> Result<&Network, ApiError> {
+        self.networks.get(id).ok_or_else(|| ApiError::not_found(format!("network {id} not found")))
+    }
+
+    /// Finds a network by full ID, then name, then unique ID prefix.
+    pub fn resolve_network(&self, input: &str) -> Result<&Network, ApiError> {
+        if let Some(n) = self.networks.get(input) {
+            return Ok(n);
+        }
+        if let Some(n) = self.networks.values().find(|n| n.name == input) {
+            return Ok(n);
+        }
+        let by_prefix: Vec<&Network> =
+            self.networks.values().filter(|n| !input.is_empty() && n.id.starts_with(input)).collect();
+        match by_prefix.as_slice() {
+            [n] => Ok(n),
+            [] => Err(ApiError::not_found(format!("network {input} not found"))),
+            many => {
+                Err(ApiError::invalid(format!("network {input} is ambiguous ({} matches found)", many.len())))
+            }
+        }
     }
 
     pub fn cluster(&self) -> Result<&Cluster, ApiError> {
@@ -315,6 +449,8 @@ mod tests {
             default_addr_pool: vec!["10.0.0.0/8".into()],
             subnet_size: 24,
             data_path_port: 4789,
+            gossip_keys: Vec::new(),
+            gossip_keys_rotated_at: 0,
         }
     }
 
@@ -330,6 +466,7 @@ mod tests {
             gateway: "10.0.0.1".into(),
             vni: 4096,
             labels: BTreeMap::new(),
+            options: BTreeMap::new(),
         }
     }
 
@@ -436,6 +573,81 @@ mod tests {
         assert_eq!(s.resolve_node("m").unwrap().id, "m1");
         assert_eq!(s.resolve_node("abc").unwrap_err().message, "node abc is ambiguous (2 matches found)");
         assert_eq!(s.resolve_node("zzz").unwrap_err().message, "node zzz not found");
+    }
+
+    fn net(id: &str, name: &str, subnet: &str, vni: u32) -> Network {
+        Network { id: id.into(), name: name.into(), subnet: subnet.into(), vni, ingress: false, ..ingress() }
+    }
+
+    fn ep(id: &str, net: &str, ip: &str) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            meta: Meta::default(),
+            network_id: net.into(),
+            node_id: "m1".into(),
+            ip: ip.into(),
+            mac: String::new(),
+            name: String::new(),
+        }
+    }
+
+    #[test]
+    fn networks_need_unique_names_subnets_and_vnis() {
+        let mut s = initialized();
+        let mut a = net("a", "front", "10.0.1.0/24", 4097);
+        a.gateway = "10.0.1.1".into();
+        s.apply(2, &Command::CreateNetwork { network: Box::new(a) }).unwrap();
+        let cases = [
+            (net("b", "front", "10.0.2.0/24", 4098), "network with name front already exists"),
+            (
+                net("b", "back", "10.0.1.128/25", 4098),
+                "invalid pool request: Pool overlaps with other one on this address space (10.0.1.128/25 and 10.0.1.0/24 of network front)",
+            ),
+            (net("b", "back", "10.0.2.0/24", 4097), "VNI 4097 is in use by network front"),
+        ];
+        for (n, msg) in cases {
+            assert_eq!(
+                s.apply(3, &Command::CreateNetwork { network: Box::new(n) }).unwrap_err().message,
+                msg
+            );
+        }
+        assert_eq!(s.resolve_network("front").unwrap().id, "a");
+        assert_eq!(s.resolve_network("zz").unwrap_err().message, "network zz not found");
+    }
+
+    #[test]
+    fn endpoints_get_unique_addresses_and_block_network_removal() {
+        let mut s = initialized();
+        let mut a = net("a", "front", "10.0.1.0/24", 4097);
+        a.gateway = "10.0.1.1".into();
+        s.apply(2, &Command::CreateNetwork { network: Box::new(a) }).unwrap();
+        s.apply(3, &Command::AddEndpoint { endpoint: Box::new(ep("e1", "a", "10.0.1.2")) }).unwrap();
+        let dup = Command::AddEndpoint { endpoint: Box::new(ep("e2", "a", "10.0.1.2")) };
+        assert_eq!(
+            s.apply(4, &dup).unwrap_err().message,
+            "Address already in use: 10.0.1.2 in network front"
+        );
+        let gw = Command::AddEndpoint { endpoint: Box::new(ep("e2", "a", "10.0.1.1")) };
+        assert!(s.apply(4, &gw).unwrap_err().message.contains("reserved"));
+        let rm = Command::RemoveNetwork { id: "a".into() };
+        assert_eq!(
+            s.apply(5, &rm).unwrap_err().message,
+            "error while removing network: network front id a has active endpoints"
+        );
+        s.apply(5, &Command::RemoveEndpoint { id: "e1".into() }).unwrap();
+        s.apply(6, &rm).unwrap();
+        assert!(!s.networks.contains_key("a"));
+    }
+
+    #[test]
+    fn removing_a_node_removes_its_endpoints() {
+        let mut s = initialized();
+        s.apply(2, &Command::AddNode { node: Box::new(node("w1", Role::Worker, NodeState::Down)) }).unwrap();
+        let mut e = ep("e1", "ing", "10.0.0.2");
+        e.node_id = "w1".into();
+        s.apply(3, &Command::AddEndpoint { endpoint: Box::new(e) }).unwrap();
+        s.apply(4, &Command::RemoveNode { id: "w1".into(), force: false, now: 0 }).unwrap();
+        assert!(s.endpoints.is_empty());
     }
 
     #[test]

@@ -1,0 +1,414 @@
+//! Gossip on port 7946: SWIM membership (foca) over UDP among all nodes, and
+//! the per-network endpoint tables ([`table::NetworkDb`]) on top, with TCP
+//! for bulk syncs. Every packet is encrypted with the managers' keys
+//! ([`wire`]).
+//!
+//! The runtime is one task that owns foca and the tables and turns their
+//! outputs into packets, timers, and [`GossipEvent`]s for the datapath.
+
+pub mod table;
+pub mod wire;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use foca::{AccumulatingRuntime, Config, Foca, Identity, OwnedNotification, PostcardCodec, Timer};
+use rand_foca::SeedableRng as _;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::mpsc,
+};
+
+use self::{
+    table::{EndpointRecord, NetworkDb, Out},
+    wire::{Keyring, Packet},
+};
+use super::messages::GossipKey;
+
+/// The gossip port (Docker's memberlist default).
+pub const PORT: u16 = 7946;
+const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
+const REAP_INTERVAL: Duration = Duration::from_secs(60);
+const MAX_TCP_FRAME: usize = 16 << 20;
+
+/// A node as SWIM knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: String,
+    pub addr: SocketAddrV4,
+    /// Grows with every restart or rejoin; newer wins address conflicts.
+    pub incarnation: u64,
+}
+
+impl Identity for Member {
+    type Addr = SocketAddrV4;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Member { incarnation: self.incarnation + 1, ..self.clone() })
+    }
+
+    fn addr(&self) -> SocketAddrV4 {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.incarnation > adversary.incarnation
+    }
+}
+
+/// What gossip tells the datapath.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipEvent {
+    Upsert(EndpointRecord),
+    Remove(EndpointRecord),
+    /// The underlay addresses of the live members (this node included).
+    Hosts(Vec<Ipv4Addr>),
+}
+
+enum Cmd {
+    SetLocal { network: String, key: String, record: EndpointRecord },
+    RemoveLocal { network: String, key: String },
+    Keys(Vec<GossipKey>),
+    Seeds(Vec<Ipv4Addr>),
+    Stop,
+}
+
+/// A handle on the running gossip.
+#[derive(Clone)]
+pub struct Gossip {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: Mutex<NetworkDb>,
+    keys: Mutex<Keyring>,
+    members: Mutex<BTreeMap<String, Member>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Gossip settings.
+pub struct GossipConfig {
+    pub node_id: String,
+    /// The underlay address others reach this node at.
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// Grows with every start of this node.
+    pub incarnation: u64,
+}
+
+fn foca_config() -> Config {
+    // Faster than memberlist's LAN defaults: a dead node is noticed within
+    // about two seconds.
+    let mut c = Config::new_lan(NonZeroU32::new(16).expect("non-zero"));
+    c.probe_period = Duration::from_millis(300);
+    c.probe_rtt = Duration::from_millis(150);
+    c.suspect_to_down_after = Duration::from_millis(1200);
+    c.remove_down_after = Some(Duration::from_secs(60));
+    c
+}
+
+impl Gossip {
+    /// Binds UDP and TCP on the port and starts gossiping. `events` receives
+    /// what the datapath must change.
+    pub async fn start(
+        cfg: GossipConfig,
+        keys: &[GossipKey],
+        events: mpsc::UnboundedSender<GossipEvent>,
+    ) -> std::io::Result<Gossip> {
+        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.port)).await?;
+        let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, cfg.port)).await?;
+        let me = Member {
+            node_id: cfg.node_id.clone(),
+            addr: SocketAddrV4::new(cfg.addr, cfg.port),
+            incarnation: cfg.incarnation,
+        };
+        let shared = Arc::new(Shared {
+            db: Mutex::new(NetworkDb::new(&cfg.node_id, cfg.incarnation)),
+            keys: Mutex::new(Keyring::new(keys)),
+            members: Mutex::new(BTreeMap::new()),
+        });
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let rt =
+            Runtime { me: me.clone(), udp: Arc::new(udp), shared: shared.clone(), events, port: cfg.port };
+        tokio::spawn(rt.clone().serve_tcp(tcp));
+        tokio::spawn(rt.run(me, rx));
+        Ok(Gossip { cmds, shared })
+    }
+
+    /// Publishes (or changes) one of this node's endpoints.
+    pub fn set_local(&self, network: &str, key: &str, record: EndpointRecord) {
+        let _ = self.cmds.send(Cmd::SetLocal { network: network.into(), key: key.into(), record });
+    }
+
+    /// Withdraws one of this node's endpoints.
+    pub fn remove_local(&self, network: &str, key: &str) {
+        let _ = self.cmds.send(Cmd::RemoveLocal { network: network.into(), key: key.into() });
+    }
+
+    /// New keys from the managers (newest first).
+    pub fn set_keys(&self, keys: Vec<GossipKey>) {
+        let _ = self.cmds.send(Cmd::Keys(keys));
+    }
+
+    /// Addresses to join through (the managers').
+    pub fn seeds(&self, seeds: Vec<Ipv4Addr>) {
+        let _ = self.cmds.send(Cmd::Seeds(seeds));
+    }
+
+    /// Live members other than this node.
+    pub fn members(&self) -> Vec<Member> {
+        lock(&self.shared.members).values().cloned().collect()
+    }
+
+    /// The id of the key packets are encrypted with now.
+    pub fn primary_key(&self) -> Option<u32> {
+        lock(&self.shared.keys).primary()
+    }
+
+    pub fn stop(&self) {
+        let _ = self.cmds.send(Cmd::Stop);
+    }
+}
+
+#[derive(Clone)]
+struct Runtime {
+    me: Member,
+    udp: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<GossipEvent>,
+    port: u16,
+}
+
+type FocaT = Foca<Member, PostcardCodec, rand_foca::rngs::StdRng, foca::NoCustomBroadcast>;
+
+impl Runtime {
+    async fn run(self, me: Member, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+        let rng = rand_foca::rngs::StdRng::seed_from_u64(rand::random());
+        let mut foca: FocaT = Foca::new(me, foca_config(), rng, PostcardCodec);
+        let mut acc = AccumulatingRuntime::new();
+        let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer<Member>>();
+        let mut buf = vec![0u8; 65536];
+        let mut sync = tokio::time::interval(SYNC_INTERVAL);
+        let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
+        let mut reap = tokio::time::interval(REAP_INTERVAL);
+        self.publish_hosts();
+        loop {
+            tokio::select! {
+                r = self.udp.recv_from(&mut buf) => {
+                    let Ok((n, _from)) = r else { continue };
+                    let opened = lock(&self.shared.keys).open(&buf[..n]);
+                    match opened {
+                        Ok(Packet::Swim(data)) => { let _ = foca.handle_data(&data, &mut acc); }
+                        Ok(Packet::Table(msg)) => {
+                            let outs = lock(&self.shared.db).receive(msg);
+                            self.apply(outs).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!("gossip packet dropped: {e}"),
+                    }
+                }
+                Some(t) = timers.recv() => { let _ = foca.handle_timer(t, &mut acc); }
+                cmd = cmds.recv() => match cmd {
+                    None | Some(Cmd::Stop) => {
+                        let _ = foca.leave_cluster(&mut acc);
+                        self.drain(&mut acc, &timer_tx).await;
+                        return;
+                    }
+                    Some(Cmd::SetLocal { network, key, record }) => {
+                        let outs = lock(&self.shared.db).set_local(&network, &key, record);
+                        self.apply(outs).await;
+                    }
+                    Some(Cmd::RemoveLocal { network, key }) => {
+                        let outs = lock(&self.shared.db).remove_local(&network, &key);
+                        self.apply(outs).await;
+                    }
+                    Some(Cmd::Keys(keys)) => {
+                        *lock(&self.shared.keys) = Keyring::new(&keys);
+                    }
+                    Some(Cmd::Seeds(seeds)) => {
+                        for ip in seeds {
+                            let seed = Member { node_id: String::new(), addr: SocketAddrV4::new(ip, self.port), incarnation: 0 };
+                            if seed.addr != self.me.addr {
+                                let _ = foca.announce(seed, &mut acc);
+                            }
+                        }
+                    }
+                },
+                _ = sync.tick() => self.anti_entropy().await,
+                _ = announce.tick() => {
+                    let outs = lock(&self.shared.db).reannounce();
+                    self.apply(outs).await;
+                }
+                _ = reap.tick() => lock(&self.shared.db).reap_tombstones(),
+            }
+            self.drain(&mut acc, &timer_tx).await;
+        }
+    }
+
+    /// Sends what foca wants sent, schedules its timers, handles membership changes.
+    async fn drain(
+        &self,
+        acc: &mut AccumulatingRuntime<Member>,
+        timers: &mpsc::UnboundedSender<Timer<Member>>,
+    ) {
+        while let Some((to, data)) = acc.to_send() {
+            self.send(to.addr, &Packet::Swim(data.to_vec())).await;
+        }
+        while let Some((after, t)) = acc.to_schedule() {
+            let tx = timers.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(t);
+            });
+        }
+        while let Some(n) = acc.to_notify() {
+            let outs = match n {
+                OwnedNotification::MemberUp(m) => {
+                    let id = m.node_id.clone();
+                    lock(&self.shared.members).insert(id.clone(), m);
+                    self.publish_hosts();
+                    lock(&self.shared.db).node_up(&id)
+                }
+                OwnedNotification::MemberDown(m) => {
+                    let known = lock(&self.shared.members)
+                        .get(&m.node_id)
+                        .is_some_and(|x| x.incarnation <= m.incarnation);
+                    if !known {
+                        continue;
+                    }
+                    lock(&self.shared.members).remove(&m.node_id);
+                    self.publish_hosts();
+                    tracing::info!(node = %m.node_id, "gossip: member down");
+                    lock(&self.shared.db).node_down(&m.node_id)
+                }
+                OwnedNotification::Rename(_, m) => {
+                    lock(&self.shared.members).insert(m.node_id.clone(), m);
+                    self.publish_hosts();
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            Box::pin(self.apply(outs)).await;
+        }
+    }
+
+    fn publish_hosts(&self) {
+        let mut hosts: BTreeSet<Ipv4Addr> =
+            lock(&self.shared.members).values().map(|m| *m.addr.ip()).collect();
+        hosts.insert(*self.me.addr.ip());
+        let _ = self.events.send(GossipEvent::Hosts(hosts.into_iter().collect()));
+    }
+
+    async fn send(&self, to: SocketAddrV4, packet: &Packet) {
+        let sealed = lock(&self.shared.keys).seal(packet);
+        match sealed {
+            Ok(bytes) => {
+                let _ = self.udp.send_to(&bytes, to).await;
+            }
+            Err(e) => tracing::debug!("gossip: not sending: {e}"),
+        }
+    }
+
+    /// Carries out the tables' outputs.
+    async fn apply(&self, outs: Vec<Out>) {
+        for o in outs {
+            match o {
+                Out::Send { to, msg } => {
+                    let addr = lock(&self.shared.members).get(&to).map(|m| m.addr);
+                    if let Some(addr) = addr {
+                        self.send(addr, &Packet::Table(msg)).await;
+                    }
+                }
+                Out::Upsert { record, .. } => {
+                    let _ = self.events.send(GossipEvent::Upsert(record));
+                }
+                Out::Remove { record, .. } => {
+                    let _ = self.events.send(GossipEvent::Remove(record));
+                }
+            }
+        }
+    }
+
+    /// Repairs lost updates: pulls each of our networks' table from a
+    /// random member over TCP.
+    async fn anti_entropy(&self) {
+        let networks: Vec<String> = lock(&self.shared.db).networks().iter().cloned().collect();
+        for net in networks {
+            let members = lock(&self.shared.db).members_of(&net);
+            if members.is_empty() {
+                continue;
+            }
+            let pick = &members[rand::random_range(0..members.len())];
+            let Some(addr) = lock(&self.shared.members).get(pick).map(|m| m.addr) else { continue };
+            match tokio::time::timeout(Duration::from_secs(2), self.pull(addr, &net)).await {
+                Ok(Ok(entries)) => {
+                    let outs = lock(&self.shared.db).merge(&net, entries);
+                    self.apply(outs).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%addr, "gossip sync: {e}"),
+                Err(_) => tracing::debug!(%addr, "gossip sync timed out"),
+            }
+        }
+    }
+
+    async fn pull(&self, addr: SocketAddrV4, network: &str) -> std::io::Result<Vec<table::Entry>> {
+        let mut s = TcpStream::connect(addr).await?;
+        let req = lock(&self.shared.keys).seal(&Packet::SyncRequest { network: network.to_owned() });
+        write_frame(&mut s, &req.map_err(std::io::Error::other)?).await?;
+        let frame = read_frame(&mut s).await?;
+        let opened = lock(&self.shared.keys).open(&frame);
+        match opened.map_err(std::io::Error::other)? {
+            Packet::SyncResponse { entries, .. } => Ok(entries),
+            _ => Err(std::io::Error::other("unexpected sync response")),
+        }
+    }
+
+    async fn serve_tcp(self, listener: TcpListener) {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s)).await
+                else {
+                    return;
+                };
+                let opened = lock(&me.shared.keys).open(&frame);
+                let Ok(Packet::SyncRequest { network }) = opened else { return };
+                let entries = lock(&me.shared.db).entries(&network);
+                let resp = lock(&me.shared.keys).seal(&Packet::SyncResponse { network, entries });
+                if let Ok(bytes) = resp {
+                    let _ = write_frame(&mut s, &bytes).await;
+                }
+            });
+        }
+    }
+}
+
+async fn write_frame(s: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    s.write_all(&u32::try_from(data.len()).map_err(std::io::Error::other)?.to_be_bytes()).await?;
+    s.write_all(data).await
+}
+
+async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_TCP_FRAME {
+        return Err(std::io::Error::other("gossip frame too large"));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await?;
+    Ok(buf)
+}

@@ -1,0 +1,163 @@
+//! Gossip packets on 7946: versioned, authenticated and encrypted.
+//!
+//! ```text
+//! "SWG" version(1) | key id (u32 BE) | nonce (12) | AES-256-GCM(postcard(Packet)) + tag (16)
+//! ```
+//!
+//! The first 8 bytes are the additional authenticated data. Keys come from
+//! the managers ([`crate::cluster::messages::GossipKey`]); the newest
+//! encrypts, any of the kept keys decrypts, so rotation never cuts a node off.
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use serde::{Deserialize, Serialize};
+
+use super::table::{Entry, TableMsg};
+use crate::cluster::messages::GossipKey;
+
+pub const MAGIC: [u8; 3] = *b"SWG";
+pub const VERSION: u8 = 1;
+const HEADER_LEN: usize = 8;
+
+/// Everything gossip sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Packet {
+    /// Membership protocol (SWIM, via foca).
+    Swim(Vec<u8>),
+    /// Table updates and network announcements.
+    Table(TableMsg),
+    /// TCP bulk sync: all entries of a network, please.
+    SyncRequest {
+        network: String,
+    },
+    SyncResponse {
+        network: String,
+        entries: Vec<Entry>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("not a gossip packet")]
+    NotOurs,
+    #[error("unsupported gossip version {0}")]
+    Version(u8),
+    #[error("no key {0}")]
+    UnknownKey(u32),
+    #[error("authentication failed")]
+    Auth,
+    #[error("bad payload: {0}")]
+    Decode(String),
+    #[error("no gossip key yet")]
+    NoKey,
+}
+
+/// The keys in use, newest first.
+#[derive(Default)]
+pub struct Keyring {
+    keys: Vec<(u32, LessSafeKey)>,
+}
+
+impl Keyring {
+    /// A keyring from the managers' keys (invalid ones are skipped).
+    pub fn new(keys: &[GossipKey]) -> Keyring {
+        let keys = keys
+            .iter()
+            .filter_map(|k| {
+                let bytes = k.bytes()?;
+                Some((k.id, LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).ok()?)))
+            })
+            .collect();
+        Keyring { keys }
+    }
+
+    pub fn primary(&self) -> Option<u32> {
+        self.keys.first().map(|(id, _)| *id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Encrypts a packet with the newest key.
+    pub fn seal(&self, packet: &Packet) -> Result<Vec<u8>, WireError> {
+        let (id, key) = self.keys.first().ok_or(WireError::NoKey)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + 64);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        let mut body = postcard::to_allocvec(packet).map_err(|e| WireError::Decode(e.to_string()))?;
+        let aad: [u8; HEADER_LEN] = out[..HEADER_LEN].try_into().expect("header");
+        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
+            .map_err(|_| WireError::Auth)?;
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Checks and decrypts a packet.
+    pub fn open(&self, data: &[u8]) -> Result<Packet, WireError> {
+        if data.len() < HEADER_LEN + NONCE_LEN + 16 || data[..3] != MAGIC {
+            return Err(WireError::NotOurs);
+        }
+        if data[3] != VERSION {
+            return Err(WireError::Version(data[3]));
+        }
+        let id = u32::from_be_bytes(data[4..8].try_into().expect("4 bytes"));
+        let key =
+            self.keys.iter().find(|(k, _)| *k == id).map(|(_, k)| k).ok_or(WireError::UnknownKey(id))?;
+        let nonce = Nonce::try_assume_unique_for_key(&data[HEADER_LEN..HEADER_LEN + NONCE_LEN])
+            .map_err(|_| WireError::Auth)?;
+        let aad: [u8; HEADER_LEN] = data[..HEADER_LEN].try_into().expect("header");
+        let mut body = data[HEADER_LEN + NONCE_LEN..].to_vec();
+        let plain = key.open_in_place(nonce, Aad::from(aad), &mut body).map_err(|_| WireError::Auth)?;
+        postcard::from_bytes(plain).map_err(|e| WireError::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(ids: &[u32]) -> (Keyring, Vec<GossipKey>) {
+        let keys: Vec<GossipKey> = ids.iter().map(|i| GossipKey::generate(*i)).collect();
+        (Keyring::new(&keys), keys)
+    }
+
+    #[test]
+    fn sealed_packets_open_and_hide_their_content() {
+        let (r, _) = ring(&[1]);
+        let p = Packet::SyncRequest { network: "secret-network-name".into() };
+        let wire = r.seal(&p).unwrap();
+        assert_eq!(&wire[..4], b"SWG\x01");
+        assert!(!wire.windows(6).any(|w| w == b"secret"), "payload is encrypted");
+        assert_eq!(r.open(&wire).unwrap(), p);
+    }
+
+    #[test]
+    fn tampering_wrong_keys_and_garbage_are_refused() {
+        let (r, keys) = ring(&[1]);
+        let wire = r.seal(&Packet::Swim(vec![1, 2, 3])).unwrap();
+        let mut flipped = wire.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(r.open(&flipped), Err(WireError::Auth));
+        let mut header = wire.clone();
+        header[4..8].copy_from_slice(&9u32.to_be_bytes());
+        assert_eq!(r.open(&header), Err(WireError::UnknownKey(9)));
+        let (other, _) = ring(&[1]);
+        assert_eq!(other.open(&wire), Err(WireError::Auth), "same id, different key");
+        assert_eq!(r.open(b"hello"), Err(WireError::NotOurs));
+        assert_eq!(r.open(&[0u8; 100]), Err(WireError::NotOurs));
+        let mut v2 = wire;
+        v2[3] = 2;
+        assert_eq!(r.open(&v2), Err(WireError::Version(2)));
+        assert_eq!(Keyring::new(&[]).seal(&Packet::Swim(vec![])), Err(WireError::NoKey));
+        // Rotation: a ring with the new and old key opens both.
+        let new = GossipKey::generate(2);
+        let both = Keyring::new(&[new.clone(), keys[0].clone()]);
+        let from_old = r.seal(&Packet::Swim(vec![7])).unwrap();
+        assert_eq!(both.open(&from_old).unwrap(), Packet::Swim(vec![7]));
+        assert_eq!(both.primary(), Some(2));
+    }
+}

@@ -1,0 +1,295 @@
+//! A node's overlay networking: the eBPF datapath on this host, gossip with
+//! the other hosts, and this host's endpoints (network attachments).
+//!
+//! Connecting: the leader allocates the address, the veth pair is plumbed
+//! into the namespace, the datapath learns the endpoint, gossip tells the
+//! other hosts in the network. Gossip's news about other hosts' endpoints
+//! goes into the datapath's tables. Local endpoints are kept in
+//! `endpoints.json`, so a restarted agent republishes them; the datapath
+//! itself is pinned and keeps forwarding while the agent is away.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::{
+    error::ApiError,
+    gossip::{Gossip, GossipConfig, GossipEvent, table::EndpointRecord},
+    messages::{AttachResponse, GossipKey},
+    store::ipam::Cidr,
+};
+use crate::datapath::{
+    DatapathError, PinLayout,
+    host::{HostDatapath, XdpPolicy},
+    netlink::{self, EndpointLink},
+};
+
+/// A local endpoint, as remembered across agent restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalEndpoint {
+    pub endpoint_id: String,
+    pub network_id: String,
+    pub network_name: String,
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// The namespace file it lives in.
+    pub netns: PathBuf,
+    /// Host-side veth.
+    pub host_iface: String,
+    pub host_ifindex: u32,
+    /// Its name inside the namespace.
+    pub iface: String,
+}
+
+fn dp_err(e: DatapathError) -> ApiError {
+    ApiError::internal(format!("datapath: {e}"))
+}
+
+/// Overlay state of a node; inert until [`Overlay::start`].
+pub struct Overlay {
+    store: PathBuf,
+    inner: Mutex<Option<Running>>,
+    endpoints: Mutex<Vec<LocalEndpoint>>,
+    /// Serializes connect/disconnect.
+    op: tokio::sync::Mutex<()>,
+}
+
+struct Running {
+    datapath: Arc<Mutex<HostDatapath>>,
+    gossip: Gossip,
+    events: JoinHandle<()>,
+    keys: Vec<GossipKey>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Overlay {
+    pub fn new(store: PathBuf) -> Overlay {
+        let endpoints =
+            std::fs::read(&store).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Overlay {
+            store,
+            inner: Mutex::new(None),
+            endpoints: Mutex::new(endpoints),
+            op: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Starts (or adopts) the datapath and gossip; republishes this host's endpoints.
+    pub async fn start(
+        &self,
+        node_id: &str,
+        underlay_ip: Ipv4Addr,
+        vxlan_port: u16,
+        bpffs: &Path,
+        xdp: XdpPolicy,
+        keys: Vec<GossipKey>,
+    ) -> Result<(), ApiError> {
+        if lock(&self.inner).is_some() {
+            return Ok(());
+        }
+        let dp =
+            HostDatapath::start(PinLayout::new(bpffs), underlay_ip, vxlan_port, xdp).await.map_err(dp_err)?;
+        let datapath = Arc::new(Mutex::new(dp));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let incarnation = super::manager::now_nanos().unsigned_abs();
+        let gossip = Gossip::start(
+            GossipConfig {
+                node_id: node_id.to_owned(),
+                addr: underlay_ip,
+                port: super::gossip::PORT,
+                incarnation,
+            },
+            &keys,
+            tx,
+        )
+        .await
+        .map_err(|e| ApiError::internal(format!("starting gossip on port {}: {e}", super::gossip::PORT)))?;
+        let events = tokio::spawn(apply_events(datapath.clone(), rx));
+        for ep in lock(&self.endpoints).iter() {
+            let mut d = lock(&datapath);
+            // The pinned maps normally still have it; make sure.
+            let _ = d.add_local_endpoint(&ep.host_iface, ep.host_ifindex, ep.vni, ep.ip, ep.mac);
+            drop(d);
+            gossip.set_local(&ep.network_id, &ep.endpoint_id, record(ep, underlay_ip));
+        }
+        *lock(&self.inner) = Some(Running { datapath, gossip, events, keys });
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        lock(&self.inner).is_some()
+    }
+
+    /// Keys from the managers; passed on when they change.
+    pub fn set_keys(&self, keys: &[GossipKey]) {
+        if let Some(r) = lock(&self.inner).as_mut()
+            && r.keys != keys
+        {
+            r.keys = keys.to_vec();
+            r.gossip.set_keys(keys.to_vec());
+        }
+    }
+
+    /// Addresses to join gossip through, when this node knows no other member.
+    pub fn seeds(&self, managers: &[String]) {
+        if let Some(r) = lock(&self.inner).as_ref()
+            && r.gossip.members().is_empty()
+        {
+            let ips = managers
+                .iter()
+                .filter_map(|a| a.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
+                .collect();
+            r.gossip.seeds(ips);
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<LocalEndpoint> {
+        lock(&self.endpoints).clone()
+    }
+
+    fn persist(&self) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec_pretty(&*lock(&self.endpoints))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        std::fs::write(&self.store, bytes)
+            .map_err(|e| ApiError::internal(format!("saving {}: {e}", self.store.display())))
+    }
+
+    fn running(&self) -> Result<(Arc<Mutex<HostDatapath>>, Gossip), ApiError> {
+        lock(&self.inner).as_ref().map(|r| (r.datapath.clone(), r.gossip.clone())).ok_or_else(|| {
+            ApiError::unavailable("the overlay datapath is not running on this node (see the daemon log)")
+        })
+    }
+
+    /// Plumbs an allocated endpoint into `netns` and publishes it. On
+    /// failure nothing of it is left on this host (the caller releases the
+    /// address).
+    pub async fn connect(&self, alloc: &AttachResponse, netns: &Path) -> Result<LocalEndpoint, ApiError> {
+        let _op = self.op.lock().await;
+        let (datapath, gossip) = self.running()?;
+        let (mtu, underlay_ip) = {
+            let d = lock(&datapath);
+            (alloc.network.mtu(d.underlay_mtu), d.underlay_ip)
+        };
+        let subnet = Cidr::parse(&alloc.network.subnet).map_err(ApiError::internal)?;
+        let ip: Ipv4Addr =
+            alloc.endpoint.ip.parse().map_err(|_| ApiError::internal("bad endpoint address"))?;
+        let gateway: Ipv4Addr =
+            alloc.network.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
+        let mac = super::store::ipam::mac_for(ip);
+        let host_iface = format!("swe{}", &alloc.endpoint.id[..12]);
+        let link =
+            EndpointLink { host_name: &host_iface, netns, ip, prefix_len: subnet.prefix, gateway, mac, mtu };
+        let (host_ifindex, iface) = netlink::create_endpoint_link(&link)
+            .await
+            .map_err(|e| ApiError::invalid(format!("attaching {}: {e}", netns.display())))?;
+        let ep = LocalEndpoint {
+            endpoint_id: alloc.endpoint.id.clone(),
+            network_id: alloc.network.id.clone(),
+            network_name: alloc.network.name.clone(),
+            vni: alloc.network.vni,
+            ip,
+            mac,
+            netns: netns.to_owned(),
+            host_iface: host_iface.clone(),
+            host_ifindex,
+            iface,
+        };
+        let programmed = {
+            let mut d = lock(&datapath);
+            d.set_network(ep.vni, subnet.network(), subnet.prefix, gateway)
+                .and_then(|()| d.add_local_endpoint(&host_iface, host_ifindex, ep.vni, ip, mac))
+        };
+        if let Err(e) = programmed {
+            let _ = netlink::delete_link(&host_iface).await;
+            return Err(dp_err(e));
+        }
+        gossip.set_local(&ep.network_id, &ep.endpoint_id, record(&ep, underlay_ip));
+        lock(&self.endpoints).push(ep.clone());
+        self.persist()?;
+        Ok(ep)
+    }
+
+    /// The local endpoint of `network` (ID or name) in `netns`.
+    pub fn find(&self, network: &str, netns: &Path) -> Option<LocalEndpoint> {
+        lock(&self.endpoints)
+            .iter()
+            .find(|e| {
+                (e.network_id == network || e.network_name == network || e.network_id.starts_with(network))
+                    && e.netns == netns
+            })
+            .cloned()
+    }
+
+    /// Unplumbs and withdraws a local endpoint.
+    pub async fn disconnect(&self, ep: &LocalEndpoint) -> Result<(), ApiError> {
+        let _op = self.op.lock().await;
+        if let Ok((datapath, gossip)) = self.running() {
+            gossip.remove_local(&ep.network_id, &ep.endpoint_id);
+            let last_in_network =
+                !lock(&self.endpoints).iter().any(|e| e.vni == ep.vni && e.endpoint_id != ep.endpoint_id);
+            let mut d = lock(&datapath);
+            d.remove_local_endpoint(&ep.host_iface, ep.host_ifindex, ep.vni, ep.ip).map_err(dp_err)?;
+            if last_in_network {
+                d.remove_network(ep.vni).map_err(dp_err)?;
+            }
+        }
+        netlink::delete_link(&ep.host_iface).await.map_err(dp_err)?;
+        lock(&self.endpoints).retain(|e| e.endpoint_id != ep.endpoint_id);
+        self.persist()
+    }
+
+    /// Stops gossip and the event pump; with `remove`, also tears down every
+    /// local endpoint and the underlay programs (leaving the swarm).
+    pub async fn stop(&self, remove: bool) {
+        if remove {
+            for ep in self.endpoints() {
+                let _ = self.disconnect(&ep).await;
+            }
+        }
+        let running = lock(&self.inner).take();
+        if let Some(r) = running {
+            r.gossip.stop();
+            r.events.abort();
+            if remove {
+                lock(&r.datapath).shutdown();
+            }
+        }
+    }
+
+    /// Counters and tables of the datapath, for `network inspect --verbose`.
+    pub fn datapath(&self) -> Option<Arc<Mutex<HostDatapath>>> {
+        lock(&self.inner).as_ref().map(|r| r.datapath.clone())
+    }
+
+    pub fn gossip(&self) -> Option<Gossip> {
+        lock(&self.inner).as_ref().map(|r| r.gossip.clone())
+    }
+}
+
+fn record(ep: &LocalEndpoint, host: Ipv4Addr) -> EndpointRecord {
+    EndpointRecord { vni: ep.vni, ip: ep.ip.octets(), mac: ep.mac, host_ip: host.octets() }
+}
+
+/// Applies gossip's news to the datapath tables.
+async fn apply_events(datapath: Arc<Mutex<HostDatapath>>, mut rx: mpsc::UnboundedReceiver<GossipEvent>) {
+    while let Some(ev) = rx.recv().await {
+        let mut d = lock(&datapath);
+        let r = match &ev {
+            GossipEvent::Upsert(r) => d.set_remote_endpoint(r.vni, r.ip.into(), r.mac, r.host_ip.into()),
+            GossipEvent::Remove(r) => d.remove_remote_endpoint(r.vni, r.ip.into()),
+            GossipEvent::Hosts(h) => d.set_hosts(h),
+        };
+        if let Err(e) = r {
+            tracing::warn!("datapath update {ev:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Kernel network objects through rtnetlink: the veth pair of an endpoint,
+//! its address, MTU and default route inside the endpoint's network
+//! namespace, and link lookups.
+//!
+//! A netlink socket belongs to the network namespace of the thread that
+//! opens it, so sockets for another namespace are opened on a short-lived
+//! thread that has entered it; the connection then runs on the runtime.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::DatapathError;
+
+fn nl_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> DatapathError {
+    move |e| DatapathError::Netlink { op, detail: e.to_string() }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DatapathError + 'a {
+    move |source| DatapathError::Io { op, path: path.to_owned(), source }
+}
+
+/// A netlink handle in `netns` (a namespace file) or in the current namespace.
+pub fn handle(netns: Option<&Path>) -> Result<Handle, DatapathError> {
+    let open = || rtnetlink::new_connection();
+    let (conn, handle, _) = match netns {
+        None => open().map_err(|source| DatapathError::Io {
+            op: "opening netlink",
+            path: PathBuf::new(),
+            source,
+        })?,
+        Some(ns) => {
+            let file = File::open(ns).map_err(io_err("opening network namespace", ns))?;
+            let ns_owned = ns.to_owned();
+            std::thread::spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    DatapathError::Io { op: "entering", path: ns_owned.clone(), source: e.into() }
+                })?;
+                open().map_err(|source| DatapathError::Io {
+                    op: "opening netlink in",
+                    path: ns_owned,
+                    source,
+                })
+            })
+            .join()
+            .map_err(|_| DatapathError::Netlink {
+                op: "opening netlink",
+                detail: "thread panicked".into(),
+            })??
+        }
+    };
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// The link called `name`, if any.
+pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, DatapathError> {
+    match h.link().get().match_name(name.to_owned()).execute().try_next().await {
+        Ok(m) => Ok(m),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(nl_err("looking up a link")(e)),
+    }
+}
+
+pub async fn link_names(h: &Handle) -> Result<Vec<String>, DatapathError> {
+    let links: Vec<LinkMessage> =
+        h.link().get().execute().try_collect().await.map_err(nl_err("listing links"))?;
+    Ok(links
+        .iter()
+        .filter_map(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+        })
+        .collect())
+}
+
+/// True if the link is a veth (where native XDP is a throughput trap).
+pub fn is_veth(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    })
+}
+
+pub fn mtu(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+/// What an endpoint's link looks like inside its namespace.
+pub struct EndpointLink<'a> {
+    /// Host-side veth name (at most 15 characters).
+    pub host_name: &'a str,
+    pub netns: &'a Path,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// Creates the veth pair, moves one end into the namespace as the first free
+/// `ethN` with the endpoint's MAC, address, MTU and (if the namespace has
+/// none yet) a default route via the gateway. Returns the host side's
+/// ifindex and the name inside. On failure, removes what it made.
+pub async fn create_endpoint_link(e: &EndpointLink<'_>) -> Result<(u32, String), DatapathError> {
+    let host = handle(None)?;
+    let peer_tmp = format!("{}p", &e.host_name[..e.host_name.len().min(14)]);
+    host.link()
+        .add(LinkVeth::new(e.host_name, &peer_tmp).mtu(e.mtu).build())
+        .execute()
+        .await
+        .map_err(nl_err("creating the veth pair"))?;
+    let result = configure(&host, e, &peer_tmp).await;
+    if result.is_err() {
+        let _ = delete_link(e.host_name).await;
+    }
+    result
+}
+
+async fn configure(
+    host: &Handle,
+    e: &EndpointLink<'_>,
+    peer_tmp: &str,
+) -> Result<(u32, String), DatapathError> {
+    let index = |m: Option<LinkMessage>, what: &str| {
+        m.map(|m| m.header.index)
+            .ok_or_else(|| DatapathError::Netlink { op: "finding", detail: what.to_owned() })
+    };
+    let host_idx = index(link_by_name(host, e.host_name).await?, e.host_name)?;
+    let peer_idx = index(link_by_name(host, peer_tmp).await?, peer_tmp)?;
+    let ns = File::open(e.netns).map_err(io_err("opening network namespace", e.netns))?;
+    host.link()
+        .set(LinkUnspec::new_with_index(peer_idx).setns_by_fd(ns.as_raw_fd()).build())
+        .execute()
+        .await
+        .map_err(nl_err("moving the veth into the namespace"))?;
+
+    let inner = handle(Some(e.netns))?;
+    let existing = link_names(&inner).await?;
+    // At most `existing.len()` names are taken, so one of the first `len + 1` is free.
+    let name = (0..=existing.len())
+        .map(|i| format!("eth{i}"))
+        .find(|n| !existing.contains(n))
+        .unwrap_or_else(|| format!("eth{}", existing.len()));
+    let idx = index(link_by_name(&inner, peer_tmp).await?, peer_tmp)?;
+    inner
+        .link()
+        .set(
+            LinkUnspec::new_with_index(idx)
+                .name(name.clone())
+                .address(e.mac.to_vec())
+                .mtu(e.mtu)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl_err("configuring the endpoint interface"))?;
+    inner
+        .address()
+        .add(idx, e.ip.into(), e.prefix_len)
+        .execute()
+        .await
+        .map_err(nl_err("adding the endpoint address"))?;
+    if let Some(lo) = link_by_name(&inner, "lo").await? {
+        let _ = inner.link().set(LinkUnspec::new_with_index(lo.header.index).up().build()).execute().await;
+    }
+    let default = RouteMessageBuilder::<Ipv4Addr>::new().gateway(e.gateway).output_interface(idx).build();
+    match inner.route().add(default).execute().await {
+        Ok(()) => {}
+        // The namespace already has a default route (another network's).
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => {}
+        Err(err) => return Err(nl_err("adding the default route")(err)),
+    }
+    host.link()
+        .set(LinkUnspec::new_with_index(host_idx).up().build())
+        .execute()
+        .await
+        .map_err(nl_err("bringing the host side up"))?;
+    Ok((host_idx, name))
+}
+
+/// Deletes a link of the current namespace (both ends of a veth go).
+pub async fn delete_link(name: &str) -> Result<(), DatapathError> {
+    let h = handle(None)?;
+    match link_by_name(&h, name).await? {
+        Some(l) => h.link().del(l.header.index).execute().await.map_err(nl_err("deleting a link")),
+        None => Ok(()),
+    }
+}
