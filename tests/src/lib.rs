@@ -5,6 +5,7 @@
 //! testbed before the eBPF objects the agent embeds have been built.
 
 pub mod cmd;
+pub mod overlay;
 pub mod packet;
 pub mod poll;
 pub mod swarm;

@@ -15,6 +15,8 @@
 //! /run/swarm-testbed/NAME/nodeI/uts       bind mount of the host's UTS namespace
 //! /run/swarm-testbed/NAME/nodeI/state/    the host's state directory
 //! /run/swarm-testbed/NAME/nodeI/bpffs/    the host's own bpffs mount
+//! /run/swarm-testbed/NAME/nodeI/netns/X   extra namespaces made with Host::add_netns
+//!                                         (containers, endpoints), gone with the testbed
 //! ```
 //!
 //! A testbed made by [`Testbed::up`] belongs to the creating process: it is
@@ -187,6 +189,72 @@ impl Host {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut c = self.command(program)?;
+        c.args(args);
+        Ok(cmd::run(&mut c)?)
+    }
+
+    /// Directory of the namespaces made by [`Host::add_netns`].
+    pub fn netns_dir(&self) -> PathBuf {
+        self.dir.join("netns")
+    }
+
+    /// Makes a new, empty network namespace "on" this host (a file under
+    /// [`Host::netns_dir`], like a container's), for endpoints and workloads.
+    /// It only has `lo` (up); it goes away with the testbed.
+    pub fn add_netns(&self, name: &str) -> Result<PathBuf, TestbedError> {
+        validate_name(name)?;
+        let dir = self.netns_dir();
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let path = dir.join(name);
+        File::create(&path).map_err(io_err("create", &path))?;
+        let arg = format!("--net={}", path.display());
+        if let Err(e) = cmd::run(&mut command("unshare", [arg.as_str(), "ip", "link", "set", "lo", "up"])) {
+            let _ = fs::remove_file(&path);
+            return Err(e.into());
+        }
+        Ok(path)
+    }
+
+    /// Removes a namespace made by [`Host::add_netns`], killing what runs in it.
+    pub fn remove_netns(&self, path: &Path) -> Result<(), TestbedError> {
+        let mut problems = Vec::new();
+        remove_ns_file(path, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(TestbedError::Incomplete { name: path.display().to_string(), problems })
+        }
+    }
+
+    /// A command that runs in network namespace `netns` (made by
+    /// [`Host::add_netns`]) with this host's hostname and environment.
+    pub fn command_in(
+        &self,
+        netns: &Path,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Result<Command, TestbedError> {
+        let net = File::open(netns).map_err(io_err("open", netns))?;
+        let mut c = self.command(program)?;
+        // SAFETY: only async-signal-safe syscalls run between fork and exec;
+        // this runs after the host's own setns calls.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(c)
+    }
+
+    /// Runs `program args...` in namespace `netns`; stdout, or the failure.
+    pub fn run_in<I, S>(&self, netns: &Path, program: &str, args: I) -> Result<String, TestbedError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = self.command_in(netns, program)?;
         c.args(args);
         Ok(cmd::run(&mut c)?)
     }
@@ -589,20 +657,28 @@ pub fn remove(name: &str) -> Result<(), TestbedError> {
         }
     }
     kill_and_wait(&victims, &mut problems);
-    // 2. Unmount the bpffs instances and UTS bind mounts, deepest first.
+    // 2. Extra namespaces of the hosts (containers, endpoints): their
+    //    processes, then the namespace files.
+    let dir = testbed_dir(name);
+    for mp in mounts_under(&dir).into_iter().rev() {
+        if mp.parent().and_then(Path::file_name).is_some_and(|n| n == "netns") {
+            remove_ns_file(&mp, &mut problems);
+        }
+    }
+    // 3. Unmount the bpffs instances and UTS bind mounts, deepest first.
     let dir = testbed_dir(name);
     for mp in mounts_under(&dir).into_iter().rev() {
         if let Err(e) = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH) {
             problems.push(format!("unmounting {}: {e}", mp.display()));
         }
     }
-    // 3. Delete the namespaces; their veths (and the switch ports) go with them.
+    // 4. Delete the namespaces; their veths (and the switch ports) go with them.
     for ns in &namespaces {
         if let Err(e) = cmd::run(&mut command("ip", ["netns", "delete", ns])) {
             problems.push(e.to_string());
         }
     }
-    // 4. The directory, now that nothing is mounted below it.
+    // 5. The directory, now that nothing is mounted below it.
     if problems.is_empty()
         && let Err(e) = fs::remove_dir_all(&dir)
         && e.kind() != io::ErrorKind::NotFound
@@ -613,6 +689,25 @@ pub fn remove(name: &str) -> Result<(), TestbedError> {
         Ok(())
     } else {
         Err(TestbedError::Incomplete { name: name.to_owned(), problems })
+    }
+}
+
+/// Kills the processes in the namespace bound at `path`, unmounts and deletes it.
+fn remove_ns_file(path: &Path, problems: &mut Vec<String>) {
+    match pids_in_netns(path) {
+        Ok(pids) => kill_and_wait(&pids, problems),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) => problems.push(format!("listing processes in {}: {e}", path.display())),
+    }
+    if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+        && e != nix::errno::Errno::EINVAL
+    {
+        problems.push(format!("unmounting {}: {e}", path.display()));
+    }
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        problems.push(format!("removing {}: {e}", path.display()));
     }
 }
 

@@ -15,11 +15,23 @@ use swarm_tests::{
 const TUNED_RAFT: &[(&str, &str)] = &[("SWARM_RAFT_HEARTBEAT", "100ms"), ("SWARM_RAFT_ELECTION", "500ms")];
 const TUNED_HEARTBEAT: &str = "500ms";
 
+#[derive(clap::Subcommand)]
+pub enum Which {
+    /// Init/join times, leader failover and node-Down detection.
+    ControlPlane(Args),
+    /// Overlay throughput and latency: underlay vs kernel vxlan+bridge vs eBPF.
+    Overlay(crate::bench_overlay::Args),
+}
+
+pub fn run(which: &Which) -> anyhow::Result<()> {
+    match which {
+        Which::ControlPlane(a) => control_plane(a),
+        Which::Overlay(a) => crate::bench_overlay::run(a),
+    }
+}
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to benchmark.
-    #[arg(value_parser = ["control-plane"])]
-    what: String,
     /// Runs per measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -60,7 +72,7 @@ fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duratio
     Ok((r, t.elapsed()))
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+fn control_plane(args: &Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -119,7 +131,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0))
         .collect();

@@ -6,8 +6,10 @@
 //! - `test`: everything CI checks (setup, build-ebpf, fmt, clippy, tests).
 //! - `demo`: a three-host swarm in network namespaces (`demo --down` removes it).
 //! - `bench control-plane`: init/join/failover/Down-detection times.
+//! - `bench overlay`: overlay throughput/latency vs the underlay and vxlan+bridge.
 
 mod bench;
+mod bench_overlay;
 mod build_ebpf;
 mod demo;
 mod setup;
@@ -41,8 +43,11 @@ enum Task {
     Test(test::Args),
     /// Bring up a three-host demo swarm in network namespaces (`--down` removes it).
     Demo(demo::Args),
-    /// Measure the control plane (init, join, failover, Down detection).
-    Bench(bench::Args),
+    /// Benchmarks on the testbed: `control-plane` or `overlay`.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,7 +58,7 @@ fn main() -> std::process::ExitCode {
         Task::Testbed { cmd } => testbed::run(cmd),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
-        Task::Bench(args) => bench::run(&args),
+        Task::Bench { which } => bench::run(&which),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,10 +1,11 @@
 //! Between the store's objects and the Docker Engine API's JSON models
 //! (bollard-stubs, generated from Docker's swagger).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
 use bollard_stubs::models as m;
+use serde::Serialize;
 
 use crate::cluster::{
     ca::Role,
@@ -242,36 +243,101 @@ pub fn swarm(c: &Cluster) -> m::Swarm {
     }
 }
 
-pub fn network(n: &Network) -> m::Network {
-    m::Network {
-        name: Some(n.name.clone()),
-        id: Some(n.id.clone()),
-        created: Some(rfc3339(n.meta.created_at)),
-        scope: Some("swarm".into()),
-        driver: Some(n.driver.clone()),
-        enable_ipv4: Some(true),
-        enable_ipv6: Some(false),
-        ipam: Some(m::Ipam {
-            driver: Some("default".into()),
-            config: Some(vec![m::IpamConfig {
-                subnet: Some(n.subnet.clone()),
-                ip_range: None,
-                gateway: Some(n.gateway.clone()),
-                auxiliary_addresses: None,
-            }]),
+/// A network as docker's daemon serializes it (`GET /networks[/{id}]`):
+/// its field order, maps with sorted keys.
+#[derive(Debug, Serialize)]
+#[allow(clippy::struct_excessive_bools, reason = "the Docker API body")]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkView {
+    pub name: String,
+    pub id: String,
+    pub created: String,
+    pub scope: &'static str,
+    pub driver: String,
+    #[serde(rename = "EnableIPv4")]
+    pub enable_ipv4: bool,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: IpamView,
+    pub internal: bool,
+    pub attachable: bool,
+    pub ingress: bool,
+    pub config_from: ConfigFromView,
+    pub config_only: bool,
+    pub containers: BTreeMap<String, ContainerView>,
+    pub options: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// `--verbose`: this node's datapath counters and tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<serde_json::Value>,
+    /// `--verbose`: this node's gossip view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamView {
+    pub driver: &'static str,
+    pub options: Option<BTreeMap<String, String>>,
+    pub config: Vec<IpamConfigView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamConfigView {
+    pub subnet: String,
+    pub gateway: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConfigFromView {
+    pub network: String,
+}
+
+/// An attached namespace, where docker lists a container.
+#[derive(Debug, Serialize)]
+pub struct ContainerView {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "MacAddress")]
+    pub mac_address: String,
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+}
+
+pub fn network(n: &Network) -> NetworkView {
+    let mut options = n.options.clone();
+    options.insert("com.docker.network.driver.overlay.vxlanid_list".to_owned(), n.vni.to_string());
+    NetworkView {
+        name: n.name.clone(),
+        id: n.id.clone(),
+        created: rfc3339(n.meta.created_at),
+        scope: "swarm",
+        driver: n.driver.clone(),
+        enable_ipv4: true,
+        enable_ipv6: false,
+        ipam: IpamView {
+            driver: "default",
             options: None,
-        }),
-        internal: Some(false),
-        attachable: Some(n.attachable),
-        ingress: Some(n.ingress),
-        config_from: None,
-        config_only: Some(false),
-        options: Some(HashMap::from([(
-            "com.docker.network.driver.overlay.vxlanid_list".to_owned(),
-            n.vni.to_string(),
-        )])),
-        labels: Some(n.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-        peers: None,
+            config: vec![IpamConfigView { subnet: n.subnet.clone(), gateway: n.gateway.clone() }],
+        },
+        internal: false,
+        attachable: n.attachable,
+        ingress: n.ingress,
+        config_from: ConfigFromView { network: String::new() },
+        config_only: false,
+        containers: BTreeMap::new(),
+        options,
+        labels: n.labels.clone(),
+        datapath: None,
+        gossip: None,
     }
 }
 

@@ -475,9 +475,35 @@ async fn node_remove(
     Ok(StatusCode::OK)
 }
 
+/// Every network (managers), or those this node has endpoints in (workers,
+/// as docker's workers list the overlays they have tasks on).
 async fn networks(e: &Engine) -> Result<Vec<crate::cluster::store::model::Network>, ApiError> {
+    if let Some(node) = e.node().await
+        && node.manager().await.is_none()
+    {
+        return Ok(node.overlay().networks());
+    }
     match control(e, ControlRequest::ListNetworks).await? {
         ControlResponse::Networks(v) => Ok(v),
+        _ => Err(ApiError::internal("unexpected response")),
+    }
+}
+
+/// One network by ID, name or ID prefix; see [`networks`] for workers.
+async fn network(e: &Engine, id: String) -> Result<crate::cluster::store::model::Network, ApiError> {
+    if let Some(node) = e.node().await
+        && node.manager().await.is_none()
+    {
+        let local = node.overlay().networks();
+        let found = local
+            .iter()
+            .find(|n| n.id == id)
+            .or_else(|| local.iter().find(|n| n.name == id))
+            .or_else(|| local.iter().find(|n| n.id.starts_with(&id)));
+        return found.cloned().ok_or_else(|| ApiError::not_found(format!("network {id} not found")));
+    }
+    match control(e, ControlRequest::GetNetwork { id }).await? {
+        ControlResponse::Network(n) => Ok(*n),
         _ => Err(ApiError::internal("unexpected response")),
     }
 }
@@ -485,7 +511,7 @@ async fn networks(e: &Engine) -> Result<Vec<crate::cluster::store::model::Networ
 async fn networks_list(
     State(e): S,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Vec<m::Network>>, ApiError> {
+) -> Result<Json<Vec<convert::NetworkView>>, ApiError> {
     let filters = parse_filters(&q)?;
     let mut out = Vec::new();
     for n in networks(&e).await? {
@@ -516,35 +542,34 @@ async fn network_inspect(
     State(engine): S,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let n = match control(&engine, ControlRequest::GetNetwork { id }).await? {
-        ControlResponse::Network(n) => *n,
-        _ => return Err(ApiError::internal("unexpected response")),
-    };
-    let mut v = serde_json::to_value(convert::network(&n)).map_err(|x| ApiError::internal(x.to_string()))?;
+) -> Result<Json<convert::NetworkView>, ApiError> {
+    let n = network(&engine, id).await?;
+    let mut v = convert::network(&n);
+    let Some(node) = engine.node().await else { return Ok(Json(v)) };
     // This node's endpoints in the network, as docker lists its containers.
-    let mut containers = serde_json::Map::new();
-    if let Some(node) = engine.node().await {
-        for ep in node.overlay().endpoints().into_iter().filter(|ep| ep.network_id == n.id) {
-            containers.insert(
-                ep.endpoint_id.clone(),
-                serde_json::json!({
-                    "Name": ep.netns.display().to_string(),
-                    "EndpointID": ep.endpoint_id,
-                    "MacAddress": crate::cluster::store::ipam::format_mac(ep.mac),
-                    "IPv4Address": format!("{}/{}", ep.ip, n.subnet.rsplit_once('/').map_or("32", |x| x.1)),
-                    "IPv6Address": "",
-                }),
-            );
-        }
-        if flag(&query, "verbose")
-            && let Some(dp) = node.overlay().datapath()
-        {
+    let prefix = n.subnet.rsplit_once('/').map_or("32", |x| x.1);
+    for ep in node.overlay().endpoints().into_iter().filter(|ep| ep.network_id == n.id) {
+        v.containers.insert(
+            ep.endpoint_id.clone(),
+            convert::ContainerView {
+                name: ep.netns.display().to_string(),
+                endpoint_id: ep.endpoint_id.clone(),
+                mac_address: crate::cluster::store::ipam::format_mac(ep.mac),
+                ipv4_address: format!("{}/{prefix}", ep.ip),
+                ipv6_address: String::new(),
+            },
+        );
+    }
+    if flag(&query, "verbose") {
+        if let Some(dp) = node.overlay().datapath() {
             let mut d = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            v["Datapath"] = datapath_json(&mut d, n.vni);
+            v.datapath = Some(datapath_json(&mut d, n.vni));
+        }
+        if let Some(g) = node.overlay().gossip() {
+            let members: Vec<String> = g.members().iter().map(|m| m.addr.ip().to_string()).collect();
+            v.gossip = Some(serde_json::json!({ "Members": members, "KeyId": g.primary_key() }));
         }
     }
-    v["Containers"] = serde_json::Value::Object(containers);
     Ok(Json(v))
 }
 

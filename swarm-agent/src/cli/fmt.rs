@@ -105,6 +105,73 @@ pub fn human_duration(d: std::time::Duration) -> String {
     format!("{} years", hours / 24 / 365)
 }
 
+/// Go's `json.Indent(dst, src, "", "    ")`, as docker's `inspect` prints the
+/// daemon's JSON: keeps the key order of `raw`, one value per line, empty
+/// objects and arrays as `{}` and `[]`. `raw` must be valid JSON.
+pub fn indent_json(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    // An opening bracket whose newline is held back until we see whether
+    // the container is empty.
+    let mut pending_open = false;
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        for _ in 0..depth {
+            out.push_str("    ");
+        }
+    };
+    for c in raw.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if c.is_ascii_whitespace() {
+            continue;
+        }
+        if pending_open {
+            pending_open = false;
+            if c != '}' && c != ']' {
+                depth += 1;
+                newline(&mut out, depth);
+            } else {
+                out.push(c);
+                continue;
+            }
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                pending_open = true;
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +197,25 @@ mod tests {
         assert_eq!(bytes_size(512.0), "512B");
         assert_eq!(human_duration(std::time::Duration::from_secs(2160 * 3600)), "3 months");
         assert_eq!(human_duration(std::time::Duration::from_secs(5)), "5 seconds");
+    }
+
+    #[test]
+    fn indent_json_matches_go_json_indent() {
+        let raw = r#"{"Name":"n","Empty":{},"List":[],"IPAM":{"Config":[{"Subnet":"10.0.1.0/24"}]},"S":"a,b:{\"c\"} d","N":null}"#;
+        let want = r#"{
+    "Name": "n",
+    "Empty": {},
+    "List": [],
+    "IPAM": {
+        "Config": [
+            {
+                "Subnet": "10.0.1.0/24"
+            }
+        ]
+    },
+    "S": "a,b:{\"c\"} d",
+    "N": null
+}"#;
+        assert_eq!(super::indent_json(raw), want);
     }
 }

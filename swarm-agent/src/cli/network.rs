@@ -144,17 +144,13 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<(), CliError> {
             let mut errors = Vec::new();
             for n in &networks {
                 let path = format!("/networks/{n}{}", if verbose { "?verbose=true" } else { "" });
-                match client.get::<serde_json::Value>(&path).await {
-                    Ok(v) => found.push(v),
+                match client.get_raw(&path).await {
+                    Ok(raw) => found.push(String::from_utf8_lossy(&raw).into_owned()),
                     Err(e @ CliError::Daemon(_)) => errors.push(e.to_string()),
                     Err(e) => return Err(e),
                 }
             }
-            let mut buf = Vec::new();
-            let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-            let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-            serde::Serialize::serialize(&found, &mut ser).map_err(|e| CliError::local(e.to_string()))?;
-            println!("{}", String::from_utf8_lossy(&buf));
+            println!("{}", super::fmt::indent_json(&format!("[{}]", found.join(","))));
             if errors.is_empty() { Ok(()) } else { Err(CliError::local(errors.join("\n"))) }
         }
         NetworkCmd::Rm { networks } => {

@@ -55,6 +55,9 @@ pub struct Manager {
     state: StateReader,
     rpc: RpcClient,
     liveness: Mutex<Liveness>,
+    /// Held across "read what is free, propose it" for subnets, VNIs and
+    /// addresses, so concurrent requests on this leader never pick the same one.
+    allocation: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -102,6 +105,7 @@ impl Manager {
             state,
             rpc,
             liveness: Mutex::new(Liveness::default()),
+            allocation: tokio::sync::Mutex::new(()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
@@ -696,6 +700,7 @@ impl Manager {
             }
         }
         let user_subnet = spec.subnet.as_deref().map(Cidr::parse).transpose().map_err(ApiError::invalid)?;
+        let _allocating = self.allocation.lock().await;
         for attempt in 0..3 {
             let (subnet, vni) = self.state.read(|s| -> Result<(Cidr, u32), ApiError> {
                 let cluster = s.cluster()?;
@@ -760,6 +765,7 @@ impl Manager {
     /// Attaches the calling node to a network: an address for a new endpoint.
     async fn attach(&self, caller: Caller, req: AttachRequest) -> Result<AttachResponse, ApiError> {
         let id = self.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+        let _allocating = self.allocation.lock().await;
         for attempt in 0..5 {
             let (network, ip) = self.state.read(|s| -> Result<(Network, std::net::Ipv4Addr), ApiError> {
                 let n = s.resolve_network(&req.network)?.clone();

@@ -21,7 +21,7 @@ use super::{
     error::ApiError,
     gossip::{Gossip, GossipConfig, GossipEvent, table::EndpointRecord},
     messages::{AttachResponse, GossipKey},
-    store::ipam::Cidr,
+    store::{ipam::Cidr, model::Network},
 };
 use crate::datapath::{
     DatapathError, PinLayout,
@@ -35,6 +35,9 @@ pub struct LocalEndpoint {
     pub endpoint_id: String,
     pub network_id: String,
     pub network_name: String,
+    /// The network as it was when the endpoint was attached (what a worker
+    /// shows for `network ls`/`inspect`).
+    pub network: Network,
     pub vni: u32,
     pub ip: Ipv4Addr,
     pub mac: [u8; 6],
@@ -195,6 +198,7 @@ impl Overlay {
             endpoint_id: alloc.endpoint.id.clone(),
             network_id: alloc.network.id.clone(),
             network_name: alloc.network.name.clone(),
+            network: alloc.network.clone(),
             vni: alloc.network.vni,
             ip,
             mac,
@@ -216,6 +220,17 @@ impl Overlay {
         lock(&self.endpoints).push(ep.clone());
         self.persist()?;
         Ok(ep)
+    }
+
+    /// The networks this host has endpoints in (a worker's view of networks).
+    pub fn networks(&self) -> Vec<Network> {
+        let mut out: Vec<Network> = Vec::new();
+        for ep in lock(&self.endpoints).iter() {
+            if !out.iter().any(|n| n.id == ep.network.id) {
+                out.push(ep.network.clone());
+            }
+        }
+        out
     }
 
     /// The local endpoint of `network` (ID or name) in `netns`.

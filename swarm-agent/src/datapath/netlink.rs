@@ -39,7 +39,10 @@ pub fn handle(netns: Option<&Path>) -> Result<Handle, DatapathError> {
         Some(ns) => {
             let file = File::open(ns).map_err(io_err("opening network namespace", ns))?;
             let ns_owned = ns.to_owned();
+            // The socket registers with the runtime's reactor when it is created.
+            let runtime = tokio::runtime::Handle::current();
             std::thread::spawn(move || {
+                let _runtime = runtime.enter();
                 nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
                     DatapathError::Io { op: "entering", path: ns_owned.clone(), source: e.into() }
                 })?;
@@ -116,12 +119,18 @@ pub struct EndpointLink<'a> {
 /// ifindex and the name inside. On failure, removes what it made.
 pub async fn create_endpoint_link(e: &EndpointLink<'_>) -> Result<(u32, String), DatapathError> {
     let host = handle(None)?;
-    let peer_tmp = format!("{}p", &e.host_name[..e.host_name.len().min(14)]);
-    host.link()
-        .add(LinkVeth::new(e.host_name, &peer_tmp).mtu(e.mtu).build())
-        .execute()
-        .await
-        .map_err(nl_err("creating the veth pair"))?;
+    // A name for the peer while it is still in this namespace: the host
+    // name with its 15th character replaced (or a character appended), never
+    // equal to it.
+    let keep = &e.host_name[..e.host_name.len().min(14)];
+    let last = if e.host_name.len() > 14 && e.host_name.ends_with('p') { 'q' } else { 'p' };
+    let peer_tmp = format!("{keep}{last}");
+    host.link().add(LinkVeth::new(e.host_name, &peer_tmp).mtu(e.mtu).build()).execute().await.map_err(
+        |err| DatapathError::Netlink {
+            op: "creating the veth pair",
+            detail: format!("{} and {peer_tmp}: {err}", e.host_name),
+        },
+    )?;
     let result = configure(&host, e, &peer_tmp).await;
     if result.is_err() {
         let _ = delete_link(e.host_name).await;

@@ -41,8 +41,10 @@ pub struct Entry {
 /// Messages between nodes about tables.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TableMsg {
-    /// The networks `node` has endpoints in, as of `version`.
-    Networks { node: String, version: Version, networks: BTreeSet<String> },
+    /// The networks `node` has endpoints in, as of `version`. `hello` when
+    /// `node` just saw the receiver come up: the receiver answers with its
+    /// own entries of the networks they share, whatever it believed before.
+    Networks { node: String, version: Version, networks: BTreeSet<String>, hello: bool },
     /// Changed entries of one network.
     Entries { network: String, entries: Vec<Entry> },
 }
@@ -116,7 +118,12 @@ impl NetworkDb {
 
     fn announce(&mut self) -> Vec<Out> {
         let version = self.next_version();
-        let msg = TableMsg::Networks { node: self.me.clone(), version, networks: self.my_networks.clone() };
+        let msg = TableMsg::Networks {
+            node: self.me.clone(),
+            version,
+            networks: self.my_networks.clone(),
+            hello: false,
+        };
         self.alive.iter().map(|n| Out::Send { to: n.clone(), msg: msg.clone() }).collect()
     }
 
@@ -203,7 +210,12 @@ impl NetworkDb {
         let version = (self.incarnation, self.counter);
         vec![Out::Send {
             to: node.to_owned(),
-            msg: TableMsg::Networks { node: self.me.clone(), version, networks: self.my_networks.clone() },
+            msg: TableMsg::Networks {
+                node: self.me.clone(),
+                version,
+                networks: self.my_networks.clone(),
+                hello: true,
+            },
         }]
     }
 
@@ -227,12 +239,20 @@ impl NetworkDb {
     /// Handles a message from another node.
     pub fn receive(&mut self, msg: TableMsg) -> Vec<Out> {
         match msg {
-            TableMsg::Networks { node, version, networks } => self.on_networks(node, version, networks),
+            TableMsg::Networks { node, version, networks, hello } => {
+                self.on_networks(node, version, networks, hello)
+            }
             TableMsg::Entries { network, entries } => self.merge(&network, entries),
         }
     }
 
-    fn on_networks(&mut self, node: String, version: Version, networks: BTreeSet<String>) -> Vec<Out> {
+    fn on_networks(
+        &mut self,
+        node: String,
+        version: Version,
+        networks: BTreeSet<String>,
+        hello: bool,
+    ) -> Vec<Out> {
         if node == self.me {
             return Vec::new();
         }
@@ -246,7 +266,7 @@ impl NetworkDb {
         let mut out = Vec::new();
         // It joined networks we are in: it gets our entries there.
         for net in networks.intersection(&self.my_networks) {
-            if !before.contains(net) || !self.alive.contains(&node) {
+            if hello || !before.contains(net) || !self.alive.contains(&node) {
                 let entries = self.own_entries(net);
                 if !entries.is_empty() {
                     out.push(Out::Send {
@@ -272,11 +292,14 @@ impl NetworkDb {
     }
 
     /// Merges entries of a network this node is in; newer versions win.
+    /// Entries of nodes that are not alive here are ignored: a third node's
+    /// copy must not bring back what a death withdrew (the owner re-sends
+    /// its entries when it comes back).
     pub fn merge(&mut self, network: &str, entries: Vec<Entry>) -> Vec<Out> {
         let mut out = Vec::new();
         let Some(table) = self.tables.get_mut(network) else { return out };
         for e in entries {
-            if e.owner == self.me {
+            if e.owner == self.me || !self.alive.contains(&e.owner) {
                 continue;
             }
             let newer = table.get(&e.key).is_none_or(|old| old.owner != e.owner || e.version > old.version);
@@ -389,6 +412,21 @@ mod tests {
         let ch = dbs.get_mut("b").unwrap().node_down("a");
         assert_eq!(ch, vec![Out::Remove { network: "net1".into(), key: "ea".into(), record: rec(2, 1) }]);
         assert!(dbs["b"].members_of("net1").is_empty());
+        // A stale copy of the dead node's entries (a third node's bulk sync)
+        // does not bring them back.
+        let stale = dbs["a"].entries("net1");
+        assert!(stale.iter().any(|e| e.owner == "a" && e.value.is_some()));
+        assert!(dbs.get_mut("b").unwrap().merge("net1", stale).is_empty());
+        // When it is back (b may not have looked down to it), the hello
+        // exchange restores them.
+        let out = dbs.get_mut("b").unwrap().node_up("a");
+        let mut pending: Vec<(String, Out)> = out.into_iter().map(|o| ("b".into(), o)).collect();
+        pending.extend(dbs.get_mut("a").unwrap().node_up("b").into_iter().map(|o| ("a".into(), o)));
+        let ch = run(&mut dbs, pending);
+        assert_eq!(
+            ch["b"],
+            vec![Out::Upsert { network: "net1".into(), key: "ea".into(), record: rec(2, 1) }]
+        );
     }
 
     #[test]
@@ -415,6 +453,7 @@ mod tests {
     #[test]
     fn old_copies_never_win_and_a_restarted_owner_does() {
         let mut a = NetworkDb::new("a", 1);
+        a.node_up("b");
         a.set_local("n", "k", rec(2, 1));
         let newer = Entry { key: "x".into(), owner: "b".into(), version: (5, 2), value: Some(rec(9, 2)) };
         let older = Entry { key: "x".into(), owner: "b".into(), version: (5, 1), value: Some(rec(8, 2)) };

@@ -5,8 +5,10 @@
 //! ```
 //!
 //! The first 8 bytes are the additional authenticated data. Keys come from
-//! the managers ([`crate::cluster::messages::GossipKey`]); the newest
-//! encrypts, any of the kept keys decrypts, so rotation never cuts a node off.
+//! the managers ([`crate::cluster::messages::GossipKey`]), newest first. The
+//! second newest encrypts (the newest only once it is the only key): a new
+//! key reaches every node one rotation period before anyone encrypts with
+//! it, and any kept key decrypts, so rotation never cuts a node off.
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
@@ -70,17 +72,22 @@ impl Keyring {
         Keyring { keys }
     }
 
+    /// The key packets are encrypted with: see the module documentation.
+    fn sealing(&self) -> Option<&(u32, LessSafeKey)> {
+        self.keys.get(1).or_else(|| self.keys.first())
+    }
+
     pub fn primary(&self) -> Option<u32> {
-        self.keys.first().map(|(id, _)| *id)
+        self.sealing().map(|(id, _)| *id)
     }
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
-    /// Encrypts a packet with the newest key.
+    /// Encrypts a packet with the sealing key.
     pub fn seal(&self, packet: &Packet) -> Result<Vec<u8>, WireError> {
-        let (id, key) = self.keys.first().ok_or(WireError::NoKey)?;
+        let (id, key) = self.sealing().ok_or(WireError::NoKey)?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
         let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + 64);
@@ -137,7 +144,7 @@ mod tests {
 
     #[test]
     fn tampering_wrong_keys_and_garbage_are_refused() {
-        let (r, keys) = ring(&[1]);
+        let (r, _) = ring(&[1]);
         let wire = r.seal(&Packet::Swim(vec![1, 2, 3])).unwrap();
         let mut flipped = wire.clone();
         *flipped.last_mut().unwrap() ^= 1;
@@ -153,11 +160,32 @@ mod tests {
         v2[3] = 2;
         assert_eq!(r.open(&v2), Err(WireError::Version(2)));
         assert_eq!(Keyring::new(&[]).seal(&Packet::Swim(vec![])), Err(WireError::NoKey));
-        // Rotation: a ring with the new and old key opens both.
-        let new = GossipKey::generate(2);
-        let both = Keyring::new(&[new.clone(), keys[0].clone()]);
-        let from_old = r.seal(&Packet::Swim(vec![7])).unwrap();
-        assert_eq!(both.open(&from_old).unwrap(), Packet::Swim(vec![7]));
-        assert_eq!(both.primary(), Some(2));
+    }
+
+    #[test]
+    fn a_new_key_is_only_used_once_everyone_has_it() {
+        let k: Vec<GossipKey> = (1..=3).map(GossipKey::generate).collect();
+        let only_first = Keyring::new(&[k[0].clone()]);
+        // The leader just rotated: [2, 1]. A node that has it still encrypts
+        // with 1, so a node that has not heard of 2 yet understands it.
+        let rotated = Keyring::new(&[k[1].clone(), k[0].clone()]);
+        assert_eq!(rotated.primary(), Some(1));
+        let wire = rotated.seal(&Packet::Swim(vec![7])).unwrap();
+        assert_eq!(only_first.open(&wire).unwrap(), Packet::Swim(vec![7]));
+        assert_eq!(
+            rotated.open(&only_first.seal(&Packet::Swim(vec![8])).unwrap()).unwrap(),
+            Packet::Swim(vec![8])
+        );
+        // Next rotation: [3, 2, 1] encrypts with 2, which every node got a period ago.
+        let again = Keyring::new(&[k[2].clone(), k[1].clone(), k[0].clone()]);
+        assert_eq!(again.primary(), Some(2));
+        assert_eq!(
+            rotated.open(&again.seal(&Packet::Swim(vec![9])).unwrap()).unwrap(),
+            Packet::Swim(vec![9])
+        );
+        // A dropped key no longer opens anything.
+        let dropped = Keyring::new(&[k[2].clone(), k[1].clone()]);
+        let old = only_first.seal(&Packet::Swim(vec![1])).unwrap();
+        assert_eq!(dropped.open(&old), Err(WireError::UnknownKey(1)));
     }
 }
