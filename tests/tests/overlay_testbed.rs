@@ -252,6 +252,75 @@ fn vxlan_from_outside_the_cluster_or_for_unknown_vnis_is_dropped() {
 }
 
 #[test]
+fn forged_or_unencrypted_gossip_is_ignored() {
+    use swarm_agent::cluster::{
+        gossip::{
+            table::{EndpointRecord, Entry, TableMsg},
+            wire::{Keyring, Packet},
+        },
+        messages::GossipKey,
+    };
+    let tb = Testbed::up(3).unwrap();
+    let (m, w, outsider) = (tb.host(0), tb.host(1), tb.host(2));
+    agent(m, &["init"]).unwrap();
+    agent(w, &["join", "--token", &token(m, "worker"), "198.18.0.1:2377"]).unwrap();
+    create_attachable(m, NET);
+    let a = connect(m, NET, "ep").unwrap();
+    let b = connect(w, NET, "ep").unwrap();
+    wait_reachable(&a, b.ip);
+    let net = inspect(m, NET).unwrap();
+    let network_id = net["Id"].as_str().unwrap().to_owned();
+    let key_id = u32::try_from(net["Gossip"]["KeyId"].as_u64().unwrap()).unwrap();
+    let worker_id =
+        swarm_tests::swarm::docker(m, &["node", "inspect", "node2", "--format", "{{.ID}}"]).unwrap();
+
+    // An entry that would be accepted if it came from the worker: a new
+    // endpoint 10.0.1.77 that lives on the outsider.
+    let vni: u32 =
+        net["Options"]["com.docker.network.driver.overlay.vxlanid_list"].as_str().unwrap().parse().unwrap();
+    let forged = Packet::Table(TableMsg::Entries {
+        network: network_id,
+        entries: vec![Entry {
+            key: "forged".into(),
+            owner: worker_id.trim().to_owned(),
+            version: (u64::MAX, 1),
+            value: Some(EndpointRecord {
+                vni,
+                ip: [10, 0, 1, 77],
+                mac: [2, 0x42, 10, 0, 1, 77],
+                host_ip: outsider.underlay_ip.octets(),
+            }),
+        }],
+    });
+    let plain = postcard::to_allocvec(&forged).unwrap();
+    let wrong_key = Keyring::new(&[GossipKey::generate(key_id)]).seal(&forged).unwrap();
+    let mut truncated = wrong_key.clone();
+    truncated.truncate(20);
+    outsider
+        .in_netns(|| {
+            let s = UdpSocket::bind((outsider.underlay_ip, 0)).unwrap();
+            for datagram in [&plain, &wrong_key, &truncated, &b"garbage".to_vec()] {
+                for _ in 0..3 {
+                    s.send_to(datagram, (m.underlay_ip, 7946)).unwrap();
+                }
+            }
+        })
+        .unwrap();
+    poll::holds("the forged endpoint to stay out", Duration::from_secs(2), || {
+        let t = datapath_endpoints(m, NET)?;
+        if has(&t, Ipv4Addr::new(10, 0, 1, 77)) {
+            Err(format!("forged entry accepted: {t:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    // Gossip still works for the real members.
+    let c = connect(w, NET, "ep-c").unwrap();
+    wait_table(m, "a new real endpoint to spread", |t| has(t, c.ip));
+}
+
+#[test]
 fn killing_and_restarting_the_agent_keeps_established_tcp_flows() {
     let tb = cluster(2, 1, &[], &[]);
     let hosts = tb.hosts();

@@ -200,13 +200,13 @@ pub struct Network {
 pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
 
 impl Network {
-    /// The MTU endpoints get: the `-o com.docker.network.driver.mtu` value,
-    /// else the underlay's MTU minus the VXLAN overhead.
+    /// The MTU endpoints get: the network's MTU minus the VXLAN overhead,
+    /// where the network's MTU is the `-o com.docker.network.driver.mtu`
+    /// value (as in docker) or else this host's underlay MTU (docker assumes
+    /// 1500, which breaks on smaller underlays).
     pub fn mtu(&self, underlay_mtu: u32) -> u32 {
-        self.options
-            .get(MTU_OPTION)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(underlay_mtu.saturating_sub(swarm_common::VXLAN_OVERHEAD as u32))
+        let network_mtu = self.options.get(MTU_OPTION).and_then(|v| v.parse().ok()).unwrap_or(underlay_mtu);
+        network_mtu.saturating_sub(swarm_common::VXLAN_OVERHEAD as u32).max(68)
     }
 }
 
