@@ -265,9 +265,9 @@ fn forged_or_unencrypted_gossip_is_ignored() {
     agent(m, &["init"]).unwrap();
     agent(w, &["join", "--token", &token(m, "worker"), "198.18.0.1:2377"]).unwrap();
     create_attachable(m, NET);
-    let a = connect(m, NET, "ep").unwrap();
-    let b = connect(w, NET, "ep").unwrap();
-    wait_reachable(&a, b.ip);
+    let on_manager = connect(m, NET, "ep").unwrap();
+    let on_worker = connect(w, NET, "ep").unwrap();
+    wait_reachable(&on_manager, on_worker.ip);
     let net = inspect(m, NET).unwrap();
     let network_id = net["Id"].as_str().unwrap().to_owned();
     let key_id = u32::try_from(net["Gossip"]["KeyId"].as_u64().unwrap()).unwrap();
@@ -316,8 +316,8 @@ fn forged_or_unencrypted_gossip_is_ignored() {
     })
     .unwrap();
     // Gossip still works for the real members.
-    let c = connect(w, NET, "ep-c").unwrap();
-    wait_table(m, "a new real endpoint to spread", |t| has(t, c.ip));
+    let late = connect(w, NET, "ep-c").unwrap();
+    wait_table(m, "a new real endpoint to spread", |t| has(t, late.ip));
 }
 
 #[test]
