@@ -133,6 +133,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             r.rr_p99.push(p99);
         }
     }
+    crate::step("endpoint propagation");
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for i in 0..args.runs {
+        let (a, r) = propagation(h1, h2, i)?;
+        added.push(a);
+        removed.push(r);
+    }
     let [a, b, c] = [&results[0], &results[1], &results[2]];
     let gbit = |v: &[f64]| format!("{:.2} Gbit/s", median(v) / 1e9);
     let us = |v: &[f64]| format!("{:.1} us", median(v));
@@ -186,9 +193,49 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         )
     );
     println!();
-    println!("targets: throughput C/A >= 0.95 and C/B >= 1.15; latency C below B");
+    let ms = |v: &[f64]| format!("{:.0} ms", median(v) * 1e3);
+    let max = |v: &[f64]| format!("{:.0} ms", v.iter().copied().fold(0.0, f64::max) * 1e3);
+    println!(
+        "endpoint propagation, connect/disconnect on node2 until node1's datapath has/lacks it: added {} (max {}), removed {} (max {})",
+        ms(&added),
+        max(&added),
+        ms(&removed),
+        max(&removed)
+    );
+    println!("targets: throughput C/A >= 0.95 and C/B >= 1.15; latency C below B; propagation < 1 s");
     drop(tb);
     Ok(())
+}
+
+/// Seconds from `network connect` returning on `remote` until `local`'s
+/// datapath table has the endpoint, and from `network disconnect` until it
+/// is gone (polled through `network inspect --verbose`).
+fn propagation(local: &Host, remote: &Host, i: usize) -> anyhow::Result<(f64, f64)> {
+    let ns = remote.add_netns(&format!("prop{i}"))?;
+    let path = ns.display().to_string();
+    let in_table = |ip: Ipv4Addr| -> Result<bool, String> {
+        Ok(swarm_tests::overlay::datapath_endpoints(local, "bench")?.iter().any(|(x, _)| *x == ip))
+    };
+    agent(remote, &["network", "connect", "bench", "--netns", &path])?;
+    let ip = endpoint_ip(remote, &ns)?;
+    // Tight polling (each check is one CLI call, a few ms) for resolution.
+    let wait = |want: bool| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        while in_table(ip).map_err(anyhow::Error::msg)? != want {
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "the endpoint's {} did not reach node1 in 30 s",
+                    if want { "arrival" } else { "removal" }
+                );
+            }
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let added = wait(true)?;
+    agent(remote, &["network", "disconnect", "bench", "--netns", &path])?;
+    let removed = wait(false)?;
+    remote.remove_netns(&ns)?;
+    Ok((added, removed))
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: a three-host swarm in network namespaces on this
 //! machine — init on node1, a second manager and a worker joined with the
-//! tokens init printed — left running until `cargo xtask demo --down`.
+//! tokens init printed — with an attachable overlay network and one endpoint
+//! namespace ("app") per host attached to it, left running until
+//! `cargo xtask demo --down`.
 
 use std::path::PathBuf;
 
@@ -76,10 +78,35 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     })
     .map_err(anyhow::Error::msg)?;
     print!("{rows}");
+
+    step("node1: swarm-agent network create --driver overlay --attachable demo-net");
+    print!("{}", agent(&h[0], &["network", "create", "--driver", "overlay", "--attachable", "demo-net"])?);
+    let mut endpoints = Vec::new();
+    for host in h {
+        let ns = host.add_netns("app")?;
+        step(&format!("{}: swarm-agent network connect demo-net --netns {}", host.name, ns.display()));
+        agent(host, &["network", "connect", "demo-net", "--netns", &ns.display().to_string()])?;
+        let ip = swarm_tests::overlay::ipv4_of(host, &ns, "eth0").map_err(anyhow::Error::msg)?;
+        println!("{}: app namespace has eth0 {ip}/24", host.name);
+        endpoints.push(swarm_tests::overlay::Endpoint { host: host.clone(), netns: ns, ip });
+    }
+    let (first, last) = (&endpoints[0], &endpoints[endpoints.len() - 1]);
+    step(&format!("ping from node1's app to {}'s app ({}), through VXLAN in eBPF", last.host.name, last.ip));
+    swarm_tests::poll::until("the endpoints to know each other", std::time::Duration::from_secs(20), || {
+        first.ping(last.ip)
+    })
+    .map_err(anyhow::Error::msg)?;
+    let out = first.host.run_in(&first.netns, "ping", ["-c", "3", &last.ip.to_string()])?;
+    print!("{out}");
     println!();
     println!("The swarm is running. Each host is a network namespace; run commands in one with:");
     println!("  cargo xtask testbed exec --name {NAME} node1 -- {} node ls", bin.display());
     println!("  cargo xtask testbed exec --name {NAME} node1 -- docker node ls      (docker's own CLI)");
+    println!(
+        "  cargo xtask testbed exec --name {NAME} node1 -- {} network inspect --verbose demo-net",
+        bin.display()
+    );
+    println!("Inside an app namespace:      nsenter --net={} ping {}", first.netns.display(), last.ip);
     println!("Cut a host off the network:  cargo xtask testbed cut --name {NAME} node3");
     println!("Remove everything:           cargo xtask demo --down");
     Ok(())
