@@ -165,6 +165,12 @@ impl Drop for DaemonProcess {
     }
 }
 
+/// The host's daemon log, headed with the host's name (for failure messages).
+pub fn daemon_log(host: &Host) -> String {
+    let log = std::fs::read_to_string(host.state_dir().join("swarm-agent.log")).unwrap_or_default();
+    format!("--- {} daemon log ---\n{log}", host.name)
+}
+
 /// Starts the host's daemon (e.g. after a crash), logging to its state dir.
 pub fn start_daemon(host: &Host, env: &[(&str, &str)]) -> DaemonProcess {
     let log = std::fs::OpenOptions::new()
@@ -180,6 +186,6 @@ pub fn start_daemon(host: &Host, env: &[(&str, &str)]) -> DaemonProcess {
         .stderr(log);
     let child = DaemonProcess(c.spawn().expect("spawn daemon"));
     poll::until("the daemon to answer", Duration::from_secs(15), || agent(host, &["info"]).map(|_| ()))
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon_log(host)));
     child
 }

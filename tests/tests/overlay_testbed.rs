@@ -15,7 +15,7 @@ use swarm_tests::{
     },
     packet::{self, Ipv4},
     poll,
-    swarm::{agent, cluster, kill9, start_daemon, token},
+    swarm::{agent, cluster, daemon_log, kill9, start_daemon, token},
     testbed::{Host, Testbed},
 };
 
@@ -46,7 +46,7 @@ fn wait_table(host: &Host, what: &str, pred: impl Fn(&[(Ipv4Addr, String)]) -> b
         let t = datapath_endpoints(host, NET)?;
         if pred(&t) { Ok(()) } else { Err(format!("{} has {t:?}", host.name)) }
     })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}\n{}", daemon_log(host)));
 }
 
 fn has(t: &[(Ipv4Addr, String)], ip: Ipv4Addr) -> bool {

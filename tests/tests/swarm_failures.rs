@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use swarm_tests::{
-    swarm::{FAST_RAFT, agent, cluster, kill9, node_ls, row, start_daemon, stderr, wait_nodes},
+    swarm::{FAST_RAFT, agent, cluster, daemon_log, kill9, node_ls, row, start_daemon, stderr, wait_nodes},
     testbed::Host,
 };
 
@@ -52,8 +52,8 @@ fn a_silent_node_is_down_within_three_heartbeats_and_ready_when_back() {
 fn followers_forward_writes_to_the_leader() {
     let tb = cluster(3, 2, &[], &[]);
     let (m1, m2) = (tb.host(0), tb.host(1));
-    wait_nodes(m1, "node2 reachable", Duration::from_secs(20), |r| {
-        row(r, "node2").manager_status == "Reachable"
+    wait_nodes(m1, "node2 reachable, all ready", Duration::from_secs(20), |r| {
+        row(r, "node2").manager_status == "Reachable" && r.len() == 3 && r.iter().all(|n| n.status == "Ready")
     });
     assert_eq!(label(m2, "node3", "written-by=follower").unwrap(), "node3\n");
     let out = swarm_tests::swarm::docker(
@@ -142,8 +142,10 @@ fn a_new_manager_catches_up_from_a_snapshot() {
     // writes cannot get the early log and must install a snapshot.
     let tb = cluster(4, 2, FAST_RAFT, &["--snapshot-interval", "10"]);
     let (m1, m2, m3) = (tb.host(0), tb.host(1), tb.host(2));
-    wait_nodes(m1, "two managers", Duration::from_secs(20), |r| {
-        row(r, "node2").manager_status == "Reachable"
+    // Ready first: a node turning ready bumps its version, which would make
+    // a concurrent `node update` fail as out of sequence (as with Docker).
+    wait_nodes(m1, "two managers, all ready", Duration::from_secs(20), |r| {
+        row(r, "node2").manager_status == "Reachable" && r.len() == 4 && r.iter().all(|n| n.status == "Ready")
     });
     for i in 0..40 {
         label(m1, "node4", &format!("n={i}")).unwrap();
@@ -152,9 +154,20 @@ fn a_new_manager_catches_up_from_a_snapshot() {
     wait_nodes(m1, "node3 in raft", Duration::from_secs(30), |r| {
         row(r, "node3").manager_status == "Reachable"
     });
-    // node3's own copy of the state is complete: recover the swarm from it alone.
-    kill9(m1);
+    // Reads go to the leader, so node3's own copy is only seen after
+    // recovering from it. Make sure it knows the labels are committed: with
+    // node2 gone, every write needs node3, and the appends that carry it
+    // tell node3 the leader's commit index.
     kill9(m2);
+    for i in 0..2 {
+        swarm_tests::poll::until("a write acknowledged by node3", Duration::from_secs(20), || {
+            label(m1, "node2", &format!("w={i}"))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", daemon_log(m1), daemon_log(m3)));
+    }
+    // Its copy survives on its own: recover the swarm from it alone (like
+    // Docker, --force-new-cluster keeps what this manager knew committed).
+    kill9(m1);
     agent(m3, &["init", "--force-new-cluster"]).unwrap();
     let out = swarm_tests::swarm::docker(
         m3,

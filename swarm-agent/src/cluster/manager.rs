@@ -24,7 +24,11 @@ use super::{
         HeartbeatResponse, IssueCertRequest, IssueCertResponse, JoinRaftRequest, NetworkSpec, NodeView,
         Reachability, RootCaResponse, path,
     },
-    raft::{self, Raft, RaftPeer, Timing, network::SnapshotRequest, storage::StateReader},
+    raft::{
+        self, Raft, RaftPeer, Timing,
+        network::{Addressed, SnapshotRequest},
+        storage::StateReader,
+    },
     rpc::{self, Caller, Identity, RpcClient},
     store::{
         ipam::{self, Cidr},
@@ -173,8 +177,13 @@ impl Manager {
         let _ = self.raft.shutdown().await;
         let tasks =
             std::mem::take(&mut *self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        for t in tasks {
+        for t in &tasks {
             t.abort();
+        }
+        // Wait until they are gone: the server task owns the listener, and a
+        // restart (`--force-new-cluster`) binds the same port right after.
+        for t in tasks {
+            let _ = t.await;
         }
     }
 
@@ -604,13 +613,40 @@ impl Manager {
             .await
             .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
             .map_err(|e| internal("adding raft learner")(e.to_string()))?;
-        let mut voters: BTreeSet<u64> =
-            self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
-        if voters.insert(req.raft_id) {
-            tokio::time::timeout(timeout, self.raft.change_membership(voters, false))
+        // Seats this node held before (it restarted its join with a new Raft
+        // ID) are given up in the same change: a stale voter at the same
+        // address would otherwise count against the quorum forever.
+        let membership = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+        let stale: BTreeSet<u64> = membership
+            .nodes()
+            .filter(|(id, p)| **id != req.raft_id && p.node_id == node.id)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut voters: BTreeSet<u64> = membership.voter_ids().filter(|id| !stale.contains(id)).collect();
+        let added = voters.insert(req.raft_id);
+        let change = |c: openraft::ChangeMembers<u64, raft::RaftPeer>| {
+            tokio::time::timeout(timeout, self.raft.change_membership(c, false))
+        };
+        if added || voters.len() != membership.voter_ids().count() {
+            change(openraft::ChangeMembers::ReplaceAllVoters(voters))
                 .await
                 .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
                 .map_err(|e| internal("adding raft voter")(e.to_string()))?;
+        }
+        let learners: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .filter(|id| stale.contains(id))
+            .collect();
+        if !learners.is_empty() {
+            change(openraft::ChangeMembers::RemoveNodes(learners))
+                .await
+                .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
+                .map_err(|e| internal("removing a stale raft seat")(e.to_string()))?;
         }
         tracing::info!(node = %node.id, raft_id = req.raft_id, "manager joined raft");
         Ok(ControlResponse::Done)
@@ -831,6 +867,17 @@ impl Manager {
         Ok(ControlResponse::Done)
     }
 
+    /// The request inside `a`, if it is meant for this manager's Raft seat.
+    fn addressed_here<T>(&self, a: Addressed<T>) -> Result<T, ApiError> {
+        if a.to != self.cfg.raft_id {
+            return Err(ApiError::unavailable(format!(
+                "raft request for member {:x}, this manager is {:x}",
+                a.to, self.cfg.raft_id
+            )));
+        }
+        Ok(a.req)
+    }
+
     /// A node with its manager status, as seen from here.
     fn view(&self, n: &Node) -> NodeView {
         let m = self.raft.metrics().borrow_watched().clone();
@@ -838,7 +885,15 @@ impl Manager {
             return NodeView { node: n.clone(), leader: false, reachability: Reachability::Unknown };
         };
         let leader = m.current_leader == Some(info.raft_id);
-        let reachability = if info.raft_id == self.cfg.raft_id {
+        // A manager counts once it is a voter in a settled configuration: a
+        // learner still catching up, or a change still in joint consensus,
+        // would not survive losing another manager yet.
+        let membership = m.membership_config.membership();
+        let joint = membership.get_joint_config();
+        let voter = joint.len() == 1 && joint[0].contains(&info.raft_id);
+        let reachability = if !voter {
+            Reachability::Unknown
+        } else if info.raft_id == self.cfg.raft_id {
             Reachability::Reachable
         } else if m.state == ServerState::Leader {
             match m.heartbeat.as_ref().and_then(|h| h.get(&info.raft_id)) {
@@ -980,27 +1035,30 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
 async fn h_raft_append(
     State(m): S,
     caller: Caller,
-    Json(req): Json<openraft::raft::AppendEntriesRequest<raft::TypeConfig>>,
+    Json(req): Json<Addressed<openraft::raft::AppendEntriesRequest<raft::TypeConfig>>>,
 ) -> Result<Json<openraft::raft::AppendEntriesResponse<raft::TypeConfig>>, ApiError> {
     m.raft_peer_allowed(&caller)?;
+    let req = m.addressed_here(req)?;
     m.raft.append_entries(req).await.map(Json).map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
 async fn h_raft_vote(
     State(m): S,
     caller: Caller,
-    Json(req): Json<openraft::raft::VoteRequest<raft::TypeConfig>>,
+    Json(req): Json<Addressed<openraft::raft::VoteRequest<raft::TypeConfig>>>,
 ) -> Result<Json<openraft::raft::VoteResponse<raft::TypeConfig>>, ApiError> {
     m.raft_peer_allowed(&caller)?;
+    let req = m.addressed_here(req)?;
     m.raft.vote(req).await.map(Json).map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
 async fn h_raft_snapshot(
     State(m): S,
     caller: Caller,
-    Json(req): Json<SnapshotRequest>,
+    Json(req): Json<Addressed<SnapshotRequest>>,
 ) -> Result<Json<openraft::raft::SnapshotResponse<raft::TypeConfig>>, ApiError> {
     m.raft_peer_allowed(&caller)?;
+    let req = m.addressed_here(req)?;
     let snapshot = openraft::alias::SnapshotOf::<raft::TypeConfig, raft::storage::SnapshotData> {
         meta: req.meta,
         snapshot: req.data,

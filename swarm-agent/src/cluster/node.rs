@@ -611,6 +611,8 @@ impl SwarmNode {
             msg.push_str("The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.");
             return Err(ApiError::unavailable(msg));
         }
+        // The agent loop first: it would start the overlay again.
+        self.stop_agent().await;
         self.overlay.stop(true).await;
         self.stop().await;
         self.dir.wipe().map_err(io("removing swarm state"))
@@ -619,11 +621,19 @@ impl SwarmNode {
     /// Stops the agent and the manager (daemon shutdown, leave). The
     /// datapath stays, pinned, for the next start.
     pub async fn stop(&self) {
-        if let Some(a) = self.agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-            a.abort();
-        }
+        self.stop_agent().await;
         self.overlay.stop(false).await;
         self.stop_manager().await;
+    }
+
+    /// Stops the agent loop and waits until it is gone (it may be midway
+    /// through starting the overlay or a manager). Never called from it.
+    async fn stop_agent(&self) {
+        let agent = self.agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(a) = agent {
+            a.abort();
+            let _ = a.await;
+        }
     }
 
     /// Starts the overlay datapath and gossip; a failure is logged and

@@ -19,6 +19,15 @@ use crate::cluster::{
 
 type C = TypeConfig;
 
+/// A Raft request with the Raft ID it is meant for: a manager that rejoined
+/// under a new ID at the same address refuses what was meant for its old
+/// seat (its log is not that seat's log).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Addressed<T> {
+    pub to: u64,
+    pub req: T,
+}
+
 /// A snapshot sent in one piece (the store is small).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotRequest {
@@ -42,14 +51,15 @@ impl Network {
 impl RaftNetworkFactory<C> for Network {
     type Network = PeerConn;
 
-    async fn new_client(&mut self, _target: u64, node: &RaftPeer) -> PeerConn {
-        PeerConn { rpc: self.rpc.clone(), addr: node.addr.clone() }
+    async fn new_client(&mut self, target: u64, node: &RaftPeer) -> PeerConn {
+        PeerConn { rpc: self.rpc.clone(), addr: node.addr.clone(), target }
     }
 }
 
 pub struct PeerConn {
     rpc: RpcClient,
     addr: String,
+    target: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +79,26 @@ impl RaftNetworkV2<C> for PeerConn {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
         self.rpc
-            .call(&self.addr, path::RAFT_APPEND, &rpc, option.hard_ttl(), None)
+            .call(
+                &self.addr,
+                path::RAFT_APPEND,
+                &Addressed { to: self.target, req: rpc },
+                option.hard_ttl(),
+                None,
+            )
             .await
             .map_err(|e| RPCError::Unreachable(unreachable(&e)))
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
         self.rpc
-            .call(&self.addr, path::RAFT_VOTE, &rpc, option.hard_ttl(), None)
+            .call(
+                &self.addr,
+                path::RAFT_VOTE,
+                &Addressed { to: self.target, req: rpc },
+                option.hard_ttl(),
+                None,
+            )
             .await
             .map_err(|e| RPCError::Unreachable(unreachable(&e)))
     }
@@ -89,6 +111,7 @@ impl RaftNetworkV2<C> for PeerConn {
         option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
         let req = SnapshotRequest { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let req = Addressed { to: self.target, req };
         let send = self.rpc.call(&self.addr, path::RAFT_SNAPSHOT, &req, option.hard_ttl(), None);
         tokio::select! {
             r = send => r.map_err(|e| StreamingError::Unreachable(unreachable(&e))),
