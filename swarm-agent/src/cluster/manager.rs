@@ -613,21 +613,17 @@ impl Manager {
             .await
             .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
             .map_err(|e| internal("adding raft learner")(e.to_string()))?;
-        // Seats this node held before (it restarted its join with a new Raft
-        // ID) are given up in the same change: a stale voter at the same
-        // address would otherwise count against the quorum forever.
         let membership = self.raft.metrics().borrow_watched().membership_config.membership().clone();
-        let stale: BTreeSet<u64> = membership
-            .nodes()
-            .filter(|(id, p)| **id != req.raft_id && p.node_id == node.id)
-            .map(|(id, _)| *id)
-            .collect();
-        let mut voters: BTreeSet<u64> = membership.voter_ids().filter(|id| !stale.contains(id)).collect();
-        let added = voters.insert(req.raft_id);
+        let (voters, stale) = voters_with_seat(
+            membership.nodes().map(|(id, p)| (*id, p.node_id.as_str())),
+            membership.voter_ids(),
+            &node.id,
+            req.raft_id,
+        );
         let change = |c: openraft::ChangeMembers<u64, raft::RaftPeer>| {
             tokio::time::timeout(timeout, self.raft.change_membership(c, false))
         };
-        if added || voters.len() != membership.voter_ids().count() {
+        if let Some(voters) = voters {
             change(openraft::ChangeMembers::ReplaceAllVoters(voters))
                 .await
                 .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
@@ -1068,4 +1064,52 @@ async fn h_raft_snapshot(
         .await
         .map(Json)
         .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+/// The voter set once `node` holds Raft seat `seat` (`None`: unchanged), and
+/// the other seats `node` held before, which it gives up. A manager that
+/// restarted its join under a new Raft ID leaves a stale seat at its own
+/// address; kept, it would count against the quorum forever.
+fn voters_with_seat<'a>(
+    members: impl Iterator<Item = (u64, &'a str)>,
+    voters: impl Iterator<Item = u64>,
+    node: &str,
+    seat: u64,
+) -> (Option<BTreeSet<u64>>, BTreeSet<u64>) {
+    let stale: BTreeSet<u64> =
+        members.filter(|(id, n)| *id != seat && *n == node).map(|(id, _)| id).collect();
+    let before: BTreeSet<u64> = voters.collect();
+    let mut after: BTreeSet<u64> = before.difference(&stale).copied().collect();
+    after.insert(seat);
+    let change = (after != before).then_some(after);
+    (change, stale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seats(members: &[(u64, &str)], voters: &[u64], seat: u64) -> (Option<Vec<u64>>, Vec<u64>) {
+        let (v, s) = voters_with_seat(members.iter().copied(), voters.iter().copied(), "n3", seat);
+        (v.map(|v| v.into_iter().collect()), s.into_iter().collect())
+    }
+
+    #[test]
+    fn a_new_manager_becomes_a_voter() {
+        assert_eq!(seats(&[(1, "n1"), (2, "n2"), (3, "n3")], &[1, 2], 3), (Some(vec![1, 2, 3]), vec![]));
+    }
+
+    #[test]
+    fn a_manager_already_seated_changes_nothing() {
+        assert_eq!(seats(&[(1, "n1"), (3, "n3")], &[1, 3], 3), (None, vec![]));
+    }
+
+    #[test]
+    fn a_rejoining_manager_gives_up_its_old_voter_and_learner_seats() {
+        // Seat 30 was a voter, 31 a learner that never got promoted.
+        let members = [(1, "n1"), (2, "n2"), (30, "n3"), (31, "n3"), (32, "n3")];
+        assert_eq!(seats(&members, &[1, 2, 30], 32), (Some(vec![1, 2, 32]), vec![30, 31]));
+        // Re-sent after the change went through: nothing more to do.
+        assert_eq!(seats(&[(1, "n1"), (2, "n2"), (32, "n3")], &[1, 2, 32], 32), (None, vec![]));
+    }
 }
