@@ -22,13 +22,13 @@ use swarm_common::{
         SRC_PORT_MASK, SRC_PORT_MIN,
     },
     wire::{
-        ARP_REPLY, ARP_REQUEST, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, VXLAN_FLAG_I,
+        ARP_REPLY, ARP_REQUEST, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr,
+        VXLAN_FLAG_I, VxlanHdr,
     },
 };
 
-use super::{
-    OVERLAY_ENDPOINTS, OVERLAY_LOCAL, OVERLAY_NETWORKS, count_drop, count_event, host_config, ipv4_checksum,
-};
+use super::{OVERLAY_ENDPOINTS, OVERLAY_LOCAL, OVERLAY_NETWORKS, count_drop, count_event, host_config};
+use crate::packet::{tc_ptr_mut, tc_read};
 
 /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header's length.
 const ENCAP_L2_ETH_HLEN: u64 = (ETH_HDR_LEN as u64) << 56;
@@ -50,10 +50,10 @@ fn try_from_endpoint(ctx: &TcContext) -> Result<i32, DropReason> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain data, only read.
     let me = *unsafe { OVERLAY_LOCAL.get(&ifindex) }.ok_or(DropReason::UnknownSourceEndpoint)?;
-    let eth: EthHdr = ctx.load(0).map_err(|_| DropReason::Malformed)?;
+    let eth: EthHdr = tc_read(ctx, 0).ok_or(DropReason::Malformed)?;
     match eth.ether_type() {
         ETH_P_ARP => arp_reply(ctx, &me, ifindex),
-        ETH_P_IP => ipv4(ctx, &me),
+        ETH_P_IP => ipv4(ctx, &me, &eth),
         _ => Err(DropReason::UnsupportedProtocol),
     }
 }
@@ -104,8 +104,8 @@ fn arp_reply(ctx: &TcContext, me: &LocalEndpoint, ifindex: u32) -> Result<i32, D
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, me: &LocalEndpoint) -> Result<i32, DropReason> {
-    let ip: Ipv4Hdr = ctx.load(ETH_HDR_LEN).map_err(|_| DropReason::Malformed)?;
+fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropReason> {
+    let ip: Ipv4Hdr = tc_read(ctx, ETH_HDR_LEN).ok_or(DropReason::Malformed)?;
     if ip.version() != 4 || ip.ihl() < 5 {
         return Err(DropReason::Malformed);
     }
@@ -121,20 +121,35 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint) -> Result<i32, DropReason> {
     };
     if dst.is_local() {
         // Same host: into the destination endpoint directly (ingress to ingress).
-        ctx.store(0, &dst.mac, 0).map_err(|_| DropReason::Malformed)?;
+        let p = tc_ptr_mut::<[u8; 6]>(ctx, 0).ok_or(DropReason::Malformed)?;
+        // SAFETY: `tc_ptr_mut` checked the bounds.
+        unsafe { *p = dst.mac };
         count_event(Event::DeliveredLocally, ctx.len());
         // SAFETY: helper call with plain integer arguments.
         unsafe { bpf_redirect_peer(dst.ifindex, 0) };
         return Ok(TC_ACT_REDIRECT);
     }
     let cfg = host_config().ok_or(DropReason::NotConfigured)?;
-    encapsulate(ctx, me, &dst, &cfg)?;
+    encapsulate(ctx, me, eth, &dst, &cfg)?;
     count_event(Event::Encapsulated, ctx.len());
     // The kernel resolves the underlay next hop and fills in the outer MACs.
     // SAFETY: helper call; a null parameter block means "use the packet's destination".
     unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
     Ok(TC_ACT_REDIRECT)
 }
+
+/// Outer Ethernet, IPv4, UDP and VXLAN headers followed by the inner
+/// Ethernet header: what encapsulation puts in front of the inner IPv4.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct VxlanHeaders {
+    outer_eth: EthHdr,
+    ip: Ipv4Hdr,
+    udp: UdpHdr,
+    vxlan: VxlanHdr,
+    inner_eth: EthHdr,
+}
+const _: () = assert!(core::mem::size_of::<VxlanHeaders>() == ETH_HDR_LEN + VXLAN_OVERHEAD);
 
 /// Prepends outer Ethernet (MACs left to the neighbour subsystem), IPv4
 /// (checksum computed), UDP (source port from the flow hash, checksum 0)
@@ -143,11 +158,11 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint) -> Result<i32, DropReason> {
 fn encapsulate(
     ctx: &TcContext,
     me: &LocalEndpoint,
+    inner_eth: &EthHdr,
     dst: &EndpointInfo,
     cfg: &HostConfig,
 ) -> Result<(), DropReason> {
     let inner_len = ctx.len();
-    let inner_eth: [u8; ETH_HDR_LEN] = ctx.load(0).map_err(|_| DropReason::Malformed)?;
     // SAFETY: helper call on the context the kernel passed us.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
     let src_port = SRC_PORT_MIN | (((hash ^ (hash >> 16)) as u16) & SRC_PORT_MASK);
@@ -163,31 +178,49 @@ fn encapsulate(
         return Err(DropReason::AdjustRoomFailed);
     }
 
-    let mut h = [0u8; 64];
-    // Outer Ethernet: addresses filled in by bpf_redirect_neigh.
-    h[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
-    // Outer IPv4.
-    let ip_len = (inner_len + 36) as u16;
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[8] = OUTER_TTL;
-    ip[9] = IPPROTO_UDP;
-    ip[12..16].copy_from_slice(&cfg.underlay_ip);
-    ip[16..20].copy_from_slice(&dst.host_ip);
-    let csum = ipv4_checksum(&ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    h[14..34].copy_from_slice(&ip);
-    // UDP.
-    h[34..36].copy_from_slice(&src_port.to_be_bytes());
-    h[36..38].copy_from_slice(&cfg.vxlan_port.to_be_bytes());
-    h[38..40].copy_from_slice(&((inner_len + 16) as u16).to_be_bytes());
-    // VXLAN.
-    h[42] = VXLAN_FLAG_I;
     let vni = me.vni.to_be_bytes();
-    h[46..49].copy_from_slice(&vni[1..4]);
-    // Inner Ethernet: the endpoint's frame, addressed to the destination's MAC.
-    h[50..64].copy_from_slice(&inner_eth);
-    h[50..56].copy_from_slice(&dst.mac);
-    ctx.store(0, &h, 0).map_err(|_| DropReason::AdjustRoomFailed)
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        tot_len: ((inner_len + 36) as u16).to_be_bytes(),
+        id: [0; 2],
+        frag_off: [0; 2],
+        ttl: OUTER_TTL,
+        proto: IPPROTO_UDP,
+        check: [0; 2],
+        src: cfg.underlay_ip,
+        dst: dst.host_ip,
+    };
+    ip.check = ip.checksum().to_be_bytes();
+    let headers = VxlanHeaders {
+        // Addresses filled in by bpf_redirect_neigh.
+        outer_eth: EthHdr { dst: [0; 6], src: [0; 6], ether_type: ETH_P_IP.to_be_bytes() },
+        ip,
+        udp: UdpHdr {
+            src_port: src_port.to_be_bytes(),
+            dst_port: cfg.vxlan_port.to_be_bytes(),
+            len: ((inner_len + 16) as u16).to_be_bytes(),
+            check: [0; 2],
+        },
+        vxlan: VxlanHdr {
+            flags: VXLAN_FLAG_I,
+            reserved1: [0; 3],
+            vni: [vni[1], vni[2], vni[3]],
+            reserved2: 0,
+        },
+        // The endpoint's frame, addressed to the destination's MAC.
+        inner_eth: EthHdr { dst: dst.mac, src: inner_eth.src, ether_type: inner_eth.ether_type },
+    };
+    // The grown room is in the linear part; pull only if the kernel left it short.
+    let p = match tc_ptr_mut::<VxlanHeaders>(ctx, 0) {
+        Some(p) => p,
+        None => {
+            ctx.pull_data(core::mem::size_of::<VxlanHeaders>() as u32)
+                .map_err(|_| DropReason::AdjustRoomFailed)?;
+            tc_ptr_mut::<VxlanHeaders>(ctx, 0).ok_or(DropReason::AdjustRoomFailed)?
+        }
+    };
+    // SAFETY: the pointer was bounds-checked after the last packet change.
+    unsafe { core::ptr::write_unaligned(p, headers) };
+    Ok(())
 }

@@ -21,6 +21,7 @@ use swarm_common::{
 };
 
 use super::{OVERLAY_ENDPOINTS, OVERLAY_NETWORKS, count_drop, count_event, host_config, is_member};
+use crate::packet::{tc_ptr_mut, tc_read};
 
 const UDP_OFF: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
 const VXLAN_OFF: usize = UDP_OFF + UDP_HDR_LEN;
@@ -42,19 +43,19 @@ pub fn tc_from_underlay(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_from_underlay(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = host_config() else { return Ok(TC_ACT_OK) };
-    let Ok(eth) = ctx.load::<EthHdr>(0) else { return Ok(TC_ACT_OK) };
+    let Some(eth) = tc_read::<EthHdr>(ctx, 0) else { return Ok(TC_ACT_OK) };
     if eth.ether_type() != ETH_P_IP {
         return Ok(TC_ACT_OK);
     }
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HDR_LEN) else { return Ok(TC_ACT_OK) };
+    let Some(ip) = tc_read::<Ipv4Hdr>(ctx, ETH_HDR_LEN) else { return Ok(TC_ACT_OK) };
     if ip.version() != 4 || ip.ihl() != 5 || ip.proto != IPPROTO_UDP || ip.is_fragment() {
         return Ok(TC_ACT_OK);
     }
-    let Ok(udp) = ctx.load::<UdpHdr>(UDP_OFF) else { return Ok(TC_ACT_OK) };
+    let Some(udp) = tc_read::<UdpHdr>(ctx, UDP_OFF) else { return Ok(TC_ACT_OK) };
     if udp.dst_port() != cfg.vxlan_port {
         return Ok(TC_ACT_OK);
     }
-    let vxlan: VxlanHdr = ctx.load(VXLAN_OFF).map_err(|_| DropReason::MalformedVxlan)?;
+    let vxlan: VxlanHdr = tc_read(ctx, VXLAN_OFF).ok_or(DropReason::MalformedVxlan)?;
     if !vxlan.has_vni_flag() {
         return Err(DropReason::MalformedVxlan);
     }
@@ -66,11 +67,11 @@ fn try_from_underlay(ctx: &TcContext) -> Result<i32, DropReason> {
     if unsafe { OVERLAY_NETWORKS.get(&vni) }.is_none() {
         return Err(DropReason::UnknownVni);
     }
-    let inner_eth: EthHdr = ctx.load(INNER_ETH_OFF).map_err(|_| DropReason::MalformedVxlan)?;
+    let inner_eth: EthHdr = tc_read(ctx, INNER_ETH_OFF).ok_or(DropReason::MalformedVxlan)?;
     if inner_eth.ether_type() != ETH_P_IP {
         return Err(DropReason::MalformedVxlan);
     }
-    let inner_dst: [u8; 4] = ctx.load(INNER_IP_OFF + 16).map_err(|_| DropReason::MalformedVxlan)?;
+    let inner_dst: [u8; 4] = tc_read(ctx, INNER_IP_OFF + 16).ok_or(DropReason::MalformedVxlan)?;
     // SAFETY: plain data, only read.
     let dst = unsafe { OVERLAY_ENDPOINTS.get(&EndpointKey { vni, ip: inner_dst }) }
         .copied()
@@ -81,7 +82,9 @@ fn try_from_underlay(ctx: &TcContext) -> Result<i32, DropReason> {
     // Ethernet header, then put the inner Ethernet header in its place.
     ctx.adjust_room(-(VXLAN_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, u64::from(BPF_F_ADJ_ROOM_FIXED_GSO))
         .map_err(|_| DropReason::AdjustRoomFailed)?;
-    ctx.store(0, &inner_eth, 0).map_err(|_| DropReason::AdjustRoomFailed)?;
+    let p = tc_ptr_mut::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustRoomFailed)?;
+    // SAFETY: the pointer was bounds-checked after the last packet change.
+    unsafe { core::ptr::write_unaligned(p, inner_eth) };
     count_event(Event::Decapsulated, ctx.len());
     // SAFETY: helper call with plain integer arguments.
     unsafe { bpf_redirect_peer(dst.ifindex, 0) };

@@ -77,17 +77,3 @@ pub fn is_member(ip: [u8; 4]) -> bool {
     // SAFETY: the value is a plain integer and only read.
     unsafe { OVERLAY_HOSTS.get(&HostKey { ip }).is_some() }
 }
-
-/// IPv4 header checksum over 20 bytes with the checksum field zero.
-#[inline(always)]
-pub fn ipv4_checksum(h: &[u8; 20]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < 20 {
-        sum += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
