@@ -2,6 +2,8 @@
 
 use core::mem::size_of;
 
+use aya_ebpf::programs::TcContext;
+
 /// Pointer to a `T` at `offset` bytes into the packet `[start, end)`, or
 /// `None` when it would reach past the end. The explicit comparison against
 /// `end` is what the verifier needs to accept the later read.
@@ -13,26 +15,24 @@ pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-/// A copy of the `T` at `offset` bytes into an skb, read directly from its
-/// linear part. When the linear part is too short (headers in paged data),
-/// the skb is pulled once and read again; `None` if the packet itself is too
-/// short. Cheaper than `bpf_skb_load_bytes` on the common path.
+/// Pointer to the `T` at `offset` bytes into an skb's linear part. When the
+/// linear part is too short (headers in paged data) the skb is pulled once
+/// and checked again; `None` if the packet itself is too short. Cheaper than
+/// `bpf_skb_load_bytes`/`store_bytes` on the common path. Pointers taken
+/// before a helper that changes the packet (e.g. `adjust_room`) must not be
+/// reused.
 #[inline(always)]
-pub fn tc_read<T: Copy>(ctx: &aya_ebpf::programs::TcContext, offset: usize) -> Option<T> {
+pub fn tc_ptr<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     if let Some(p) = ptr_at::<T>(ctx.data(), ctx.data_end(), offset) {
-        // SAFETY: `ptr_at` checked the bounds; `T` is plain bytes (alignment 1).
-        return Some(unsafe { core::ptr::read_unaligned(p) });
+        return Some(p.cast_mut());
     }
     ctx.pull_data((offset + size_of::<T>()) as u32).ok()?;
-    let p = ptr_at::<T>(ctx.data(), ctx.data_end(), offset)?;
-    // SAFETY: as above.
-    Some(unsafe { core::ptr::read_unaligned(p) })
+    ptr_at::<T>(ctx.data(), ctx.data_end(), offset).map(<*const T>::cast_mut)
 }
 
-/// Mutable pointer to a `T` at `offset` bytes into an skb's linear part, or
-/// `None` when the linear part is shorter. Packet pointers taken before a
-/// helper that changes the packet (e.g. `adjust_room`) must not be reused.
+/// A copy of the `T` at `offset` bytes into an skb (see [`tc_ptr`]).
 #[inline(always)]
-pub fn tc_ptr_mut<T>(ctx: &aya_ebpf::programs::TcContext, offset: usize) -> Option<*mut T> {
-    ptr_at::<T>(ctx.data(), ctx.data_end(), offset).map(|p| p.cast_mut())
+pub fn tc_read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    // SAFETY: `tc_ptr` checked the bounds; `T` is plain bytes, read unaligned.
+    tc_ptr::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }

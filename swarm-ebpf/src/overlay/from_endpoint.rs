@@ -28,7 +28,7 @@ use swarm_common::{
 };
 
 use super::{OVERLAY_ENDPOINTS, OVERLAY_LOCAL, OVERLAY_NETWORKS, count_drop, count_event, host_config};
-use crate::packet::{tc_ptr_mut, tc_read};
+use crate::packet::{tc_ptr, tc_read};
 
 /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header's length.
 const ENCAP_L2_ETH_HLEN: u64 = (ETH_HDR_LEN as u64) << 56;
@@ -121,8 +121,8 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
     };
     if dst.is_local() {
         // Same host: into the destination endpoint directly (ingress to ingress).
-        let p = tc_ptr_mut::<[u8; 6]>(ctx, 0).ok_or(DropReason::Malformed)?;
-        // SAFETY: `tc_ptr_mut` checked the bounds.
+        let p = tc_ptr::<[u8; 6]>(ctx, 0).ok_or(DropReason::Malformed)?;
+        // SAFETY: `tc_ptr` checked the bounds.
         unsafe { *p = dst.mac };
         count_event(Event::DeliveredLocally, ctx.len());
         // SAFETY: helper call with plain integer arguments.
@@ -211,15 +211,7 @@ fn encapsulate(
         // The endpoint's frame, addressed to the destination's MAC.
         inner_eth: EthHdr { dst: dst.mac, src: inner_eth.src, ether_type: inner_eth.ether_type },
     };
-    // The grown room is in the linear part; pull only if the kernel left it short.
-    let p = match tc_ptr_mut::<VxlanHeaders>(ctx, 0) {
-        Some(p) => p,
-        None => {
-            ctx.pull_data(core::mem::size_of::<VxlanHeaders>() as u32)
-                .map_err(|_| DropReason::AdjustRoomFailed)?;
-            tc_ptr_mut::<VxlanHeaders>(ctx, 0).ok_or(DropReason::AdjustRoomFailed)?
-        }
-    };
+    let p = tc_ptr::<VxlanHeaders>(ctx, 0).ok_or(DropReason::AdjustRoomFailed)?;
     // SAFETY: the pointer was bounds-checked after the last packet change.
     unsafe { core::ptr::write_unaligned(p, headers) };
     Ok(())

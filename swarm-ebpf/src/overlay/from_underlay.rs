@@ -21,7 +21,7 @@ use swarm_common::{
 };
 
 use super::{OVERLAY_ENDPOINTS, OVERLAY_NETWORKS, count_drop, count_event, host_config, is_member};
-use crate::packet::{tc_ptr_mut, tc_read};
+use crate::packet::{tc_ptr, tc_read};
 
 const UDP_OFF: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
 const VXLAN_OFF: usize = UDP_OFF + UDP_HDR_LEN;
@@ -82,7 +82,7 @@ fn try_from_underlay(ctx: &TcContext) -> Result<i32, DropReason> {
     // Ethernet header, then put the inner Ethernet header in its place.
     ctx.adjust_room(-(VXLAN_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, u64::from(BPF_F_ADJ_ROOM_FIXED_GSO))
         .map_err(|_| DropReason::AdjustRoomFailed)?;
-    let p = tc_ptr_mut::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustRoomFailed)?;
+    let p = tc_ptr::<EthHdr>(ctx, 0).ok_or(DropReason::AdjustRoomFailed)?;
     // SAFETY: the pointer was bounds-checked after the last packet change.
     unsafe { core::ptr::write_unaligned(p, inner_eth) };
     count_event(Event::Decapsulated, ctx.len());
