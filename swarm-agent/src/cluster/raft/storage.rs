@@ -135,6 +135,39 @@ impl RaftLogReader<C> for LogStore {
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
         get(&self.db, META, "vote")
     }
+
+    /// What replication sends in one AppendEntries: entries from `start` up
+    /// to [`MAX_APPEND_BYTES`] of them (always at least one), so a batch
+    /// fits the peer's body limit whatever the entries' sizes.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<EntryOf<C>>, io::Error> {
+        self.entries_bounded(start, end, MAX_APPEND_BYTES)
+    }
+}
+
+/// The most entry bytes (as stored, i.e. as encoded) one AppendEntries
+/// carries; a single larger entry still goes alone.
+pub const MAX_APPEND_BYTES: usize = 2 << 20;
+
+impl LogStore {
+    fn entries_bounded(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<EntryOf<C>>> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(LOG).map_err(io_err)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for r in t.range(start..end).map_err(io_err)? {
+            let (_, v) = r.map_err(io_err)?;
+            let raw = v.value();
+            if !out.is_empty() && bytes + raw.len() > max_bytes {
+                break;
+            }
+            bytes += raw.len();
+            out.push(decode(raw)?);
+        }
+        Ok(out)
+    }
 }
 
 impl RaftLogStorage<C> for LogStore {
@@ -245,7 +278,11 @@ impl StateReader {
     }
 }
 
-/// The state machine openraft drives.
+/// The state machine openraft drives. The state lives in memory; what makes
+/// it durable is the Raft log plus the latest snapshot: on start the state
+/// is the snapshot's, and openraft re-applies the committed entries after
+/// it. Applying a batch therefore writes nothing to disk, and costs the same
+/// whatever the size of the state.
 pub struct StateMachine {
     db: Arc<Database>,
     data: Arc<RwLock<Applied>>,
@@ -253,12 +290,58 @@ pub struct StateMachine {
     applied_rx: watch::Receiver<u64>,
 }
 
+/// The key of the latest snapshot's metadata and bytes in the `sm` table.
+const SNAPSHOT_META: &str = "snapshot_meta";
+const SNAPSHOT_DATA: &str = "snapshot_data";
+
+/// Snapshot payload: the whole state as bytes (JSON). Sent to other managers
+/// as raw chunks ([`super::network`]), never inside a JSON document.
+pub type SnapshotData = Vec<u8>;
+
+/// Encodes the state as snapshot bytes.
+pub fn encode_state(state: &ClusterState) -> io::Result<SnapshotData> {
+    encode(state)
+}
+
+fn read_snapshot(db: &Database) -> io::Result<Option<(SnapshotMetaOf<C>, SnapshotData)>> {
+    let tx = db.begin_read().map_err(io_err)?;
+    let t = tx.open_table(SM).map_err(io_err)?;
+    let Some(meta) = t.get(SNAPSHOT_META).map_err(io_err)? else { return Ok(None) };
+    let meta: SnapshotMetaOf<C> = decode(meta.value())?;
+    let data = t.get(SNAPSHOT_DATA).map_err(io_err)?.map(|v| v.value().to_vec()).unwrap_or_default();
+    Ok(Some((meta, data)))
+}
+
+fn write_snapshot(db: &Database, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<()> {
+    let tx = db.begin_write().map_err(io_err)?;
+    {
+        let mut t = tx.open_table(SM).map_err(io_err)?;
+        t.insert(SNAPSHOT_META, encode(meta)?.as_slice()).map_err(io_err)?;
+        t.insert(SNAPSHOT_DATA, data).map_err(io_err)?;
+        // Written by earlier versions, which persisted the whole state per batch.
+        for old in ["applied", "membership", "state", "snapshot"] {
+            t.remove(old).map_err(io_err)?;
+        }
+    }
+    tx.commit().map_err(io_err)
+}
+
 impl StateMachine {
     fn load(db: Arc<Database>) -> io::Result<StateMachine> {
-        let data = Applied {
-            last_applied: get(&db, SM, "applied")?.flatten(),
-            membership: get(&db, SM, "membership")?.unwrap_or_default(),
-            state: get(&db, SM, "state")?.unwrap_or_default(),
+        let data = if let Some((meta, bytes)) = read_snapshot(&db)? {
+            Applied {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership,
+                state: decode(&bytes)?,
+            }
+        } else {
+            // A store written before snapshots held the state: its last
+            // persisted state (nothing after it was purged from the log).
+            Applied {
+                last_applied: get(&db, SM, "applied")?.flatten(),
+                membership: get(&db, SM, "membership")?.unwrap_or_default(),
+                state: get(&db, SM, "state")?.unwrap_or_default(),
+            }
         };
         let index = data.last_applied.as_ref().map_or(0, openraft::LogId::index);
         let (applied_tx, applied_rx) = watch::channel(index);
@@ -274,49 +357,29 @@ impl StateMachine {
         self.data.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn persist(&self, a: &Applied) -> io::Result<()> {
-        put_many(
-            &self.db,
-            SM,
-            &[
-                ("applied", encode(&a.last_applied)?),
-                ("membership", encode(&a.membership)?),
-                ("state", encode(&a.state)?),
-            ],
-        )
+    fn publish(&self, last_applied: Option<&LogIdOf<C>>) {
+        self.applied_tx.send_replace(last_applied.map_or(0, openraft::LogId::index));
     }
-
-    fn publish(&self, a: &Applied) {
-        let index = a.last_applied.as_ref().map_or(0, openraft::LogId::index);
-        self.applied_tx.send_replace(index);
-    }
-}
-
-/// Snapshot payload: the whole state, JSON.
-pub type SnapshotData = Vec<u8>;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMetaOf<C>,
-    data: Vec<u8>,
 }
 
 pub struct SnapshotBuilder {
     db: Arc<Database>,
-    applied: Applied,
+    data: Arc<RwLock<Applied>>,
 }
 
 impl RaftSnapshotBuilder<C> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
-        let data = encode(&self.applied.state)?;
-        let meta = SnapshotMetaOf::<C> {
-            last_log_id: self.applied.last_applied,
-            last_membership: self.applied.membership.clone(),
+        // Encode under the read lock (applying waits for it, reads do not),
+        // so the bytes are exactly the state at `last_applied`.
+        let (meta, data) = {
+            let a = self.data.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let meta =
+                SnapshotMetaOf::<C> { last_log_id: a.last_applied, last_membership: a.membership.clone() };
+            (meta, encode(&a.state)?)
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        put_many(&self.db, SM, &[("snapshot", encode(&stored)?)])?;
+        write_snapshot(&self.db, &meta, &data)?;
         Ok(SnapshotOf::<C, SnapshotData> { meta, snapshot: data })
     }
 }
@@ -339,7 +402,7 @@ impl RaftStateMachine<C> for StateMachine {
             batch.push(item);
         }
         let mut responders = Vec::new();
-        let snapshot = {
+        let last = {
             let mut a = self.lock();
             for (entry, responder) in batch {
                 let log_id = entry.log_id();
@@ -356,10 +419,9 @@ impl RaftStateMachine<C> for StateMachine {
                     responders.push((r, outcome));
                 }
             }
-            a.clone()
+            a.last_applied
         };
-        self.persist(&snapshot)?;
-        self.publish(&snapshot);
+        self.publish(last.as_ref());
         for (r, outcome) in responders {
             r.send(outcome);
         }
@@ -367,8 +429,7 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let applied = self.data.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        SnapshotBuilder { db: self.db.clone(), applied }
+        SnapshotBuilder { db: self.db.clone(), data: self.data.clone() }
     }
 
     async fn install_snapshot(
@@ -377,19 +438,16 @@ impl RaftStateMachine<C> for StateMachine {
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
         let state: ClusterState = decode(&snapshot)?;
+        write_snapshot(&self.db, meta, &snapshot)?;
         let applied =
             Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
-        self.persist(&applied)?;
-        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
-        put_many(&self.db, SM, &[("snapshot", encode(&stored)?)])?;
-        *self.lock() = applied.clone();
-        self.publish(&applied);
+        *self.lock() = applied;
+        self.publish(meta.last_log_id.as_ref());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        let stored: Option<StoredSnapshot> = get(&self.db, SM, "snapshot")?;
-        Ok(stored.map(|s| SnapshotOf::<C, SnapshotData> { meta: s.meta, snapshot: s.data }))
+        Ok(read_snapshot(&self.db)?.map(|(meta, snapshot)| SnapshotOf::<C, SnapshotData> { meta, snapshot }))
     }
 }
 
@@ -398,6 +456,7 @@ mod tests {
     use openraft::{StorageError, testing::log::StoreBuilder};
 
     use super::*;
+    use crate::cluster::store::state::Command;
 
     struct RedbBuilder;
 
@@ -415,19 +474,53 @@ mod tests {
         openraft::testing::log::Suite::test_all(RedbBuilder).await.expect("storage conformance");
     }
 
+    fn entry(index: u64, cmd: Command) -> EntryOf<C> {
+        EntryOf::<C>::new_normal(openraft::testing::log_id::<C>(1, 1, index), cmd)
+    }
+
+    fn label_cmd(n: usize, size: usize) -> Command {
+        Command::RemoveNetwork { id: format!("{n}-{}", "x".repeat(size)) }
+    }
+
     #[tokio::test]
-    async fn state_survives_reopening() {
+    async fn state_survives_reopening_through_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
         {
-            let (_log, sm) = open(&path).unwrap();
-            let mut a = sm.lock();
-            a.state.removed_nodes.insert("gone".into());
-            let snap = a.clone();
-            drop(a);
-            sm.persist(&snap).unwrap();
+            let (_log, mut sm) = open(&path).unwrap();
+            sm.lock().state.removed_nodes.insert("gone".into());
+            sm.lock().last_applied = Some(openraft::testing::log_id::<C>(1, 1, 7));
+            let mut b = sm.get_snapshot_builder().await;
+            let snap = b.build_snapshot().await.unwrap();
+            assert_eq!(snap.meta.last_log_id.map(|l| l.index()), Some(7));
+            // Applied after the snapshot: only the log makes it durable.
+            sm.lock().state.removed_nodes.insert("later".into());
         }
-        let (_log, sm) = open(&path).unwrap();
+        let (_log, mut sm) = open(&path).unwrap();
         assert!(sm.reader().read(|s| s.removed_nodes.contains("gone")));
+        assert!(!sm.reader().read(|s| s.removed_nodes.contains("later")), "not persisted by apply");
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index()), Some(7));
+        let current = sm.get_current_snapshot().await.unwrap().expect("snapshot");
+        assert_eq!(current.meta.last_log_id.map(|l| l.index()), Some(7));
+    }
+
+    #[tokio::test]
+    async fn append_batches_are_bounded_in_bytes_but_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = open(&dir.path().join("raft.redb")).unwrap();
+        // 10 entries of ~700 KiB, then one of 3 MiB.
+        let mut entries: Vec<EntryOf<C>> =
+            (1..=10).map(|i| entry(i, label_cmd(i as usize, 700 << 10))).collect();
+        entries.push(entry(11, label_cmd(11, 3 << 20)));
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+        let got = log.limited_get_log_entries(1, 12).await.unwrap();
+        let idx: Vec<u64> = got.iter().map(|e| e.index()).collect();
+        assert_eq!(idx, vec![1, 2], "2 MiB hold two 700 KiB entries, not three");
+        let got = log.limited_get_log_entries(11, 12).await.unwrap();
+        assert_eq!(got.len(), 1, "an entry larger than the bound still goes, alone");
+        assert!(log.limited_get_log_entries(5, 5).await.unwrap().is_empty());
+        // The unbounded reader still returns everything.
+        assert_eq!(log.try_get_log_entries(1..12).await.unwrap().len(), 11);
     }
 }
