@@ -68,6 +68,22 @@ impl ApiError {
     pub fn no_leader() -> ApiError {
         ApiError::unavailable(NO_LEADER)
     }
+
+    /// The same error with what was being done in front (for internal
+    /// errors; users' errors keep Docker's exact text).
+    pub fn context(self, what: &str) -> ApiError {
+        if self.kind == ErrorKind::Internal {
+            ApiError { kind: self.kind, message: format!("{what}: {}", self.message) }
+        } else {
+            self
+        }
+    }
+
+    /// A write that was handed to Raft (or to the leader) whose fate is not
+    /// known: the leader was lost before it answered.
+    pub fn unknown_outcome() -> ApiError {
+        ApiError::unavailable(UNKNOWN_OUTCOME)
+    }
 }
 
 /// Docker's texts (moby daemon/cluster/errors.go, swarmkit).
@@ -76,5 +92,6 @@ pub const INACTIVE: &str = "This node is not a swarm manager. Use \"docker swarm
 pub const NOT_IN_SWARM: &str = "This node is not part of a swarm";
 pub const ALREADY_IN_SWARM: &str = "This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.";
 pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
+pub const UNKNOWN_OUTCOME: &str = "The swarm lost its leader before the request was confirmed: the request may or may not have been applied. Check the swarm's state before retrying.";
 pub const INVALID_JOIN_SECRET: &str = "A valid join token is necessary to join this cluster";
 pub const PENDING: &str = "This node is joining a swarm; try again when it has joined.";

@@ -26,7 +26,7 @@ use super::{
     },
     raft::{
         self, Raft, RaftPeer, Timing,
-        network::{Addressed, SnapshotRequest},
+        network::{Addressed, CHUNK_HEADER, ChunkHeader, SnapshotReceiver, SnapshotRequest},
         storage::StateReader,
     },
     rpc::{self, Caller, Identity, RpcClient},
@@ -37,6 +37,10 @@ use super::{
     },
     token::{JoinToken, tokens_equal},
 };
+
+/// How long a leader works on one manager's join: catching up (a
+/// snapshot of any size) plus the membership changes.
+const JOIN_BUDGET: Duration = Duration::from_secs(50);
 
 /// How a manager is set up.
 #[derive(Clone)]
@@ -62,8 +66,25 @@ pub struct Manager {
     /// Held across "read what is free, propose it" for subnets, VNIs and
     /// addresses, so concurrent requests on this leader never pick the same one.
     allocation: tokio::sync::Mutex<()>,
+    /// A snapshot being received from the leader.
+    incoming_snapshot: Mutex<SnapshotReceiver>,
+    /// When a leader's AppendEntries (or heartbeat) last reached this
+    /// manager: a follower that has not heard from its leader for two
+    /// election timeouts does not claim to know one.
+    leader_contact: Mutex<Option<Instant>>,
+    /// Held across a membership change (join, demotion).
+    membership_change: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// This manager's view of the leadership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Leadership {
+    Leading,
+    /// The leader's address.
+    Following(String),
+    None,
 }
 
 /// Now, as the store records times.
@@ -110,6 +131,9 @@ impl Manager {
             rpc,
             liveness: Mutex::new(Liveness::default()),
             allocation: tokio::sync::Mutex::new(()),
+            incoming_snapshot: Mutex::new(SnapshotReceiver::default()),
+            leader_contact: Mutex::new(None),
+            membership_change: tokio::sync::Mutex::new(()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
@@ -187,18 +211,28 @@ impl Manager {
         }
     }
 
+    /// The 2377 routes, each with its body limit ([`rpc::limits`]).
     fn router(self: Arc<Self>) -> Router {
+        use axum::extract::DefaultBodyLimit;
         Router::new()
             .route(path::ROOT_CA, post(h_root_ca))
             .route(path::ISSUE_CERT, post(h_issue_cert))
             .route(path::HEARTBEAT, post(h_heartbeat))
-            .route(path::RAFT_APPEND, post(h_raft_append))
+            .route(
+                path::RAFT_APPEND,
+                post(h_raft_append).layer(DefaultBodyLimit::max(rpc::limits::RAFT_APPEND)),
+            )
             .route(path::RAFT_VOTE, post(h_raft_vote))
+            .route(
+                path::RAFT_SNAPSHOT_CHUNK,
+                post(h_raft_snapshot_chunk).layer(DefaultBodyLimit::max(rpc::limits::SNAPSHOT_CHUNK)),
+            )
             .route(path::RAFT_SNAPSHOT, post(h_raft_snapshot))
             .route(path::RAFT_JOIN, post(h_raft_join))
             .route(path::CONTROL, post(h_control))
             .route(path::ATTACH, post(h_attach))
             .route(path::DETACH, post(h_detach))
+            .layer(DefaultBodyLimit::max(rpc::limits::BODY_LIMIT))
             .with_state(self)
     }
 
@@ -218,37 +252,59 @@ impl Manager {
     ) -> Result<ControlResponse, ApiError> {
         let c = caller.clone();
         let me = self.clone();
-        self.on_leader(&caller, path::CONTROL, req, |req| async move { me.control(c, req).await }).await
+        self.on_leader(
+            &caller,
+            path::CONTROL,
+            !req.is_read(),
+            req,
+            |req| async move { me.control(c, req).await },
+        )
+        .await
     }
 
+    /// Raft leader with a quorum heard from within two election timeouts.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().state == ServerState::Leader
+        self.leadership() == Leadership::Leading
+    }
+
+    /// Who leads, as far as this manager can vouch for it. Raft keeps a cut
+    /// off leader in the Leader state, and a cut off follower keeps its
+    /// leader, until they hear of a newer term; both would answer with a
+    /// stale view. Like swarmkit's check-quorum, a leader without a recent
+    /// quorum, and a follower that has not heard from its leader for two
+    /// election timeouts, report that there is no leader.
+    fn leadership(&self) -> Leadership {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let window = self.quorum_window();
+        if m.state == ServerState::Leader {
+            let voters = m.membership_config.membership().voter_ids().count();
+            let fresh = m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < window);
+            return if voters <= 1 || fresh { Leadership::Leading } else { Leadership::None };
+        }
+        let contact = *self.leader_contact.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (m.current_leader, contact) {
+            (Some(l), Some(t)) if t.elapsed() < window => m
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .map_or(Leadership::None, |p| Leadership::Following(p.addr.clone())),
+            _ => Leadership::None,
+        }
     }
 
     /// Where the leader is: `Ok(None)` if it is this manager.
     fn leader_addr(&self) -> Result<Option<String>, ApiError> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        if m.state == ServerState::Leader {
-            return Ok(None);
+        match self.leadership() {
+            Leadership::Leading => Ok(None),
+            Leadership::Following(addr) => Ok(Some(addr)),
+            Leadership::None => Err(ApiError::no_leader()),
         }
-        let leader = m.current_leader.ok_or_else(ApiError::no_leader)?;
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|p| Some(p.addr.clone()))
-            .ok_or_else(ApiError::no_leader)
     }
 
-    /// A leader that has heard from a quorum recently; otherwise writes
-    /// would hang, so they fail fast instead.
+    /// Writes need a leader that has heard from a quorum recently; otherwise
+    /// they would hang, so they fail fast instead.
     fn leader_with_quorum(&self) -> Result<(), ApiError> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        if m.state != ServerState::Leader {
-            return Err(ApiError::no_leader());
-        }
-        let voters = m.membership_config.membership().voter_ids().count();
-        let fresh = m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < self.quorum_window());
-        if voters <= 1 || fresh { Ok(()) } else { Err(ApiError::no_leader()) }
+        if self.is_leader() { Ok(()) } else { Err(ApiError::no_leader()) }
     }
 
     fn quorum_window(&self) -> Duration {
@@ -260,11 +316,13 @@ impl Manager {
     }
 
     /// Runs `local` here if this is the leader, else forwards the request to
-    /// the leader on behalf of `caller`.
+    /// the leader on behalf of `caller`. `write`: whether the request changes
+    /// the state (a forwarded write that got no answer may have happened).
     async fn on_leader<Q, R, F, Fut>(
         &self,
         caller: &Caller,
         path: &str,
+        write: bool,
         req: Q,
         local: F,
     ) -> Result<R, ApiError>
@@ -284,7 +342,11 @@ impl Manager {
                 self.rpc.call(&addr, path, &req, self.write_timeout(), Some(&caller.identity)).await.map_err(
                     |e| match e {
                         rpc::RpcError::Api(a) => a,
+                        rpc::RpcError::TooLarge(t) => ApiError::invalid(t),
                         rpc::RpcError::Transport(_) => ApiError::no_leader(),
+                        // Sent, never answered: a write may have gone through.
+                        rpc::RpcError::Lost(_) if write => ApiError::unknown_outcome(),
+                        rpc::RpcError::Lost(_) => ApiError::no_leader(),
                     },
                 )
             }
@@ -292,17 +354,45 @@ impl Manager {
     }
 
     /// Proposes a change; returns once it is committed and applied.
+    ///
+    /// Fails with the no-leader error when nothing was proposed, and with
+    /// [`ApiError::unknown_outcome`] when the entry was handed to Raft but
+    /// leadership was lost before it was known to be committed.
     async fn propose(&self, cmd: Command) -> Result<(), ApiError> {
+        use openraft::errors::{ClientWriteError, RaftError};
+        super::store::limits::check_command_size(&cmd)?;
         self.state.read(|s| s.check(&cmd))?;
         self.leader_with_quorum()?;
         match tokio::time::timeout(self.write_timeout(), self.raft.client_write(cmd)).await {
             Ok(Ok(resp)) => resp.data,
+            // Refused before it was appended: nothing happened.
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ApiError::no_leader()),
             Ok(Err(e)) => {
                 tracing::warn!("raft write failed: {e}");
-                Err(ApiError::no_leader())
+                Err(ApiError::unknown_outcome())
             }
-            Err(_) => Err(ApiError::no_leader()),
+            Err(_) => Err(ApiError::unknown_outcome()),
         }
+    }
+
+    /// Snapshots the state now and drops the log before it, so that no
+    /// entry before this point is ever replicated again (used after
+    /// `--force-new-cluster`, whose first entry holds the whole state).
+    pub async fn compact_now(&self) -> Result<(), ApiError> {
+        let applied = self.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index());
+        let fatal = |e: openraft::errors::Fatal<raft::TypeConfig>| ApiError::internal(e.to_string());
+        self.raft.trigger().snapshot().await.map_err(fatal)?;
+        let mut m = self.raft.metrics();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while m.borrow_watched().snapshot.is_none_or(|s| s.index() < applied) {
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .map_err(|_| ApiError::internal("timed out building a snapshot"))?;
+        self.raft.trigger().purge_log(applied).await.map_err(fatal)
     }
 
     /// Watches Raft for leadership changes and runs the leader's loops while
@@ -317,12 +407,20 @@ impl Manager {
         }
         let mut metrics = self.raft.metrics();
         let mut leading: Option<Leading> = None;
+        // Losing the quorum changes no metric: look again regularly.
+        let mut recheck =
+            tokio::time::interval((self.cfg.timing.election / 4).max(Duration::from_millis(20)));
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let is_leader = metrics.borrow_watched().state == ServerState::Leader;
-            match (is_leader, leading.is_some()) {
+            let raft_leader = metrics.borrow_watched().state == ServerState::Leader;
+            match (self.is_leader(), leading.is_some()) {
                 (true, false) => {
                     tracing::info!(node = %self.cfg.node_id, "became the leader");
                     leading = Some(Leading(tokio::spawn(self.clone().lead())));
+                }
+                (false, true) if raft_leader => {
+                    tracing::warn!(node = %self.cfg.node_id, "leader without a quorum: stepping down");
+                    leading = None;
                 }
                 (false, true) => {
                     tracing::info!(node = %self.cfg.node_id, "no longer the leader");
@@ -330,8 +428,9 @@ impl Manager {
                 }
                 _ => {}
             }
-            if metrics.changed().await.is_err() {
-                break;
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { break },
+                _ = recheck.tick() => {}
             }
         }
         drop(leading);
@@ -452,10 +551,14 @@ impl Manager {
                     return Err(ApiError::precondition("attempting to demote the last manager of the swarm"));
                 }
                 tracing::info!(node = %n.id, raft_id = m.raft_id, "removing manager from raft");
-                tokio::time::timeout(self.write_timeout(), self.raft.change_membership(remaining, false))
-                    .await
-                    .map_err(|_| ApiError::no_leader())?
-                    .map_err(|e| internal("removing raft member")(e.to_string()))?;
+                let _changing = self.membership_change.lock().await;
+                let deadline = tokio::time::Instant::now() + self.write_timeout();
+                self.change_membership_retrying(deadline, || {
+                    let r = remaining.clone();
+                    async move { self.raft.change_membership(r, false).await.map(|_| ()) }
+                })
+                .await
+                .map_err(|e| e.context("removing raft member"))?;
                 if m.raft_id == self.cfg.raft_id {
                     // This leader just left the group; the next leader finishes the demotion.
                     return Ok(());
@@ -608,11 +711,17 @@ impl Manager {
             .await?;
         }
         let peer = RaftPeer { addr: req.addr, node_id: node.id.clone() };
-        let timeout = self.write_timeout() * 3;
-        tokio::time::timeout(timeout, self.raft.add_learner(req.raft_id, peer, true))
-            .await
-            .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
-            .map_err(|e| internal("adding raft learner")(e.to_string()))?;
+        // One membership change at a time on this leader; one started by an
+        // earlier leader is waited for (and retried after) below.
+        let _changing = self.membership_change.lock().await;
+        let deadline = tokio::time::Instant::now() + JOIN_BUDGET;
+        self.change_membership_retrying(deadline, || {
+            let (id, peer) = (req.raft_id, peer.clone());
+            async move { self.raft.add_learner(id, peer, false).await.map(|_| ()) }
+        })
+        .await
+        .map_err(|e| e.context("adding raft learner"))?;
+        self.wait_caught_up(req.raft_id, deadline).await?;
         let membership = self.raft.metrics().borrow_watched().membership_config.membership().clone();
         let (voters, stale) = voters_with_seat(
             membership.nodes().map(|(id, p)| (*id, p.node_id.as_str())),
@@ -620,14 +729,18 @@ impl Manager {
             &node.id,
             req.raft_id,
         );
-        let change = |c: openraft::ChangeMembers<u64, raft::RaftPeer>| {
-            tokio::time::timeout(timeout, self.raft.change_membership(c, false))
-        };
         if let Some(voters) = voters {
-            change(openraft::ChangeMembers::ReplaceAllVoters(voters))
-                .await
-                .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
-                .map_err(|e| internal("adding raft voter")(e.to_string()))?;
+            self.change_membership_retrying(deadline, || {
+                let v = voters.clone();
+                async move {
+                    self.raft
+                        .change_membership(openraft::ChangeMembers::ReplaceAllVoters(v), false)
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .await
+            .map_err(|e| e.context("adding raft voter"))?;
         }
         let learners: BTreeSet<u64> = self
             .raft
@@ -639,13 +752,91 @@ impl Manager {
             .filter(|id| stale.contains(id))
             .collect();
         if !learners.is_empty() {
-            change(openraft::ChangeMembers::RemoveNodes(learners))
-                .await
-                .map_err(|_| ApiError::unavailable("timed out adding the manager to raft"))?
-                .map_err(|e| internal("removing a stale raft seat")(e.to_string()))?;
+            self.change_membership_retrying(deadline, || {
+                let l = learners.clone();
+                async move {
+                    self.raft
+                        .change_membership(openraft::ChangeMembers::RemoveNodes(l), false)
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .await
+            .map_err(|e| e.context("removing a stale raft seat"))?;
         }
         tracing::info!(node = %node.id, raft_id = req.raft_id, "manager joined raft");
         Ok(ControlResponse::Done)
+    }
+
+    /// Runs a membership change, waiting out one already in progress (a
+    /// promotion, a re-seat, a change an earlier leader left uncommitted)
+    /// until `deadline`.
+    async fn change_membership_retrying<F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut change: F,
+    ) -> Result<(), ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<
+                    (),
+                    openraft::errors::RaftError<
+                        raft::TypeConfig,
+                        openraft::errors::ClientWriteError<raft::TypeConfig>,
+                    >,
+                >,
+            >,
+    {
+        use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ApiError::unavailable(
+                    "timed out waiting for another raft membership change to finish",
+                ));
+            }
+            match tokio::time::timeout(left, change()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(p),
+                )))) => {
+                    tracing::info!("raft membership change waits for the one in progress: {p}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    return Err(ApiError::no_leader());
+                }
+                Ok(Err(e)) => return Err(ApiError::internal(e.to_string())),
+                Err(_) => return Err(ApiError::unknown_outcome()),
+            }
+        }
+    }
+
+    /// Waits until learner `id` has every entry the leader had when asked
+    /// (a big state arrives as a snapshot first).
+    async fn wait_caught_up(&self, id: u64, deadline: tokio::time::Instant) -> Result<(), ApiError> {
+        let target = self.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+        let mut m = self.raft.metrics();
+        let caught_up = tokio::time::timeout_at(deadline, async {
+            loop {
+                let w = m.borrow_watched().clone();
+                if w.state != ServerState::Leader {
+                    return Err(ApiError::no_leader());
+                }
+                let matched = w.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+                if matched.is_some_and(|l| l.index() >= target) {
+                    return Ok(());
+                }
+                if m.changed().await.is_err() {
+                    return Err(ApiError::no_leader());
+                }
+            }
+        })
+        .await;
+        caught_up.unwrap_or_else(|_| {
+            Err(ApiError::unavailable("timed out waiting for the new manager to catch up"))
+        })
     }
 
     async fn control(&self, caller: Caller, req: ControlRequest) -> Result<ControlResponse, ApiError> {
@@ -945,7 +1136,7 @@ async fn h_issue_cert(
 ) -> Result<Json<IssueCertResponse>, ApiError> {
     let c = caller.clone();
     let mm = m.clone();
-    m.on_leader(&caller, path::ISSUE_CERT, req, |req| async move { mm.issue_cert(c, req).await })
+    m.on_leader(&caller, path::ISSUE_CERT, true, req, |req| async move { mm.issue_cert(c, req).await })
         .await
         .map(Json)
 }
@@ -958,7 +1149,7 @@ async fn h_heartbeat(
     m.caller_node(&caller, &[Role::Worker, Role::Manager])?;
     let c = caller.clone();
     let mm = m.clone();
-    m.on_leader(&caller, path::HEARTBEAT, req, |req| async move { mm.heartbeat(c, req).await })
+    m.on_leader(&caller, path::HEARTBEAT, false, req, |req| async move { mm.heartbeat(c, req).await })
         .await
         .map(Json)
 }
@@ -971,7 +1162,7 @@ async fn h_raft_join(
     m.caller_node(&caller, &[Role::Manager])?;
     let c = caller.clone();
     let mm = m.clone();
-    m.on_leader(&caller, path::RAFT_JOIN, req, |req| async move { mm.join_raft(c, req).await })
+    m.on_leader(&caller, path::RAFT_JOIN, true, req, |req| async move { mm.join_raft(c, req).await })
         .await
         .map(Json)
 }
@@ -984,7 +1175,9 @@ async fn h_control(
     m.caller_node(&caller, &[Role::Manager])?;
     let c = caller.clone();
     let mm = m.clone();
-    m.on_leader(&caller, path::CONTROL, req, |req| async move { mm.control(c, req).await }).await.map(Json)
+    m.on_leader(&caller, path::CONTROL, !req.is_read(), req, |req| async move { mm.control(c, req).await })
+        .await
+        .map(Json)
 }
 
 async fn h_attach(
@@ -995,7 +1188,9 @@ async fn h_attach(
     m.caller_node(&caller, &[Role::Worker, Role::Manager])?;
     let c = caller.clone();
     let mm = m.clone();
-    m.on_leader(&caller, path::ATTACH, req, |req| async move { mm.attach(c, req).await }).await.map(Json)
+    m.on_leader(&caller, path::ATTACH, true, req, |req| async move { mm.attach(c, req).await })
+        .await
+        .map(Json)
 }
 
 async fn h_detach(
@@ -1006,7 +1201,9 @@ async fn h_detach(
     m.caller_node(&caller, &[Role::Worker, Role::Manager])?;
     let c = caller.clone();
     let mm = m.clone();
-    m.on_leader(&caller, path::DETACH, req, |req| async move { mm.detach(c, req).await }).await.map(Json)
+    m.on_leader(&caller, path::DETACH, true, req, |req| async move { mm.detach(c, req).await })
+        .await
+        .map(Json)
 }
 
 /// Docker's rule for service and network names (swarmkit controlapi).
@@ -1035,7 +1232,11 @@ async fn h_raft_append(
 ) -> Result<Json<openraft::raft::AppendEntriesResponse<raft::TypeConfig>>, ApiError> {
     m.raft_peer_allowed(&caller)?;
     let req = m.addressed_here(req)?;
-    m.raft.append_entries(req).await.map(Json).map_err(|e| ApiError::unavailable(e.to_string()))
+    let resp = m.raft.append_entries(req).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+        *m.leader_contact.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+    Ok(Json(resp))
 }
 
 async fn h_raft_vote(
@@ -1048,6 +1249,26 @@ async fn h_raft_vote(
     m.raft.vote(req).await.map(Json).map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
+async fn h_raft_snapshot_chunk(
+    State(m): S,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Json<()>, ApiError> {
+    m.raft_peer_allowed(&caller)?;
+    let header: ChunkHeader = headers
+        .get(CHUNK_HEADER)
+        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
+        .ok_or_else(|| ApiError::invalid(format!("missing or bad {CHUNK_HEADER} header")))?;
+    m.addressed_here(Addressed { to: header.to, req: () })?;
+    m.incoming_snapshot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .chunk(header, &body)
+        .map_err(ApiError::invalid)?;
+    Ok(Json(()))
+}
+
 async fn h_raft_snapshot(
     State(m): S,
     caller: Caller,
@@ -1055,9 +1276,15 @@ async fn h_raft_snapshot(
 ) -> Result<Json<openraft::raft::SnapshotResponse<raft::TypeConfig>>, ApiError> {
     m.raft_peer_allowed(&caller)?;
     let req = m.addressed_here(req)?;
+    let data = m
+        .incoming_snapshot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .finish(req.transfer, req.len, &req.sha256)
+        .map_err(ApiError::invalid)?;
     let snapshot = openraft::alias::SnapshotOf::<raft::TypeConfig, raft::storage::SnapshotData> {
         meta: req.meta,
-        snapshot: req.data,
+        snapshot: data,
     };
     m.raft
         .install_full_snapshot(req.vote, snapshot)

@@ -6,7 +6,7 @@
 //! | `/ca/root` | anyone (joining nodes) | any manager |
 //! | `/ca/issue` | anyone with a join token; nodes renewing with their certificate | leader |
 //! | `/dispatcher/heartbeat` | workers and managers | leader |
-//! | `/raft/append`, `/raft/vote`, `/raft/snapshot` | Raft members (managers) | any manager |
+//! | `/raft/append`, `/raft/vote`, `/raft/snapshot/chunk`, `/raft/snapshot` | Raft members (managers) | any manager |
 //! | `/raft/join` | managers | leader |
 //! | `/control` | managers | leader |
 //! | `/network/attach`, `/network/detach` | workers and managers (for themselves) | leader |
@@ -25,6 +25,7 @@ pub mod path {
     pub const RAFT_APPEND: &str = "/raft/append";
     pub const RAFT_VOTE: &str = "/raft/vote";
     pub const RAFT_SNAPSHOT: &str = "/raft/snapshot";
+    pub const RAFT_SNAPSHOT_CHUNK: &str = "/raft/snapshot/chunk";
     pub const RAFT_JOIN: &str = "/raft/join";
     pub const CONTROL: &str = "/control";
     pub const ATTACH: &str = "/network/attach";
@@ -124,6 +125,20 @@ pub enum ControlRequest {
     GetNetwork { id: String },
     CreateNetwork { spec: NetworkSpec },
     RemoveNetwork { id: String },
+}
+
+impl ControlRequest {
+    /// Whether the request only reads the state.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            ControlRequest::GetSwarm
+                | ControlRequest::ListNodes
+                | ControlRequest::GetNode { .. }
+                | ControlRequest::ListNetworks
+                | ControlRequest::GetNetwork { .. }
+        )
+    }
 }
 
 /// `network create` as the user asked for it.

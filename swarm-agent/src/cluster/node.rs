@@ -467,6 +467,9 @@ impl SwarmNode {
             now: now_nanos(),
         };
         self.propose_local(cmd).await?;
+        // That entry holds the whole state: managers that join later get a
+        // snapshot instead of an entry of any size.
+        mgr.compact_now().await?;
         self.start_agent();
         Ok(())
     }
@@ -532,11 +535,11 @@ impl SwarmNode {
                 }
                 match self
                     .rpc
-                    .call::<_, ControlResponse>(&addr, path::RAFT_JOIN, &req, RPC_TIMEOUT * 6, None)
+                    .call::<_, ControlResponse>(&addr, path::RAFT_JOIN, &req, RPC_TIMEOUT * 12, None)
                     .await
                 {
                     Ok(_) => {
-                        mgr.wait_for_state(Duration::from_secs(30)).await?;
+                        mgr.wait_for_state(Duration::from_secs(60)).await?;
                         return Ok(());
                     }
                     Err(e) => last = e.into_api(&format!("joining raft via {addr}")),

@@ -170,9 +170,17 @@ pub async fn serve(
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RpcError {
-    /// Could not reach the node or talk to it: connection, TLS, timeout.
+    /// Could not reach the node or talk to it: connection, TLS, a broken
+    /// connection. The request may not have arrived.
     #[error("{0}")]
     Transport(String),
+    /// The request was sent but no answer came (deadline, broken
+    /// connection): it may or may not have been carried out.
+    #[error("{0}")]
+    Lost(String),
+    /// The node refused the request's size (its body limit for the path).
+    #[error("{0}")]
+    TooLarge(String),
     /// The node answered with an error.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -183,9 +191,23 @@ impl RpcError {
     pub fn into_api(self, what: &str) -> ApiError {
         match self {
             RpcError::Api(e) => e,
-            RpcError::Transport(t) => ApiError::unavailable(format!("{what}: {t}")),
+            RpcError::TooLarge(t) => ApiError::invalid(format!("{what}: {t}")),
+            RpcError::Transport(t) | RpcError::Lost(t) => ApiError::unavailable(format!("{what}: {t}")),
         }
     }
+}
+
+/// Request body limits on 2377, per path (bytes). Everything else gets
+/// [`BODY_LIMIT`]. Docker's own limit on its gRPC messages is 4 MiB.
+pub mod limits {
+    /// Default for every path: requests carry one object at most.
+    pub const BODY_LIMIT: usize = 4 << 20;
+    /// `/raft/append`: entries are sent in batches of at most
+    /// [`crate::cluster::raft::storage::MAX_APPEND_BYTES`] (a single larger
+    /// entry alone), and no entry exceeds [`crate::cluster::store::limits::MAX_COMMAND_BYTES`].
+    pub const RAFT_APPEND: usize = 8 << 20;
+    /// `/raft/snapshot/chunk`: one raw chunk of a snapshot.
+    pub const SNAPSHOT_CHUNK: usize = 2 << 20;
 }
 
 /// A client for other nodes' 2377 endpoints; keeps one HTTP/2 connection per
@@ -222,21 +244,48 @@ impl RpcClient {
     ) -> Result<R, RpcError> {
         let body =
             serde_json::to_vec(req).map_err(|e| RpcError::Transport(format!("encoding request: {e}")))?;
+        let mut headers = Vec::new();
+        if let Some(f) = forwarded_for {
+            let v = serde_json::to_string(f).map_err(|e| RpcError::Transport(e.to_string()))?;
+            headers.push((FORWARDED_HEADER, v));
+        }
+        self.send(addr, path, "application/json", &headers, Bytes::from(body), timeout).await
+    }
+
+    /// Calls `path` on `addr` with raw bytes (snapshot chunks) and `headers`.
+    pub async fn call_bytes<R: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<R, RpcError> {
+        self.send(addr, path, "application/octet-stream", headers, body, timeout).await
+    }
+
+    async fn send<R: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<R, RpcError> {
         let fut = async {
             let mut sender = self.connection(addr).await?;
             let mut request = hyper::Request::post(format!("https://{addr}{path}"))
-                .header(hyper::header::CONTENT_TYPE, "application/json");
-            if let Some(f) = forwarded_for {
-                let v = serde_json::to_string(f).map_err(|e| RpcError::Transport(e.to_string()))?;
-                request = request.header(FORWARDED_HEADER, v);
+                .header(hyper::header::CONTENT_TYPE, content_type);
+            for (k, v) in headers {
+                request = request.header(*k, v);
             }
-            let request =
-                request.body(Full::new(Bytes::from(body))).map_err(|e| RpcError::Transport(e.to_string()))?;
+            let request = request.body(Full::new(body)).map_err(|e| RpcError::Transport(e.to_string()))?;
             let resp = match sender.send_request(request).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.forget(addr);
-                    return Err(RpcError::Transport(format!("request to {addr} failed: {e}")));
+                    return Err(RpcError::Lost(format!("request to {addr} failed: {e}")));
                 }
             };
             let status = resp.status();
@@ -244,11 +293,13 @@ impl RpcClient {
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| RpcError::Transport(format!("reading response from {addr}: {e}")))?
+                .map_err(|e| RpcError::Lost(format!("reading response from {addr}: {e}")))?
                 .to_bytes();
             if status.is_success() {
                 serde_json::from_slice(&bytes)
                     .map_err(|e| RpcError::Transport(format!("bad response from {addr}: {e}")))
+            } else if status == hyper::StatusCode::PAYLOAD_TOO_LARGE {
+                Err(RpcError::TooLarge(format!("{addr} refused a {path} request as too large")))
             } else {
                 let e: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
                     ApiError::internal(format!(
@@ -263,7 +314,7 @@ impl RpcClient {
             r
         } else {
             self.forget(addr);
-            Err(RpcError::Transport(format!("{addr} did not answer within {timeout:?}")))
+            Err(RpcError::Lost(format!("{addr} did not answer within {timeout:?}")))
         }
     }
 
