@@ -56,8 +56,25 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/networks/{id}/connect", post(network_connect))
         .route("/networks/{id}/disconnect", post(network_disconnect))
         .route("/services", get(services_list))
+        .route("/swarm-agent/store", get(store_digest))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(explain_too_large))
+        .layer(axum::extract::DefaultBodyLimit::max(API_BODY_LIMIT))
         .with_state(engine)
+}
+
+/// The largest request body the API reads (Docker's gRPC limit; objects
+/// themselves are limited further, see `store::limits`).
+pub const API_BODY_LIMIT: usize = 4 << 20;
+
+/// axum answers an oversized body with a plain-text 413; clients print
+/// Docker's `{"message": …}`.
+async fn explain_too_large(resp: Response) -> Response {
+    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return resp;
+    }
+    let msg = format!("request body too large: the limit is {} MiB", API_BODY_LIMIT >> 20);
+    (StatusCode::PAYLOAD_TOO_LARGE, Json(serde_json::json!({ "message": msg }))).into_response()
 }
 
 /// Serves the API on a unix socket until `shutdown` completes.
@@ -705,6 +722,14 @@ async fn network_disconnect(
     let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::INACTIVE))?;
     node.disconnect(&id, Path::new(&req.net_ns)).await?;
     Ok(StatusCode::OK)
+}
+
+/// Not Docker's: this manager's own copy of the store (`debug store`).
+async fn store_digest(State(e): S) -> Result<Json<crate::cluster::raft::storage::StoreDigest>, ApiError> {
+    let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::INACTIVE))?;
+    let mgr =
+        node.manager().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::NOT_A_MANAGER))?;
+    mgr.state().digest().map(Json).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 async fn tasks_list(State(e): S) -> Result<Json<Vec<serde_json::Value>>, ApiError> {

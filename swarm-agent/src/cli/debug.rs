@@ -1,4 +1,4 @@
-//! `debug xdp ...`: datapath tools that docker's CLI does not have.
+//! `debug xdp ...` and `debug store`: tools that docker's CLI does not have.
 
 use crate::{
     datapath::{
@@ -10,6 +10,10 @@ use crate::{
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DebugCmd {
+    /// This manager's own copy of the store: applied Raft index, object
+    /// counts, size and SHA-256 of its encoding (JSON). Read locally, never
+    /// forwarded to the leader: compares managers' copies.
+    Store,
     /// The underlay XDP program that counts VXLAN frames per VNI.
     Xdp {
         /// Root of this agent's pinned eBPF objects (on a bpffs).
@@ -52,6 +56,7 @@ pub enum Mode {
 pub fn run(cmd: DebugCmd) -> anyhow::Result<()> {
     match cmd {
         DebugCmd::Xdp { bpffs, cmd } => xdp(&PinLayout::new(bpffs), cmd),
+        DebugCmd::Store => Ok(()),
     }
 }
 
@@ -106,5 +111,12 @@ fn xdp(pins: &PinLayout, cmd: XdpCmd) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `debug store`: prints the daemon's `/swarm-agent/store` answer.
+pub async fn store(client: &crate::cli::client::Client) -> Result<(), crate::cli::client::CliError> {
+    let raw = client.get_raw("/swarm-agent/store").await?;
+    println!("{}", String::from_utf8_lossy(&raw));
     Ok(())
 }

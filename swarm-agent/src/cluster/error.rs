@@ -71,6 +71,7 @@ impl ApiError {
 
     /// The same error with what was being done in front (for internal
     /// errors; users' errors keep Docker's exact text).
+    #[must_use]
     pub fn context(self, what: &str) -> ApiError {
         if self.kind == ErrorKind::Internal {
             ApiError { kind: self.kind, message: format!("{what}: {}", self.message) }

@@ -824,7 +824,7 @@ impl Manager {
                 if w.state != ServerState::Leader {
                     return Err(ApiError::no_leader());
                 }
-                let matched = w.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+                let matched = w.replication.as_ref().and_then(|r| r.get(&id).copied().flatten());
                 if matched.is_some_and(|l| l.index() >= target) {
                     return Ok(());
                 }

@@ -69,7 +69,11 @@ pub struct SnapshotRequest {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Makes a connection handle per peer; all share one RPC client.

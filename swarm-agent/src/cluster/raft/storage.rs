@@ -254,6 +254,17 @@ pub struct Applied {
     pub state: ClusterState,
 }
 
+/// What `debug store` shows of a manager's copy of the state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreDigest {
+    pub applied: u64,
+    pub nodes: usize,
+    pub networks: usize,
+    pub endpoints: usize,
+    pub bytes: usize,
+    pub sha256: String,
+}
+
 /// A read handle on the applied state, shared with the rest of the manager.
 #[derive(Clone)]
 pub struct StateReader {
@@ -270,6 +281,21 @@ impl StateReader {
     /// A clone of the current state.
     pub fn snapshot(&self) -> ClusterState {
         self.read(Clone::clone)
+    }
+
+    /// The applied index and a digest of the state at that index, taken
+    /// together (to compare managers' copies).
+    pub fn digest(&self) -> io::Result<StoreDigest> {
+        let a = self.data.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bytes = encode(&a.state)?;
+        Ok(StoreDigest {
+            applied: a.last_applied.as_ref().map_or(0, openraft::LogId::index),
+            nodes: a.state.nodes.len(),
+            networks: a.state.networks.len(),
+            endpoints: a.state.endpoints.len(),
+            bytes: bytes.len(),
+            sha256: super::network::sha256_hex(&bytes),
+        })
     }
 
     /// Notified after every applied batch, with the last applied index.
@@ -515,7 +541,7 @@ mod tests {
         entries.push(entry(11, label_cmd(11, 3 << 20)));
         log.append(entries, IOFlushed::noop()).await.unwrap();
         let got = log.limited_get_log_entries(1, 12).await.unwrap();
-        let idx: Vec<u64> = got.iter().map(|e| e.index()).collect();
+        let idx: Vec<u64> = got.iter().map(openraft::entry::RaftEntry::index).collect();
         assert_eq!(idx, vec![1, 2], "2 MiB hold two 700 KiB entries, not three");
         let got = log.limited_get_log_entries(11, 12).await.unwrap();
         assert_eq!(got.len(), 1, "an entry larger than the bound still goes, alone");

@@ -19,7 +19,7 @@ pub fn check_command_size(cmd: &Command) -> Result<(), ApiError> {
     let size = serde_json::to_vec(cmd).map_err(|e| ApiError::internal(format!("encoding: {e}")))?.len();
     if size > MAX_COMMAND_BYTES {
         return Err(ApiError::invalid(format!(
-            "request too large: the change is {} and the limit is {} (1.5 MiB)",
+            "request too large: the change is {}, the limit is {}",
             human(size),
             human(MAX_COMMAND_BYTES)
         )));
@@ -45,6 +45,10 @@ mod tests {
         assert!(check_command_size(&cmd(1 << 20)).is_ok(), "a 1 MiB spec is fine");
         let e = check_command_size(&cmd(2 << 20)).unwrap_err();
         assert_eq!(e.kind, crate::cluster::error::ErrorKind::InvalidArgument);
-        assert!(e.message.starts_with("request too large: the change is 2.00 MiB"), "{}", e.message);
+        assert!(
+            e.message.starts_with("request too large: the change is 2.00 MiB, the limit is 1.50 MiB"),
+            "{}",
+            e.message
+        );
     }
 }
