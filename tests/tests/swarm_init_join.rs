@@ -177,6 +177,30 @@ fn init_refuses_bad_input_and_creates_nothing() {
             "Error response from daemon: invalid CIDR: \"10.20.0.0/16\". Subnet size is too small for pool: 8",
         ),
         (
+            &[
+                "init",
+                "--advertise-addr",
+                "198.18.0.1",
+                "--default-addr-pool",
+                "255.255.255.255/32",
+                "--default-addr-pool-mask-length",
+                "32",
+            ],
+            "Error response from daemon: subnet size is out of range: 32",
+        ),
+        (
+            &[
+                "init",
+                "--advertise-addr",
+                "198.18.0.1",
+                "--default-addr-pool",
+                "255.255.255.254/31",
+                "--default-addr-pool-mask-length",
+                "31",
+            ],
+            "Error response from daemon: subnet size is out of range: 31",
+        ),
+        (
             &["init", "--advertise-addr", "nosuch0"],
             "Error response from daemon: advertise address must be a non-zero IP address or network interface (with optional port number)",
         ),

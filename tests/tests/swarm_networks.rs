@@ -116,6 +116,10 @@ fn bad_requests_fail_with_dockers_errors_and_change_nothing() {
             "Error response from daemon: invalid CIDR address: 10.50.0.300/24\n",
         ),
         (
+            vec!["network", "create", "-d", "overlay", "--subnet", "10.50.0.8/31", "tiny"],
+            "Error response from daemon: invalid subnet 10.50.0.8/31: an overlay subnet needs room for a gateway and an endpoint (a /30 or larger)\n",
+        ),
+        (
             vec!["network", "create", "-d", "overlay", "-o", "com.docker.network.driver.mtu=big", "mtu"],
             "Error response from daemon: invalid MTU \"big\": it must be a number from 68 to 65535\n",
         ),

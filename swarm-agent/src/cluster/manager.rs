@@ -923,6 +923,13 @@ impl Manager {
             }
         }
         let user_subnet = spec.subnet.as_deref().map(Cidr::parse).transpose().map_err(ApiError::invalid)?;
+        if let Some(c) = user_subnet
+            && c.prefix > 30
+        {
+            return Err(ApiError::invalid(format!(
+                "invalid subnet {c}: an overlay subnet needs room for a gateway and an endpoint (a /30 or larger)"
+            )));
+        }
         let _allocating = self.allocation.lock().await;
         for attempt in 0..3 {
             let (subnet, vni) = self.state.read(|s| -> Result<(Cidr, u32), ApiError> {

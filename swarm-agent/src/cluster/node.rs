@@ -132,16 +132,26 @@ pub fn describe() -> NodeDescription {
     }
 }
 
-/// Checks the address pool options the way moby does.
+/// The longest mask a pool's subnets may have: Docker keeps 29 so that the
+/// smallest overlay still has 8 addresses.
+pub const MAX_SUBNET_SIZE: u32 = 29;
+
+/// Checks the address pool options the way moby does (its
+/// `validateDefaultAddrPool`): mask length 1-29 (0 means 24), every pool a
+/// CIDR no longer than the mask.
 pub fn validate_pool(pool: &[String], subnet_size: u32) -> Result<(Vec<String>, u32), ApiError> {
     let subnet_size = if subnet_size == 0 { 24 } else { subnet_size };
-    if subnet_size > 32 {
+    if subnet_size > MAX_SUBNET_SIZE {
         return Err(ApiError::invalid(format!("subnet size is out of range: {subnet_size}")));
     }
-    let pool = if pool.is_empty() { vec!["10.0.0.0/8".to_owned()] } else { pool.to_vec() };
+    let pool: Vec<String> = if pool.is_empty() {
+        vec!["10.0.0.0/8".to_owned()]
+    } else {
+        pool.iter().map(|p| p.trim().to_owned()).collect()
+    };
     for p in &pool {
-        let (_, len) =
-            parse_cidr(p).ok_or_else(|| ApiError::invalid(format!("invalid CIDR address: {p}")))?;
+        let (_, len) = parse_cidr(p)
+            .ok_or_else(|| ApiError::invalid(format!("invalid base pool {p}: invalid CIDR address: {p}")))?;
         if len > subnet_size {
             return Err(ApiError::invalid(format!(
                 "invalid CIDR: {p:?}. Subnet size is too small for pool: {subnet_size}"
@@ -164,7 +174,8 @@ fn first_subnet(pool: &str, size: u32) -> (String, String) {
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     let base = u32::from(ip) & mask;
     let net = std::net::Ipv4Addr::from(base);
-    (format!("{net}/{size}"), std::net::Ipv4Addr::from(base + 1).to_string())
+    // A /29 at most (validated), so the first host never wraps around.
+    (format!("{net}/{size}"), std::net::Ipv4Addr::from(base.saturating_add(1)).to_string())
 }
 
 /// Data path port: 0 means 4789; otherwise 1024-49151.
@@ -914,6 +925,28 @@ mod tests {
     fn pools_and_ports_follow_moby() {
         assert_eq!(validate_pool(&[], 0).unwrap(), (vec!["10.0.0.0/8".to_owned()], 24));
         assert_eq!(validate_pool(&[], 33).unwrap_err().message, "subnet size is out of range: 33");
+        // What was once accepted, with a gateway outside the subnet or wrapped around.
+        for (pool, size) in
+            [("255.255.255.255/32", 32), ("0.0.0.0/0", 32), ("255.255.255.254/31", 31), ("10.0.0.0/8", 30)]
+        {
+            assert_eq!(
+                validate_pool(&[pool.into()], size).unwrap_err().message,
+                format!("subnet size is out of range: {size}")
+            );
+        }
+        assert_eq!(
+            validate_pool(&["255.255.255.248/29".into()], 29).unwrap(),
+            (vec!["255.255.255.248/29".to_owned()], 29)
+        );
+        assert_eq!(
+            first_subnet("255.255.255.248/29", 29),
+            ("255.255.255.248/29".into(), "255.255.255.249".into())
+        );
+        assert_eq!(
+            validate_pool(&["10.0.0.0".into()], 24).unwrap_err().message,
+            "invalid base pool 10.0.0.0: invalid CIDR address: 10.0.0.0"
+        );
+        assert_eq!(validate_pool(&[" 10.9.0.0/16 ".into()], 24).unwrap().0, vec!["10.9.0.0/16".to_owned()]);
         assert_eq!(
             validate_pool(&["10.20.0.0/16".into()], 12).unwrap_err().message,
             "invalid CIDR: \"10.20.0.0/16\". Subnet size is too small for pool: 12"
