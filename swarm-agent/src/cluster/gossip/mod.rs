@@ -37,7 +37,17 @@ pub const PORT: u16 = 7946;
 const SYNC_INTERVAL: Duration = Duration::from_secs(2);
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 const REAP_INTERVAL: Duration = Duration::from_secs(60);
-const MAX_TCP_FRAME: usize = 16 << 20;
+/// The largest table sync response read from a member we asked (read as
+/// it arrives: nothing is reserved for what a length prefix announces).
+const MAX_SYNC_RESPONSE: usize = 16 << 20;
+/// The largest frame read from a connection we accepted, before it is
+/// authenticated: a sync request names one network.
+const MAX_SYNC_REQUEST: usize = 4 << 10;
+/// Inbound TCP connections served at once, in total and per address.
+const MAX_INBOUND: usize = 64;
+const MAX_INBOUND_PER_PEER: usize = 4;
+/// How long an accepted connection may take to send its request.
+const INBOUND_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A node as SWIM knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -367,7 +377,7 @@ impl Runtime {
         let mut s = TcpStream::connect(addr).await?;
         let req = lock(&self.shared.keys).seal(&Packet::SyncRequest { network: network.to_owned() });
         write_frame(&mut s, &req.map_err(std::io::Error::other)?).await?;
-        let frame = read_frame(&mut s).await?;
+        let frame = read_frame(&mut s, MAX_SYNC_RESPONSE).await?;
         let opened = lock(&self.shared.keys).open(&frame);
         match opened.map_err(std::io::Error::other)? {
             Packet::SyncResponse { entries, .. } => Ok(entries),
@@ -375,12 +385,29 @@ impl Runtime {
         }
     }
 
+    /// Answers table sync requests. Before a frame is authenticated at most
+    /// [`MAX_SYNC_REQUEST`] bytes are read from a connection, for at most
+    /// [`INBOUND_DEADLINE`], and at most [`MAX_INBOUND`] connections
+    /// ([`MAX_INBOUND_PER_PEER`] per address) are served at once; others are
+    /// closed at once.
     async fn serve_tcp(self, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
+        let per_peer: Arc<Mutex<BTreeMap<std::net::IpAddr, usize>>> = Arc::default();
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let Ok((mut s, from)) = listener.accept().await else { continue };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%from, "gossip: too many connections, closing");
+                continue;
+            };
+            let Some(peer) = PeerSlot::take(&per_peer, from.ip()) else {
+                tracing::debug!(%from, "gossip: too many connections from this address, closing");
+                continue;
+            };
             let me = self.clone();
             tokio::spawn(async move {
-                let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s)).await
+                let _held = (slot, peer);
+                let Ok(Ok(frame)) =
+                    tokio::time::timeout(INBOUND_DEADLINE, read_frame(&mut s, MAX_SYNC_REQUEST)).await
                 else {
                     return;
                 };
@@ -396,19 +423,99 @@ impl Runtime {
     }
 }
 
+/// One of an address's inbound connection slots, given back on drop.
+struct PeerSlot {
+    map: Arc<Mutex<BTreeMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    fn take(map: &Arc<Mutex<BTreeMap<std::net::IpAddr, usize>>>, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut m = lock(map);
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_INBOUND_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot { map: map.clone(), ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = lock(&self.map);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn write_frame(s: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
     s.write_all(&u32::try_from(data.len()).map_err(std::io::Error::other)?.to_be_bytes()).await?;
     s.write_all(data).await
 }
 
-async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+/// Reads a length-prefixed frame of at most `max` bytes. The buffer grows
+/// with the bytes that arrive, never to what the prefix claims up front.
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(s: &mut R, max: usize) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_TCP_FRAME {
-        return Err(std::io::Error::other("gossip frame too large"));
+    if len > max {
+        return Err(std::io::Error::other(format!("gossip frame of {len} bytes is over the limit of {max}")));
     }
-    let mut buf = vec![0u8; len];
-    s.read_exact(&mut buf).await?;
+    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    let got = s.take(len as u64).read_to_end(&mut buf).await?;
+    if got != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_over_the_limit_are_refused_before_anything_is_allocated() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
+        let e = read_frame(&mut b, MAX_SYNC_REQUEST).await.unwrap_err();
+        assert!(e.to_string().contains("over the limit of 4096"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn frames_are_read_whole_or_not_at_all() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&5u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"hello").await.unwrap();
+        assert_eq!(read_frame(&mut b, 16).await.unwrap(), b"hello");
+        // A frame cut short: the announced length never arrives.
+        a.write_all(&10u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"abc").await.unwrap();
+        drop(a);
+        let e = read_frame(&mut b, MAX_SYNC_RESPONSE).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn an_address_gets_a_bounded_number_of_slots_back_on_drop() {
+        let map = Arc::default();
+        let ip: std::net::IpAddr = Ipv4Addr::new(198, 18, 0, 9).into();
+        let held: Vec<PeerSlot> =
+            (0..MAX_INBOUND_PER_PEER).map(|_| PeerSlot::take(&map, ip).unwrap()).collect();
+        assert!(PeerSlot::take(&map, ip).is_none());
+        assert!(
+            PeerSlot::take(&map, Ipv4Addr::new(198, 18, 0, 10).into()).is_some(),
+            "others are not affected"
+        );
+        drop(held);
+        assert!(lock(&map).get(&ip).is_none());
+        assert!(PeerSlot::take(&map, ip).is_some());
+    }
 }
