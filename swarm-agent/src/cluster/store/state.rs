@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    index::Index,
     ipam::{Cidr, check_ip},
     model::{
         Cluster, ClusterSpec, Endpoint, ManagerInfo, Meta, Nanos, Network, Node, NodeDescription, NodeSpec,
@@ -18,8 +19,10 @@ use super::{
 };
 use crate::cluster::{ca::Role, error::ApiError};
 
-/// Everything the managers replicate.
+/// Everything the managers replicate. Networks and endpoints change only
+/// through [`ClusterState::apply`], which keeps the lookup index in step.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StateData")]
 pub struct ClusterState {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
@@ -29,6 +32,33 @@ pub struct ClusterState {
     pub endpoints: BTreeMap<String, Endpoint>,
     /// Nodes removed from the swarm: their certificates are refused.
     pub removed_nodes: BTreeSet<String>,
+    #[serde(skip)]
+    index: Index,
+}
+
+/// The serialized form; decoding builds the index.
+#[derive(Deserialize)]
+struct StateData {
+    cluster: Option<Cluster>,
+    nodes: BTreeMap<String, Node>,
+    networks: BTreeMap<String, Network>,
+    #[serde(default)]
+    endpoints: BTreeMap<String, Endpoint>,
+    removed_nodes: BTreeSet<String>,
+}
+
+impl From<StateData> for ClusterState {
+    fn from(d: StateData) -> ClusterState {
+        let index = Index::build(d.networks.values(), d.endpoints.values());
+        ClusterState {
+            cluster: d.cluster,
+            nodes: d.nodes,
+            networks: d.networks,
+            endpoints: d.endpoints,
+            removed_nodes: d.removed_nodes,
+            index,
+        }
+    }
 }
 
 /// A change to the state. `now` fields are set by the proposer.
@@ -110,6 +140,7 @@ impl ClusterState {
                 ingress.meta.version = index;
                 self.cluster = Some(cluster);
                 self.nodes.insert(node.id.clone(), node);
+                self.index.add_network(&ingress);
                 self.networks.insert(ingress.id.clone(), ingress);
             }
             Command::AddNode { node } => {
@@ -144,24 +175,37 @@ impl ClusterState {
             }
             Command::RemoveNode { id, .. } => {
                 self.nodes.remove(id);
-                self.endpoints.retain(|_, e| e.node_id != *id);
+                let idx = &mut self.index;
+                self.endpoints.retain(|_, e| {
+                    let keep = e.node_id != *id;
+                    if !keep {
+                        idx.remove_endpoint(e);
+                    }
+                    keep
+                });
                 self.removed_nodes.insert(id.clone());
             }
             Command::CreateNetwork { network } => {
                 let mut n = (**network).clone();
                 n.meta.version = index;
+                self.index.add_network(&n);
                 self.networks.insert(n.id.clone(), n);
             }
             Command::RemoveNetwork { id } => {
-                self.networks.remove(id);
+                if let Some(n) = self.networks.remove(id) {
+                    self.index.remove_network(&n);
+                }
             }
             Command::AddEndpoint { endpoint } => {
                 let mut e = (**endpoint).clone();
                 e.meta.version = index;
+                self.index.add_endpoint(&e);
                 self.endpoints.insert(e.id.clone(), e);
             }
             Command::RemoveEndpoint { id } => {
-                self.endpoints.remove(id);
+                if let Some(e) = self.endpoints.remove(id) {
+                    self.index.remove_endpoint(&e);
+                }
             }
             Command::SetGossipKeys { keys, now } => {
                 let c = self.cluster_mut()?;
@@ -186,6 +230,7 @@ impl ClusterState {
             }
             Command::ForceNewCluster { state, node_id, manager, now } => {
                 *self = (**state).clone();
+                self.index = Index::build(self.networks.values(), self.endpoints.values());
                 for n in self.nodes.values_mut() {
                     if n.id == *node_id {
                         n.role = Role::Manager;
@@ -256,7 +301,7 @@ impl ClusterState {
             Command::CreateNetwork { network } => self.check_new_network(network)?,
             Command::RemoveNetwork { id } => {
                 let n = self.network(id)?;
-                if self.endpoints.values().any(|e| e.network_id == *id) {
+                if self.index.has_endpoints(id) {
                     return Err(ApiError::precondition(format!(
                         "error while removing network: network {} id {} has active endpoints",
                         n.name, n.id
@@ -287,7 +332,7 @@ impl ClusterState {
 
     fn check_new_network(&self, n: &Network) -> Result<(), ApiError> {
         self.cluster()?;
-        if self.networks.values().any(|x| x.name == n.name) {
+        if self.index.network_named(&n.name).is_some() {
             return Err(ApiError::conflict(format!("network with name {} already exists", n.name)));
         }
         if self.networks.contains_key(&n.id) {
@@ -297,18 +342,14 @@ impl ClusterState {
             return Err(ApiError::conflict("an ingress network already exists"));
         }
         let subnet = Cidr::parse(&n.subnet).map_err(ApiError::invalid)?;
-        for other in self.networks.values() {
-            if let Ok(o) = Cidr::parse(&other.subnet)
-                && o.overlaps(subnet)
-            {
-                return Err(ApiError::conflict(format!(
-                    "invalid pool request: Pool overlaps with other one on this address space ({subnet} and {o} of network {})",
-                    other.name
-                )));
-            }
-            if other.vni == n.vni {
-                return Err(ApiError::conflict(format!("VNI {} is in use by network {}", n.vni, other.name)));
-            }
+        if let Some(other) = self.index.overlapping(subnet).and_then(|id| self.networks.get(id)) {
+            return Err(ApiError::conflict(format!(
+                "invalid pool request: Pool overlaps with other one on this address space ({subnet} and {} of network {})",
+                other.subnet, other.name
+            )));
+        }
+        if let Some(other) = self.index.vni_owner(n.vni).and_then(|id| self.networks.get(id)) {
+            return Err(ApiError::conflict(format!("VNI {} is in use by network {}", n.vni, other.name)));
         }
         Ok(())
     }
@@ -324,7 +365,7 @@ impl ClusterState {
             e.ip.parse().map_err(|_| ApiError::invalid(format!("invalid address {}", e.ip)))?;
         let gateway = n.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
         check_ip(subnet, gateway, ip).map_err(ApiError::invalid)?;
-        if self.endpoints.values().any(|x| x.network_id == e.network_id && x.ip == e.ip) {
+        if self.index.address_used(&e.network_id, &e.ip) {
             return Err(ApiError::conflict(format!(
                 "Address already in use: {} in network {}",
                 e.ip, n.name
@@ -342,7 +383,7 @@ impl ClusterState {
         if let Some(n) = self.networks.get(input) {
             return Ok(n);
         }
-        if let Some(n) = self.networks.values().find(|n| n.name == input) {
+        if let Some(n) = self.index.network_named(input).and_then(|id| self.networks.get(id)) {
             return Ok(n);
         }
         let by_prefix: Vec<&Network> =
@@ -613,6 +654,15 @@ mod tests {
         }
         assert_eq!(s.resolve_network("front").unwrap().id, "a");
         assert_eq!(s.resolve_network("zz").unwrap_err().message, "network zz not found");
+        // A state decoded from a snapshot checks the same way.
+        let decoded: ClusterState = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(decoded, s, "the index is rebuilt on decode");
+        let dup = net("b", "front", "10.0.2.0/24", 4098);
+        assert!(decoded.check(&Command::CreateNetwork { network: Box::new(dup) }).is_err());
+        // Removed, the name, subnet and VNI are free again.
+        s.apply(4, &Command::RemoveNetwork { id: "a".into() }).unwrap();
+        s.apply(5, &Command::CreateNetwork { network: Box::new(net("c", "front", "10.0.1.0/24", 4097)) })
+            .unwrap();
     }
 
     #[test]
