@@ -66,6 +66,8 @@ pub struct Manager {
     /// Held across "read what is free, propose it" for subnets, VNIs and
     /// addresses, so concurrent requests on this leader never pick the same one.
     allocation: tokio::sync::Mutex<()>,
+    /// Subnets and VNIs picked for networks being proposed.
+    reserved: Mutex<Reserved>,
     /// A snapshot being received from the leader.
     incoming_snapshot: Mutex<SnapshotReceiver>,
     /// When a leader's AppendEntries (or heartbeat) last reached this
@@ -76,6 +78,30 @@ pub struct Manager {
     membership_change: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the leader has picked for networks not yet committed.
+#[derive(Default)]
+struct Reserved {
+    subnets: Vec<Cidr>,
+    vnis: BTreeSet<u32>,
+}
+
+/// One network's picks, released when its proposal is over.
+struct Reservation<'a> {
+    reserved: &'a Mutex<Reserved>,
+    subnet: Cidr,
+    vni: u32,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut r = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = r.subnets.iter().position(|s| *s == self.subnet) {
+            r.subnets.swap_remove(i);
+        }
+        r.vnis.remove(&self.vni);
+    }
 }
 
 /// This manager's view of the leadership.
@@ -131,6 +157,7 @@ impl Manager {
             rpc,
             liveness: Mutex::new(Liveness::default()),
             allocation: tokio::sync::Mutex::new(()),
+            reserved: Mutex::new(Reserved::default()),
             incoming_snapshot: Mutex::new(SnapshotReceiver::default()),
             leader_contact: Mutex::new(None),
             membership_change: tokio::sync::Mutex::new(()),
@@ -930,26 +957,41 @@ impl Manager {
                 "invalid subnet {c}: an overlay subnet needs room for a gateway and an endpoint (a /30 or larger)"
             )));
         }
-        let _allocating = self.allocation.lock().await;
         for attempt in 0..3 {
-            let (subnet, vni) = self.state.read(|s| -> Result<(Cidr, u32), ApiError> {
-                let cluster = s.cluster()?;
-                let used: Vec<Cidr> = s.networks.values().filter_map(|n| Cidr::parse(&n.subnet).ok()).collect();
-                let subnet = if let Some(c) = user_subnet {
-                    c
-                } else {
-                    let pools: Vec<Cidr> =
-                        cluster.default_addr_pool.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
-                    ipam::next_subnet(&pools, cluster.subnet_size as u8, &used).ok_or_else(|| {
-                        ApiError::invalid(
-                            "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network",
-                        )
-                    })?
-                };
-                let vnis = s.networks.values().map(|n| n.vni).collect();
-                let vni = ipam::next_vni(&vnis).ok_or_else(|| ApiError::invalid("no VNI left"))?;
-                Ok((subnet, vni))
-            })?;
+            // Picked under the lock and reserved until proposed, so creates
+            // on this leader run concurrently without picking the same ones.
+            let picked = {
+                let _allocating = self.allocation.lock().await;
+                let mut r = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (subnet, vni) = self.state.read(|s| -> Result<(Cidr, u32), ApiError> {
+                    let cluster = s.cluster()?;
+                    let subnet = if let Some(c) = user_subnet {
+                        if r.subnets.iter().any(|x| x.overlaps(c)) {
+                            return Err(ApiError::conflict(format!(
+                                "invalid pool request: Pool overlaps with other one on this address space ({c} is being allocated)"
+                            )));
+                        }
+                        c
+                    } else {
+                        let mut used: Vec<Cidr> =
+                            s.networks.values().filter_map(|n| Cidr::parse(&n.subnet).ok()).collect();
+                        used.extend(r.subnets.iter().copied());
+                        let pools: Vec<Cidr> =
+                            cluster.default_addr_pool.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
+                        ipam::next_subnet(&pools, cluster.subnet_size as u8, &used).ok_or_else(|| {
+                            ApiError::invalid(
+                                "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network",
+                            )
+                        })?
+                    };
+                    let vni = s.next_free_vni(&r.vnis).ok_or_else(|| ApiError::invalid("no VNI left"))?;
+                    Ok((subnet, vni))
+                })?;
+                r.subnets.push(subnet);
+                r.vnis.insert(vni);
+                Reservation { reserved: &self.reserved, subnet, vni }
+            };
+            let (subnet, vni) = (picked.subnet, picked.vni);
             let gateway = match spec.gateway.as_deref() {
                 Some(g) => {
                     let ip: std::net::Ipv4Addr =

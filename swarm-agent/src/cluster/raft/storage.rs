@@ -399,6 +399,7 @@ impl RaftSnapshotBuilder<C> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
         // Encode under the read lock (applying waits for it, reads do not),
         // so the bytes are exactly the state at `last_applied`.
+        let started = std::time::Instant::now();
         let (meta, data) = {
             let a = self.data.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let meta =
@@ -406,6 +407,12 @@ impl RaftSnapshotBuilder<C> for SnapshotBuilder {
             (meta, encode(&a.state)?)
         };
         write_snapshot(&self.db, &meta, &data)?;
+        tracing::info!(
+            bytes = data.len(),
+            index = meta.last_log_id.as_ref().map_or(0, openraft::LogId::index),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(SnapshotOf::<C, SnapshotData> { meta, snapshot: data })
     }
 }
@@ -463,8 +470,15 @@ impl RaftStateMachine<C> for StateMachine {
         meta: &SnapshotMetaOf<C>,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
+        let started = std::time::Instant::now();
         let state: ClusterState = decode(&snapshot)?;
         write_snapshot(&self.db, meta, &snapshot)?;
+        tracing::info!(
+            bytes = snapshot.len(),
+            index = meta.last_log_id.as_ref().map_or(0, openraft::LogId::index),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
         let applied =
             Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
         *self.lock() = applied;

@@ -95,6 +95,11 @@ impl Index {
         self.subnets.range(first..=last).next().map(|(_, (_, id))| id.as_str())
     }
 
+    /// VNIs in use, ascending.
+    pub fn vnis(&self) -> impl Iterator<Item = u32> + '_ {
+        self.vnis.keys().copied()
+    }
+
     pub fn vni_owner(&self, vni: u32) -> Option<&str> {
         self.vnis.get(&vni).map(String::as_str)
     }

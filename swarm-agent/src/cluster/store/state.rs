@@ -397,6 +397,28 @@ impl ClusterState {
         }
     }
 
+    /// The lowest VNI from [`ipam::FIRST_VNI`](super::ipam::FIRST_VNI) in use
+    /// neither here nor in `reserved`.
+    pub fn next_free_vni(&self, reserved: &BTreeSet<u32>) -> Option<u32> {
+        let first = super::ipam::FIRST_VNI;
+        let mut want = first;
+        let mut used = self.index.vnis().filter(move |v| *v >= first).peekable();
+        while want <= super::ipam::MAX_VNI {
+            if used.peek() == Some(&want) {
+                used.next();
+            } else if !reserved.contains(&want) {
+                return Some(want);
+            }
+            want += 1;
+        }
+        None
+    }
+
+    /// Whether `c` overlaps a network's subnet.
+    pub fn subnet_taken(&self, c: Cidr) -> bool {
+        self.index.overlapping(c).is_some()
+    }
+
     pub fn cluster(&self) -> Result<&Cluster, ApiError> {
         self.cluster.as_ref().ok_or_else(|| ApiError::unavailable(crate::cluster::error::NOT_IN_SWARM))
     }
@@ -663,6 +685,19 @@ mod tests {
         s.apply(4, &Command::RemoveNetwork { id: "a".into() }).unwrap();
         s.apply(5, &Command::CreateNetwork { network: Box::new(net("c", "front", "10.0.1.0/24", 4097)) })
             .unwrap();
+    }
+
+    #[test]
+    fn free_vnis_skip_used_and_reserved_ones() {
+        let mut s = initialized();
+        assert_eq!(s.next_free_vni(&BTreeSet::new()), Some(4097), "ingress has 4096");
+        assert_eq!(s.next_free_vni(&BTreeSet::from([4097, 4098])), Some(4099));
+        s.apply(2, &Command::CreateNetwork { network: Box::new(net("a", "a", "10.0.1.0/24", 4097)) })
+            .unwrap();
+        s.apply(3, &Command::CreateNetwork { network: Box::new(net("b", "b", "10.0.2.0/24", 4099)) })
+            .unwrap();
+        assert_eq!(s.next_free_vni(&BTreeSet::new()), Some(4098), "the gap");
+        assert_eq!(s.next_free_vni(&BTreeSet::from([4098])), Some(4100));
     }
 
     #[test]
