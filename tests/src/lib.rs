@@ -4,6 +4,7 @@
 //! This library must not depend on `swarm-agent`: `cargo xtask` uses the
 //! testbed before the eBPF objects the agent embeds have been built.
 
+pub mod chaos;
 pub mod cmd;
 pub mod overlay;
 pub mod packet;

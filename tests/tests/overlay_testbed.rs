@@ -163,8 +163,10 @@ fn disconnected_and_departed_endpoints_are_withdrawn_everywhere() {
 }
 
 #[test]
-fn a_dead_hosts_endpoints_are_withdrawn_and_return_with_it() {
-    let tb = cluster(3, 1, &[], &[]);
+fn a_dead_hosts_endpoints_are_withdrawn_once_it_is_down_and_return_with_it() {
+    // Gossip finds the host dead within about 2 s but keeps its endpoints
+    // until the managers mark it Down (3 heartbeats of 500 ms).
+    let tb = cluster(3, 1, &[], &["--dispatcher-heartbeat", "500ms"]);
     let hosts = tb.hosts();
     create_attachable(&hosts[0], NET);
     let eps: Vec<Endpoint> = hosts.iter().map(|h| connect(h, NET, "ep").unwrap()).collect();
@@ -378,4 +380,79 @@ fn concurrent_connects_on_different_hosts_get_distinct_addresses() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 12, "duplicate addresses: {ips:?}");
+}
+
+/// Starts `program` inside the network namespace at `netns`, stdout piped.
+fn spawn_in(netns: &std::path::Path, program: &str, args: &[&str]) -> std::process::Child {
+    in_netns(netns, || {
+        std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"))
+    })
+}
+
+/// The longest run of iperf3 intervals that moved no byte, in seconds.
+fn longest_stall(iperf_json: &str) -> f64 {
+    let v: serde_json::Value =
+        serde_json::from_str(iperf_json).unwrap_or_else(|e| panic!("{e}: {iperf_json}"));
+    let (mut run, mut worst) = (0.0f64, 0.0f64);
+    for i in v["intervals"].as_array().expect("intervals") {
+        let (bytes, secs) =
+            (i["sum"]["bytes"].as_u64().unwrap_or(0), i["sum"]["seconds"].as_f64().unwrap_or(0.0));
+        if bytes == 0 {
+            run += secs;
+            worst = worst.max(run);
+        } else {
+            run = 0.0;
+        }
+    }
+    worst
+}
+
+#[test]
+fn an_agent_down_for_eight_seconds_breaks_no_flow() {
+    let tb = cluster(2, 1, &[], &[]);
+    let hosts = tb.hosts();
+    create_attachable(&hosts[0], NET);
+    let a = connect(&hosts[0], NET, "ep").unwrap();
+    let b = connect(&hosts[1], NET, "ep").unwrap();
+    wait_reachable(&a, b.ip);
+    wait_reachable(&b, a.ip);
+    let to = b.ip.to_string();
+    let mut server = spawn_in(&b.netns, "iperf3", &["-s", "-1"]);
+    poll::until("iperf3 to listen", SETTLE, || {
+        b.within(|| std::net::TcpStream::connect((b.ip, 5201)).map(drop).map_err(|e| e.to_string()))
+    })
+    .unwrap();
+    let client = spawn_in(&a.netns, "iperf3", &["-c", &to, "-t", "14", "-i", "0.25", "--json"]);
+    let ping = spawn_in(&a.netns, "ping", &["-i", "0.02", "-w", "14", "-q", &to]);
+    // The worker's agent is gone for 8 s: gossip on the manager finds it
+    // dead after about 2 s, long before the managers would mark it Down.
+    kill9(&hosts[1]);
+    std::thread::sleep(Duration::from_secs(8));
+    let _agent = start_daemon(&hosts[1], &[]);
+    let ping = ping.wait_with_output().unwrap();
+    let client = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let summary = String::from_utf8_lossy(&ping.stdout).into_owned();
+    let counts: Vec<u64> = summary
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {summary}"))
+        .split(',')
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect();
+    eprintln!("ping: {summary}");
+    assert!(counts.len() >= 2 && counts[0] > 300, "{summary}");
+    assert_eq!(counts[0], counts[1], "ping lost packets: {summary}\n{}", daemon_log(&hosts[0]));
+    let stall = longest_stall(&String::from_utf8_lossy(&client.stdout));
+    eprintln!("longest iperf3 stall: {stall:.2} s");
+    assert!(stall < 1.0, "the TCP stream stalled for {stall:.2} s\n{}", daemon_log(&hosts[0]));
+    // And the restarted agent is in the overlay again: a new endpoint spreads.
+    let c = connect(&hosts[1], NET, "ep-c").unwrap();
+    wait_reachable(&a, c.ip);
 }

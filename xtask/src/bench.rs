@@ -21,12 +21,15 @@ pub enum Which {
     ControlPlane(Args),
     /// Overlay throughput and latency: underlay vs kernel vxlan+bridge vs eBPF.
     Overlay(crate::bench_overlay::Args),
+    /// Raft write cost as the store grows, and 50 MB snapshot build/install.
+    Store(crate::bench_store::Args),
 }
 
 pub fn run(which: &Which) -> anyhow::Result<()> {
     match which {
         Which::ControlPlane(a) => control_plane(a),
         Which::Overlay(a) => crate::bench_overlay::run(a),
+        Which::Store(a) => crate::bench_store::run(a),
     }
 }
 

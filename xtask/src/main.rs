@@ -7,9 +7,11 @@
 //! - `demo`: a three-host swarm in network namespaces (`demo --down` removes it).
 //! - `bench control-plane`: init/join/failover/Down-detection times.
 //! - `bench overlay`: overlay throughput/latency vs the underlay and vxlan+bridge.
+//! - `bench store`: Raft write cost as the store grows; 50 MB snapshots.
 
 mod bench;
 mod bench_overlay;
+mod bench_store;
 mod build_ebpf;
 mod demo;
 mod setup;
@@ -43,7 +45,7 @@ enum Task {
     Test(test::Args),
     /// Bring up a three-host demo swarm in network namespaces (`--down` removes it).
     Demo(demo::Args),
-    /// Benchmarks on the testbed: `control-plane` or `overlay`.
+    /// Benchmarks on the testbed: `control-plane`, `overlay` or `store`.
     Bench {
         #[command(subcommand)]
         which: bench::Which,

@@ -725,11 +725,14 @@ async fn network_disconnect(
 }
 
 /// Not Docker's: this manager's own copy of the store (`debug store`).
-async fn store_digest(State(e): S) -> Result<Json<crate::cluster::raft::storage::StoreDigest>, ApiError> {
+async fn store_digest(
+    State(e): S,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<crate::cluster::raft::storage::StoreDigest>, ApiError> {
     let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::INACTIVE))?;
     let mgr =
         node.manager().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::NOT_A_MANAGER))?;
-    mgr.state().digest().map(Json).map_err(|e| ApiError::internal(e.to_string()))
+    mgr.state().digest(flag(&q, "objects")).map(Json).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 async fn tasks_list(State(e): S) -> Result<Json<Vec<serde_json::Value>>, ApiError> {

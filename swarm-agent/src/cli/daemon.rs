@@ -15,6 +15,10 @@ pub struct DaemonArgs {
     /// How often the leader makes a new gossip encryption key (default 12h)
     #[arg(long, env = "SWARM_GOSSIP_KEY_ROTATION", value_parser = super::swarm::parse_duration)]
     pub gossip_key_rotation: Option<Duration>,
+    /// How long a node that gossip found dead keeps its endpoints in this
+    /// node's datapath unless the managers mark it Down first (default 60s)
+    #[arg(long, env = "SWARM_GOSSIP_DOWN_GRACE", value_parser = super::swarm::parse_duration)]
+    pub gossip_down_grace: Option<Duration>,
     /// Root of this agent's pinned eBPF objects (on a bpffs)
     #[arg(long, env = "SWARM_BPFFS", default_value = crate::datapath::bpffs::DEFAULT_ROOT)]
     pub bpffs: PathBuf,
@@ -56,6 +60,7 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
     let options = crate::cluster::node::NodeOptions {
         timing,
         bpffs: args.bpffs.clone(),
+        gossip_down_grace: args.gossip_down_grace.unwrap_or(crate::cluster::gossip::DOWN_GRACE),
         xdp: crate::datapath::host::XdpPolicy::parse(&args.xdp)
             .unwrap_or(crate::datapath::host::XdpPolicy::Auto),
     };

@@ -13,7 +13,11 @@ pub enum DebugCmd {
     /// This manager's own copy of the store: applied Raft index, object
     /// counts, size and SHA-256 of its encoding (JSON). Read locally, never
     /// forwarded to the leader: compares managers' copies.
-    Store,
+    Store {
+        /// Also list every network's name.
+        #[arg(long)]
+        objects: bool,
+    },
     /// The underlay XDP program that counts VXLAN frames per VNI.
     Xdp {
         /// Root of this agent's pinned eBPF objects (on a bpffs).
@@ -56,7 +60,7 @@ pub enum Mode {
 pub fn run(cmd: DebugCmd) -> anyhow::Result<()> {
     match cmd {
         DebugCmd::Xdp { bpffs, cmd } => xdp(&PinLayout::new(bpffs), cmd),
-        DebugCmd::Store => Ok(()),
+        DebugCmd::Store { .. } => Ok(()),
     }
 }
 
@@ -115,8 +119,12 @@ fn xdp(pins: &PinLayout, cmd: XdpCmd) -> anyhow::Result<()> {
 }
 
 /// `debug store`: prints the daemon's `/swarm-agent/store` answer.
-pub async fn store(client: &crate::cli::client::Client) -> Result<(), crate::cli::client::CliError> {
-    let raw = client.get_raw("/swarm-agent/store").await?;
+pub async fn store(
+    client: &crate::cli::client::Client,
+    objects: bool,
+) -> Result<(), crate::cli::client::CliError> {
+    let raw =
+        client.get_raw(if objects { "/swarm-agent/store?objects=1" } else { "/swarm-agent/store" }).await?;
     println!("{}", String::from_utf8_lossy(&raw));
     Ok(())
 }

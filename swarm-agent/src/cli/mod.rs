@@ -99,7 +99,9 @@ async fn run(cli: Cli) -> ExitCode {
     let data_root = cli.data_root();
     let result = match cli.cmd {
         Cmd::Daemon(args) => return daemon::run(client.socket().to_owned(), data_root, args).await,
-        Cmd::Debug { cmd: debug::DebugCmd::Store } => debug::store(&client).await.map_err(|e| e.to_string()),
+        Cmd::Debug { cmd: debug::DebugCmd::Store { objects } } => {
+            debug::store(&client, objects).await.map_err(|e| e.to_string())
+        }
         Cmd::Debug { cmd } => debug::run(cmd).map_err(|e| format!("Error: {e:#}")),
         cmd => client_command(&client, &data_root, cmd).await.map_err(|e| e.to_string()),
     };

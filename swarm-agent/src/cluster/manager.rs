@@ -718,6 +718,9 @@ impl Manager {
             gossip_keys: self
                 .state
                 .read(|s| s.cluster.as_ref().map(|c| c.gossip_keys.clone()).unwrap_or_default()),
+            down_nodes: self.state.read(|s| {
+                s.nodes.values().filter(|n| n.status.state == NodeState::Down).map(|n| n.id.clone()).collect()
+            }),
         })
     }
 

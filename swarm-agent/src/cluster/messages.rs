@@ -88,6 +88,10 @@ pub struct HeartbeatResponse {
     /// Gossip encryption keys, the one to encrypt with first.
     #[serde(default)]
     pub gossip_keys: Vec<GossipKey>,
+    /// Nodes the managers have marked Down: gossip withdraws their
+    /// endpoints without waiting out its grace.
+    #[serde(default)]
+    pub down_nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -64,6 +64,8 @@ pub struct NodeOptions {
     /// Root of the pinned eBPF objects.
     pub bpffs: PathBuf,
     pub xdp: XdpPolicy,
+    /// See [`super::gossip::DOWN_GRACE`].
+    pub gossip_down_grace: Duration,
 }
 
 impl Default for NodeOptions {
@@ -72,6 +74,7 @@ impl Default for NodeOptions {
             timing: Timing::default(),
             bpffs: PathBuf::from(crate::datapath::bpffs::DEFAULT_ROOT),
             xdp: XdpPolicy::Auto,
+            gossip_down_grace: super::gossip::DOWN_GRACE,
         }
     }
 }
@@ -659,7 +662,8 @@ impl SwarmNode {
             return;
         };
         let port = u16::try_from(l.data_path_port).unwrap_or(swarm_common::VXLAN_UDP_PORT);
-        match self.overlay.start(&l.node_id, ip, port, &self.options.bpffs, self.options.xdp, keys).await {
+        let started = self.overlay.start(&l.node_id, ip, port, &self.options, keys).await;
+        match started {
             Ok(()) => self.overlay.seeds(&l.managers),
             Err(e) => tracing::warn!("overlay not started: {e}"),
         }
@@ -759,6 +763,7 @@ impl SwarmNode {
                     if self.overlay.is_running() {
                         self.overlay.set_keys(&resp.gossip_keys);
                         self.overlay.seeds(&resp.managers);
+                        self.overlay.set_down(&resp.down_nodes);
                     } else {
                         self.start_overlay(resp.gossip_keys.clone()).await;
                     }

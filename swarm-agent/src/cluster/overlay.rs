@@ -25,7 +25,7 @@ use super::{
 };
 use crate::datapath::{
     DatapathError, PinLayout,
-    host::{HostDatapath, XdpPolicy},
+    host::HostDatapath,
     netlink::{self, EndpointLink},
 };
 
@@ -68,6 +68,8 @@ struct Running {
     gossip: Gossip,
     events: JoinHandle<()>,
     keys: Vec<GossipKey>,
+    /// The managers' Down nodes, as last passed to gossip.
+    down: std::collections::BTreeSet<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -92,10 +94,10 @@ impl Overlay {
         node_id: &str,
         underlay_ip: Ipv4Addr,
         vxlan_port: u16,
-        bpffs: &Path,
-        xdp: XdpPolicy,
+        options: &super::node::NodeOptions,
         keys: Vec<GossipKey>,
     ) -> Result<(), ApiError> {
+        let (bpffs, xdp, down_grace) = (options.bpffs.as_path(), options.xdp, options.gossip_down_grace);
         if lock(&self.inner).is_some() {
             return Ok(());
         }
@@ -110,6 +112,7 @@ impl Overlay {
                 addr: underlay_ip,
                 port: super::gossip::PORT,
                 incarnation,
+                down_grace,
             },
             &keys,
             tx,
@@ -124,7 +127,8 @@ impl Overlay {
             drop(d);
             gossip.set_local(&ep.network_id, &ep.endpoint_id, record(ep, underlay_ip));
         }
-        *lock(&self.inner) = Some(Running { datapath, gossip, events, keys });
+        *lock(&self.inner) =
+            Some(Running { datapath, gossip, events, keys, down: std::collections::BTreeSet::new() });
         Ok(())
     }
 
@@ -139,6 +143,17 @@ impl Overlay {
         {
             r.keys = keys.to_vec();
             r.gossip.set_keys(keys.to_vec());
+        }
+    }
+
+    /// The nodes the managers consider Down (from heartbeats).
+    pub fn set_down(&self, nodes: &[String]) {
+        if let Some(r) = lock(&self.inner).as_mut() {
+            let set: std::collections::BTreeSet<String> = nodes.iter().cloned().collect();
+            if r.down != set {
+                r.down.clone_from(&set);
+                r.gossip.set_down(set);
+            }
         }
     }
 
@@ -294,13 +309,20 @@ fn record(ep: &LocalEndpoint, host: Ipv4Addr) -> EndpointRecord {
     EndpointRecord { vni: ep.vni, ip: ep.ip.octets(), mac: ep.mac, host_ip: host.octets() }
 }
 
+/// How long after (re)starting the datapath only ever gains member hosts:
+/// a restarted agent knows no peer for a moment, and its pinned maps still
+/// hold the ones whose traffic is flowing.
+const HOSTS_WARMUP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Applies gossip's news to the datapath tables.
 async fn apply_events(datapath: Arc<Mutex<HostDatapath>>, mut rx: mpsc::UnboundedReceiver<GossipEvent>) {
+    let started = std::time::Instant::now();
     while let Some(ev) = rx.recv().await {
         let mut d = lock(&datapath);
         let r = match &ev {
             GossipEvent::Upsert(r) => d.set_remote_endpoint(r.vni, r.ip.into(), r.mac, r.host_ip.into()),
             GossipEvent::Remove(r) => d.remove_remote_endpoint(r.vni, r.ip.into()),
+            GossipEvent::Hosts(h) if started.elapsed() < HOSTS_WARMUP => d.add_hosts(h),
             GossipEvent::Hosts(h) => d.set_hosts(h),
         };
         if let Err(e) = r {

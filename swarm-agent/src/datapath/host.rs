@@ -244,6 +244,17 @@ impl HostDatapath {
         if local { Ok(()) } else { self.maps().remove_endpoint(key) }
     }
 
+    /// Adds `hosts` to the member hosts allowed to send VXLAN.
+    pub fn add_hosts(&mut self, hosts: &[Ipv4Addr]) -> Result<(), DatapathError> {
+        let have: std::collections::BTreeSet<[u8; 4]> = self.maps().hosts()?.into_iter().collect();
+        for h in hosts {
+            if !have.contains(&h.octets()) {
+                self.maps().set_host(h.octets())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes exactly `hosts` the member hosts allowed to send VXLAN.
     pub fn set_hosts(&mut self, hosts: &[Ipv4Addr]) -> Result<(), DatapathError> {
         let want: std::collections::BTreeSet<[u8; 4]> = hosts.iter().map(Ipv4Addr::octets).collect();

@@ -37,6 +37,13 @@ pub const PORT: u16 = 7946;
 const SYNC_INTERVAL: Duration = Duration::from_secs(2);
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 const REAP_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a member that SWIM declared dead keeps its endpoints in this
+/// node's datapath, unless the managers mark it Down first: an agent that
+/// crashes and restarts within it breaks no flow. (SWIM notices a silent
+/// agent in about 2 s; the dispatcher marks it Down after 3 heartbeats,
+/// 15 s by default.)
+pub const DOWN_GRACE: Duration = Duration::from_secs(60);
+const GRACE_CHECK: Duration = Duration::from_secs(1);
 /// The largest table sync response read from a member we asked (read as
 /// it arrives: nothing is reserved for what a length prefix announces).
 const MAX_SYNC_RESPONSE: usize = 16 << 20;
@@ -88,6 +95,7 @@ enum Cmd {
     RemoveLocal { network: String, key: String },
     Keys(Vec<GossipKey>),
     Seeds(Vec<Ipv4Addr>),
+    Down(BTreeSet<String>),
     Stop,
 }
 
@@ -102,6 +110,10 @@ struct Shared {
     db: Mutex<NetworkDb>,
     keys: Mutex<Keyring>,
     members: Mutex<BTreeMap<String, Member>>,
+    /// Members SWIM declared dead whose endpoints are kept for now, with when.
+    dying: Mutex<BTreeMap<String, (Member, tokio::time::Instant)>>,
+    /// Nodes the managers have marked Down.
+    down: Mutex<BTreeSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -116,6 +128,8 @@ pub struct GossipConfig {
     pub port: u16,
     /// Grows with every start of this node.
     pub incarnation: u64,
+    /// See [`DOWN_GRACE`].
+    pub down_grace: Duration,
 }
 
 fn foca_config() -> Config {
@@ -148,10 +162,18 @@ impl Gossip {
             db: Mutex::new(NetworkDb::new(&cfg.node_id, cfg.incarnation)),
             keys: Mutex::new(Keyring::new(keys)),
             members: Mutex::new(BTreeMap::new()),
+            dying: Mutex::new(BTreeMap::new()),
+            down: Mutex::new(BTreeSet::new()),
         });
         let (cmds, rx) = mpsc::unbounded_channel();
-        let rt =
-            Runtime { me: me.clone(), udp: Arc::new(udp), shared: shared.clone(), events, port: cfg.port };
+        let rt = Runtime {
+            me: me.clone(),
+            udp: Arc::new(udp),
+            shared: shared.clone(),
+            events,
+            port: cfg.port,
+            down_grace: cfg.down_grace,
+        };
         tokio::spawn(rt.clone().serve_tcp(tcp));
         tokio::spawn(rt.run(me, rx));
         Ok(Gossip { cmds, shared })
@@ -177,6 +199,12 @@ impl Gossip {
         let _ = self.cmds.send(Cmd::Seeds(seeds));
     }
 
+    /// The nodes the managers consider Down: a dead member among them loses
+    /// its endpoints at once instead of after [`DOWN_GRACE`].
+    pub fn set_down(&self, nodes: BTreeSet<String>) {
+        let _ = self.cmds.send(Cmd::Down(nodes));
+    }
+
     /// Live members other than this node.
     pub fn members(&self) -> Vec<Member> {
         lock(&self.shared.members).values().cloned().collect()
@@ -199,6 +227,7 @@ struct Runtime {
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<GossipEvent>,
     port: u16,
+    down_grace: Duration,
 }
 
 type FocaT = Foca<Member, PostcardCodec, rand_foca::rngs::StdRng, foca::NoCustomBroadcast>;
@@ -213,6 +242,7 @@ impl Runtime {
         let mut sync = tokio::time::interval(SYNC_INTERVAL);
         let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
         let mut reap = tokio::time::interval(REAP_INTERVAL);
+        let mut grace = tokio::time::interval(GRACE_CHECK);
         self.publish_hosts();
         loop {
             tokio::select! {
@@ -247,6 +277,10 @@ impl Runtime {
                     Some(Cmd::Keys(keys)) => {
                         *lock(&self.shared.keys) = Keyring::new(&keys);
                     }
+                    Some(Cmd::Down(nodes)) => {
+                        *lock(&self.shared.down) = nodes;
+                        self.withdraw_dead().await;
+                    }
                     Some(Cmd::Seeds(seeds)) => {
                         for ip in seeds {
                             let seed = Member { node_id: String::new(), addr: SocketAddrV4::new(ip, self.port), incarnation: 0 };
@@ -262,6 +296,12 @@ impl Runtime {
                     self.apply(outs).await;
                 }
                 _ = reap.tick() => lock(&self.shared.db).reap_tombstones(),
+                _ = grace.tick() => {
+                    self.withdraw_dead().await;
+                    // Also ends the datapath's start-up phase, in which
+                    // hosts are only ever added (see `datapath::host`).
+                    self.publish_hosts();
+                }
             }
             self.drain(&mut acc, &timer_tx).await;
         }
@@ -287,6 +327,9 @@ impl Runtime {
             let outs = match n {
                 OwnedNotification::MemberUp(m) => {
                     let id = m.node_id.clone();
+                    if lock(&self.shared.dying).remove(&id).is_some() {
+                        tracing::info!(node = %id, "gossip: member back within its grace; endpoints kept");
+                    }
                     lock(&self.shared.members).insert(id.clone(), m);
                     self.publish_hosts();
                     lock(&self.shared.db).node_up(&id)
@@ -299,9 +342,16 @@ impl Runtime {
                         continue;
                     }
                     lock(&self.shared.members).remove(&m.node_id);
+                    tracing::info!(
+                        node = %m.node_id,
+                        grace = ?self.down_grace,
+                        "gossip: member down; its endpoints stay until the managers mark it Down or the grace ends"
+                    );
+                    let id = m.node_id.clone();
+                    lock(&self.shared.dying).insert(id, (m, tokio::time::Instant::now()));
                     self.publish_hosts();
-                    tracing::info!(node = %m.node_id, "gossip: member down");
-                    lock(&self.shared.db).node_down(&m.node_id)
+                    Box::pin(self.withdraw_dead()).await;
+                    Vec::new()
                 }
                 OwnedNotification::Rename(_, m) => {
                     lock(&self.shared.members).insert(m.node_id.clone(), m);
@@ -314,9 +364,37 @@ impl Runtime {
         }
     }
 
+    /// Withdraws the endpoints of dead members that the managers marked
+    /// Down or whose grace is over.
+    async fn withdraw_dead(&self) {
+        let gone: Vec<String> = {
+            let down = lock(&self.shared.down);
+            let mut dying = lock(&self.shared.dying);
+            let gone: Vec<String> = dying
+                .iter()
+                .filter(|(id, (_, since))| down.contains(*id) || since.elapsed() >= self.down_grace)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &gone {
+                dying.remove(id);
+            }
+            gone
+        };
+        if gone.is_empty() {
+            return;
+        }
+        self.publish_hosts();
+        for id in gone {
+            tracing::info!(node = %id, "gossip: withdrawing a dead member's endpoints");
+            let outs = lock(&self.shared.db).node_down(&id);
+            self.apply(outs).await;
+        }
+    }
+
     fn publish_hosts(&self) {
         let mut hosts: BTreeSet<Ipv4Addr> =
             lock(&self.shared.members).values().map(|m| *m.addr.ip()).collect();
+        hosts.extend(lock(&self.shared.dying).values().map(|(m, _)| *m.addr.ip()));
         hosts.insert(*self.me.addr.ip());
         let _ = self.events.send(GossipEvent::Hosts(hosts.into_iter().collect()));
     }

@@ -263,6 +263,9 @@ pub struct StoreDigest {
     pub endpoints: usize,
     pub bytes: usize,
     pub sha256: String,
+    /// Every network's name, with `debug store --objects`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_names: Option<Vec<String>>,
 }
 
 /// A read handle on the applied state, shared with the rest of the manager.
@@ -285,7 +288,7 @@ impl StateReader {
 
     /// The applied index and a digest of the state at that index, taken
     /// together (to compare managers' copies).
-    pub fn digest(&self) -> io::Result<StoreDigest> {
+    pub fn digest(&self, with_names: bool) -> io::Result<StoreDigest> {
         let a = self.data.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let bytes = encode(&a.state)?;
         Ok(StoreDigest {
@@ -295,6 +298,7 @@ impl StateReader {
             endpoints: a.state.endpoints.len(),
             bytes: bytes.len(),
             sha256: super::network::sha256_hex(&bytes),
+            network_names: with_names.then(|| a.state.networks.values().map(|n| n.name.clone()).collect()),
         })
     }
 
