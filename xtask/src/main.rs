@@ -8,11 +8,13 @@
 //! - `bench control-plane`: init/join/failover/Down-detection times.
 //! - `bench overlay`: overlay throughput/latency vs the underlay and vxlan+bridge.
 //! - `bench store`: Raft write cost as the store grows; 50 MB snapshots.
+//! - `chaos`: the fault suite's long form (kills and partitions under a writer).
 
 mod bench;
 mod bench_overlay;
 mod bench_store;
 mod build_ebpf;
+mod chaos;
 mod demo;
 mod setup;
 mod test;
@@ -45,6 +47,8 @@ enum Task {
     Test(test::Args),
     /// Bring up a three-host demo swarm in network namespaces (`--down` removes it).
     Demo(demo::Args),
+    /// The fault suite's long form: leader kills and partitions under a writer.
+    Chaos(chaos::Args),
     /// Benchmarks on the testbed: `control-plane`, `overlay` or `store`.
     Bench {
         #[command(subcommand)]
@@ -61,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench { which } => bench::run(&which),
+        Task::Chaos(args) => chaos::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
