@@ -383,3 +383,78 @@ fn what_one_host_encapsulates_the_other_decapsulates_to_the_original() {
     assert_eq!(ret, TC_ACT_REDIRECT);
     assert_eq!(out, frame);
 }
+
+/// Fuzzing the programs with random frames (many biased to look like what
+/// each program acts on): only the verdicts each may give, a frame passed
+/// on the underlay is passed untouched, and only frames from the local
+/// endpoint's own address are ever forwarded from an endpoint.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        (proptest::collection::vec(any::<u8>(), 14..160), 0u8..4).prop_map(|(mut f, bias)| {
+            let n = f.len();
+            match bias {
+                // IPv4/UDP to the VXLAN port from the member host.
+                1 if n >= 50 => {
+                    f[12..14].copy_from_slice(&[0x08, 0x00]);
+                    f[14] = 0x45;
+                    f[20..22].copy_from_slice(&[0, 0]);
+                    f[23] = 17;
+                    f[26..30].copy_from_slice(&HOST_B);
+                    f[30..34].copy_from_slice(&HOST_A);
+                    f[36..38].copy_from_slice(&4789u16.to_be_bytes());
+                    f[42] = 0x08;
+                }
+                // IPv4 from the local endpoint.
+                2 if n >= 34 => {
+                    f[12..14].copy_from_slice(&[0x08, 0x00]);
+                    f[14] = 0x45;
+                    f[26..30].copy_from_slice(&EP_A.octets());
+                }
+                // ARP.
+                3 => f[12..14].copy_from_slice(&[0x08, 0x06]),
+                _ => {}
+            }
+            f
+        })
+    }
+
+    #[test]
+    fn random_frames_get_only_allowed_verdicts_and_no_wrong_rewrite() {
+        // One loaded datapath for every case (loading is the slow part).
+        let h = std::cell::RefCell::new(Host::a());
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 1500,
+            ..ProptestConfig::default()
+        });
+        let result = runner.run(&frame(), |f| {
+            let mut h = h.borrow_mut();
+            let (ret, out) = h.run_tc(PROG_TC_FROM_UNDERLAY, &f);
+            prop_assert!(ret == TC_ACT_OK || ret == TC_ACT_SHOT || ret == TC_ACT_REDIRECT, "{ret}");
+            if ret == TC_ACT_OK {
+                prop_assert_eq!(&out, &f, "passed frames are not rewritten");
+            }
+            if ret == TC_ACT_REDIRECT {
+                // Delivered only from the member host to the local endpoint, decapsulated.
+                prop_assert_eq!(&f[26..30], &HOST_B[..]);
+                prop_assert_eq!(out.len() + 50, f.len());
+            }
+            let (ret, _) = h.run_tc(PROG_TC_FROM_ENDPOINT, &f);
+            prop_assert!(ret == TC_ACT_SHOT || ret == TC_ACT_REDIRECT, "{ret}");
+            if ret == TC_ACT_REDIRECT {
+                let from_ep = f[12..14] == [0x08, 0x00] && f[26..30] == EP_A.octets();
+                let arp = f[12..14] == [0x08, 0x06] && f.len() >= 42 && f[28..32] == EP_A.octets();
+                prop_assert!(from_ep || arp, "forwarded a frame not from the endpoint: {f:02x?}");
+            }
+            let v = h.run_xdp(&f);
+            prop_assert!(v == XDP_PASS || v == XDP_DROP);
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
+}

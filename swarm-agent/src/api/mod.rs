@@ -769,3 +769,30 @@ mod tests {
         assert_eq!(parse_filters(&q).unwrap()["role"], vec!["worker".to_owned()]);
     }
 }
+
+/// Fuzzing request parsing: filters and bodies from any client.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn filters_parse_or_fail_cleanly(raw in "\\PC{0,80}", json in any::<bool>()) {
+            let raw = if json { format!("{{\"{raw}\": [\"{raw}\"]}}") } else { raw };
+            let q = HashMap::from([("filters".to_owned(), raw)]);
+            let _ = parse_filters(&q);
+        }
+
+        #[test]
+        fn bodies_decode_or_fail_cleanly(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let body = axum::body::Bytes::from(data);
+            let _ = json_body::<InitRequest>(&body);
+            let _ = json_body::<NetworkCreate>(&body);
+            let _ = convert::node_spec_json(&body);
+        }
+    }
+}

@@ -168,3 +168,44 @@ mod tests {
         assert!(!tokens_equal("abc", "abcd"));
     }
 }
+
+/// Fuzzing the parser: any input, and valid tokens changed in one place.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_string_is_parsed_or_refused_without_panicking(s in "\\PC{0,120}") {
+            let _ = JoinToken::parse(&s);
+        }
+
+        #[test]
+        fn token_shaped_strings_are_parsed_or_refused(
+            v in prop_oneof!["1", "2-0", "2-1", "3", ""],
+            d in "[0-9a-zA-Z]{0,52}",
+            s in "[0-9a-zA-Z-]{0,27}",
+        ) {
+            let t = format!("SWMTKN-{v}-{d}-{s}");
+            if let Ok(p) = JoinToken::parse(&t) {
+                prop_assert_eq!(p.as_str(), t.as_str());
+            }
+        }
+
+        #[test]
+        fn a_changed_token_is_never_equal_to_the_real_one(at in 0usize..85, c in any::<char>()) {
+            let real = JoinToken::generate(b"ca");
+            let mut chars: Vec<char> = real.as_str().chars().collect();
+            let at = at % chars.len();
+            prop_assume!(chars[at] != c);
+            chars[at] = c;
+            let changed: String = chars.into_iter().collect();
+            prop_assert!(!tokens_equal(&changed, real.as_str()));
+            let _ = JoinToken::parse(&changed);
+        }
+    }
+}

@@ -189,3 +189,64 @@ mod tests {
         assert_eq!(dropped.open(&old), Err(WireError::UnknownKey(1)));
     }
 }
+
+/// Fuzzing packet decoding: nothing unauthenticated opens, nothing panics.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ring() -> Keyring {
+        Keyring::new(&[GossipKey::generate(1)])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_open(data in proptest::collection::vec(any::<u8>(), 0..600), versioned in any::<bool>()) {
+            let mut data = data;
+            if versioned && data.len() >= 8 {
+                // Our header and key id 1: only the tag can refuse it.
+                data[..4].copy_from_slice(b"SWG\x01");
+                data[4..8].copy_from_slice(&1u32.to_be_bytes());
+            }
+            prop_assert!(ring().open(&data).is_err());
+        }
+
+        #[test]
+        fn sealed_packets_open_and_any_flipped_bit_is_refused(
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            bit in any::<usize>(),
+        ) {
+            let r = ring();
+            let p = Packet::Swim(payload);
+            let mut wire = r.seal(&p).unwrap();
+            prop_assert_eq!(r.open(&wire).unwrap(), p);
+            let at = bit % (wire.len() * 8);
+            wire[at / 8] ^= 1 << (at % 8);
+            prop_assert!(r.open(&wire).is_err());
+        }
+
+        #[test]
+        fn authenticated_garbage_payloads_are_refused_cleanly(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            // A peer with the key sending bytes that are not a packet.
+            let (id, key) = (1u32, GossipKey::generate(1));
+            let r = Keyring::new(std::slice::from_ref(&key));
+            let sealer = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key.bytes().unwrap()).unwrap());
+            let mut out = Vec::new();
+            out.extend_from_slice(&MAGIC);
+            out.push(VERSION);
+            out.extend_from_slice(&id.to_be_bytes());
+            let nonce = [7u8; NONCE_LEN];
+            out.extend_from_slice(&nonce);
+            let mut b = body;
+            let aad: [u8; HEADER_LEN] = out[..HEADER_LEN].try_into().unwrap();
+            sealer.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut b).unwrap();
+            out.extend_from_slice(&b);
+            // Opens or not, never panics.
+            let _ = r.open(&out);
+        }
+    }
+}

@@ -342,3 +342,39 @@ mod tests {
         assert_eq!(prefix_within::<String>(&[], 10), 0);
     }
 }
+
+/// Fuzzing what Raft peers send: bodies and chunk sequences.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn request_bodies_decode_or_fail_cleanly(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = serde_json::from_slice::<Addressed<AppendEntriesRequest<C>>>(&data);
+            let _ = serde_json::from_slice::<Addressed<VoteRequest<C>>>(&data);
+            let _ = serde_json::from_slice::<Addressed<SnapshotRequest>>(&data);
+            let _ = serde_json::from_slice::<ChunkHeader>(&data);
+        }
+
+        #[test]
+        fn chunk_sequences_never_yield_a_wrong_snapshot(
+            ops in proptest::collection::vec((0u64..3, 0u64..40, 0u64..40, proptest::collection::vec(any::<u8>(), 0..20)), 0..30),
+            want in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut r = SnapshotReceiver::default();
+            for (transfer, offset, total, bytes) in ops {
+                let _ = r.chunk(ChunkHeader { to: 1, transfer, offset, total }, &bytes);
+            }
+            for t in 0..3 {
+                if let Ok(got) = r.finish(t, want.len() as u64, &sha256_hex(&want)) {
+                    prop_assert_eq!(&got, &want);
+                }
+            }
+        }
+    }
+}
