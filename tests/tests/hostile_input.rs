@@ -71,3 +71,42 @@ fn hostile_gossip_connections_cost_no_memory_and_gossip_keeps_working() {
     drop(held);
     assert!(vm_kib(pid, "VmRSS") < before + 32 * 1024);
 }
+
+#[test]
+fn hostile_bytes_on_2377_leave_the_manager_serving() {
+    let tb = Testbed::up(2).unwrap();
+    let (m, outsider) = (tb.host(0), tb.host(1));
+    agent(m, &["init"]).unwrap();
+    let pid = daemon_pid(m);
+    let before = vm_kib(pid, "VmHWM");
+    let held = outsider
+        .in_netns(|| {
+            let to = std::net::SocketAddr::from((m.underlay_ip, 2377));
+            let mut conns = Vec::new();
+            for i in 0..400u32 {
+                let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) else { continue };
+                s.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+                let junk: Vec<u8> = match i % 3 {
+                    // Plain garbage.
+                    0 => (0..4096u32).map(|b| (b.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
+                    // A TLS record header announcing a 16 KiB handshake, then silence.
+                    1 => vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f, 0xfc],
+                    // HTTP/2 in clear text, which the TLS listener cannot speak.
+                    _ => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+                };
+                let _ = s.write_all(&junk);
+                conns.push(s);
+            }
+            conns
+        })
+        .unwrap();
+    // While they are all open, the manager answers at once.
+    let start = std::time::Instant::now();
+    agent(m, &["node", "ls"]).unwrap_or_else(|e| panic!("{e}\n{}", daemon_log(m)));
+    agent(m, &["network", "create", "--driver", "overlay", "still-writable"]).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    let grown_mib = vm_kib(pid, "VmHWM").saturating_sub(before) / 1024;
+    eprintln!("{} hostile connections to 2377; peak RSS grew by {grown_mib} MiB", held.len());
+    assert!(grown_mib < 32, "peak RSS grew by {grown_mib} MiB");
+    drop(held);
+}

@@ -35,6 +35,9 @@ use super::{
 pub const FORWARDED_HEADER: &str = "x-swarm-forwarded-for";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// TLS handshakes in progress at once; connections beyond are closed at once
+/// (each costs tens of KiB before the peer has proven anything).
+const MAX_HANDSHAKES: usize = 256;
 
 /// Who is calling, as proven by a certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +129,7 @@ pub async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -133,6 +137,10 @@ pub async fn serve(
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let Ok((tcp, remote)) = accepted else { continue };
+        let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "too many TLS handshakes in progress; closing");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
@@ -142,6 +150,7 @@ pub async fn serve(
                 tracing::debug!(%remote, "TLS handshake failed");
                 return;
             };
+            drop(handshaking);
             let peer = tls
                 .get_ref()
                 .1

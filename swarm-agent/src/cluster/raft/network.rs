@@ -147,7 +147,7 @@ impl RaftNetworkV2<C> for PeerConn {
         // Room for the vote, log ids and framing.
         let budget = limits::RAFT_APPEND - (64 << 10);
         let keep = prefix_within(&rpc.entries, budget);
-        let cut: Option<LogIdOf<C>> = (keep < rpc.entries.len())
+        let mut cut: Option<LogIdOf<C>> = (keep < rpc.entries.len())
             .then(|| {
                 rpc.entries.truncate(keep);
                 rpc.entries.last().map(openraft::entry::RaftEntry::log_id)
@@ -156,17 +156,25 @@ impl RaftNetworkV2<C> for PeerConn {
         if let Some(last) = &cut {
             tracing::debug!(target = self.target, %last, "append batch cut to fit the peer's body limit");
         }
-        let resp: AppendEntriesResponse<C> = self
-            .rpc
-            .call(
-                &self.addr,
-                path::RAFT_APPEND,
-                &Addressed { to: self.target, req: rpc },
-                option.hard_ttl(),
-                None,
-            )
-            .await
-            .map_err(|e| classify(&e))?;
+        let mut req = Addressed { to: self.target, req: rpc };
+        let resp: AppendEntriesResponse<C> = loop {
+            match self.rpc.call(&self.addr, path::RAFT_APPEND, &req, option.hard_ttl(), None).await {
+                Ok(r) => break r,
+                // The peer's limit is smaller than ours: send half at once,
+                // and let replication go on from what it took.
+                Err(RpcError::TooLarge(_)) if req.req.entries.len() > 1 => {
+                    let keep = req.req.entries.len() / 2;
+                    req.req.entries.truncate(keep);
+                    cut = req.req.entries.last().map(openraft::entry::RaftEntry::log_id);
+                    tracing::info!(
+                        target = self.target,
+                        keep,
+                        "peer refused an append as too large; halving it"
+                    );
+                }
+                Err(e) => return Err(classify(&e)),
+            }
+        };
         Ok(match (resp, cut) {
             (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
             (r, _) => r,
