@@ -1,9 +1,12 @@
-//! The fault suite: three managers on the testbed, a writer that logs every
-//! acknowledged write, and faults — the leader killed with SIGKILL and
-//! restarted, the leader or a follower cut off and healed — then a checker
-//! that looks for every acknowledged write in each manager's own copy of
-//! the store. Used by `cargo xtask chaos` (long form) and by the short form
-//! in the test suite.
+//! The fault suite: three managers and two workers on the testbed, a writer
+//! that logs every acknowledged write, a ping between endpoints on the two
+//! workers through the overlay, hostile bytes sent to 2377, 7946 and 4789,
+//! and faults — the leader killed with SIGKILL and restarted (and a worker's
+//! agent with it), the leader or a follower cut off and healed, a follower
+//! left far behind, a worker promoted into a big state — then a checker that
+//! looks for every acknowledged write in each manager's own copy of the
+//! store. Used by `cargo xtask chaos` (long form) and by the short form in
+//! the test suite.
 
 use std::{
     sync::{
@@ -14,6 +17,7 @@ use std::{
 };
 
 use crate::{
+    overlay::{Endpoint, connect},
     poll,
     swarm::{DaemonProcess, FAST_RAFT, agent, cluster, daemon_log, kill9, node_ls, start_daemon, stderr},
     testbed::{Host, Testbed},
@@ -28,6 +32,8 @@ pub struct Faults {
     pub leader_partitions: usize,
     /// A follower cut off, then healed.
     pub follower_partitions: usize,
+    /// MiB written while a follower is cut off, before it catches up (0: skip).
+    pub behind_mib: usize,
 }
 
 /// What a run found.
@@ -44,6 +50,14 @@ pub struct Report {
     pub refused: usize,
     /// Longest time without an acknowledged write.
     pub longest_unavailable: Duration,
+    /// Pings between the workers' endpoints: sent, answered.
+    pub pings: (u64, u64),
+    /// Hostile packets and connections sent at the managers.
+    pub hostile: u64,
+    /// A follower behind by `behind_mib` MiB: time to an identical copy.
+    pub catch_up: Option<Duration>,
+    /// A worker promoted into the final state: time to an identical copy.
+    pub promotion: Option<Duration>,
     pub elapsed: Duration,
 }
 
@@ -55,6 +69,19 @@ impl std::fmt::Display for Report {
         writeln!(f, "outcome unknown (told so): {}", self.unknown)?;
         writeln!(f, "refused, no leader:        {}", self.refused)?;
         writeln!(f, "longest unavailability:    {:.2}s", self.longest_unavailable.as_secs_f64())?;
+        writeln!(
+            f,
+            "traffic lost:              {} of {} pings (20 ms apart, worker to worker, agents killed too)",
+            self.pings.0.saturating_sub(self.pings.1),
+            self.pings.0
+        )?;
+        writeln!(f, "hostile sends:             {} (garbage to 2377, 7946, 4789)", self.hostile)?;
+        if let Some(d) = self.catch_up {
+            writeln!(f, "follower behind, caught up: {:.2}s", d.as_secs_f64())?;
+        }
+        if let Some(d) = self.promotion {
+            writeln!(f, "manager joined big state:  {:.2}s", d.as_secs_f64())?;
+        }
         write!(f, "run time:                  {:.1}s", self.elapsed.as_secs_f64())
     }
 }
@@ -166,65 +193,224 @@ fn copy_of(h: &Host) -> Result<(u64, String, Vec<String>), String> {
     Ok((v["applied"].as_u64().unwrap_or(0), v["sha256"].as_str().unwrap_or("").to_owned(), names))
 }
 
-/// Runs the faults against a fresh three-manager swarm.
+/// Sends garbage at every manager until `stop`: TCP to 2377 and 7946, UDP
+/// to 7946 and VXLAN-looking UDP to 4789. Returns how many sends.
+fn hostile(from: &Host, managers: &[Host], stop: &AtomicBool) -> u64 {
+    use std::io::Write as _;
+    from.in_netns(|| {
+        let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+        let mut n = 0u64;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        while !stop.load(Ordering::Relaxed) {
+            for m in managers {
+                let mut junk = [0u8; 256];
+                for b in &mut junk {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    *b = seed as u8;
+                }
+                junk[0] = 0x08; // VXLAN I flag for the 4789 ones
+                let _ = udp.send_to(&junk, (m.underlay_ip, 4789));
+                let _ = udp.send_to(&junk, (m.underlay_ip, 7946));
+                for port in [2377, 7946] {
+                    let to = std::net::SocketAddr::from((m.underlay_ip, port));
+                    if let Ok(mut s) = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)) {
+                        let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+                        let _ = s.write_all(&junk);
+                    }
+                }
+                n += 4;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n
+    })
+    .unwrap_or(0)
+}
+
+/// `ping -i 0.02` from `from` to `to` until stopped; its (sent, received).
+struct Ping(Option<std::process::Child>);
+
+impl Ping {
+    fn start(from: &Endpoint, to: std::net::Ipv4Addr) -> Ping {
+        let child = from.within(|| {
+            std::process::Command::new("ping")
+                .args(["-i", "0.02", "-q", &to.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("ping")
+        });
+        Ping(Some(child))
+    }
+
+    fn stop(mut self) -> (u64, u64) {
+        let Some(child) = self.0.take() else { return (0, 0) };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let out = child
+            .wait_with_output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let line = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or("");
+        let nums: Vec<u64> =
+            line.split(',').filter_map(|p| p.split_whitespace().next()?.parse().ok()).collect();
+        (nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for Ping {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Every manager's own copy, once they agree.
+fn identical(managers: &[Host], timeout: Duration) -> Result<Vec<(u64, String, Vec<String>)>, String> {
+    poll::until("identical copies on every manager", timeout, || {
+        let c: Vec<_> = managers.iter().map(copy_of).collect::<Result<_, _>>()?;
+        if c.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1) {
+            Ok(c)
+        } else {
+            let seen: Vec<String> = managers
+                .iter()
+                .zip(&c)
+                .map(|(h, (applied, sha, names))| {
+                    format!("{}: applied {applied}, {} networks, {sha:.12}", h.name, names.len())
+                })
+                .collect();
+            Err(format!("copies differ: {seen:?}"))
+        }
+    })
+}
+
+/// About `mib` MiB of networks, 800 KiB each (labels on the command line).
+fn write_big(h: &Host, prefix: &str, mib: usize) -> Result<(), String> {
+    let label: String = "x".repeat(100 * 1024);
+    for i in 0..(mib * 5).div_ceil(4) {
+        let mut args: Vec<String> =
+            vec!["network".into(), "create".into(), "--driver".into(), "overlay".into()];
+        for k in 0..8 {
+            args.push("--label".into());
+            args.push(format!("k{k}={label}"));
+        }
+        args.push(format!("{prefix}{i}"));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        poll::until("a big write", Duration::from_secs(30), || agent(h, &refs)).map(drop)?;
+    }
+    Ok(())
+}
+
+/// Runs the faults against a fresh swarm of three managers and two workers.
 pub fn run(faults: Faults, progress_out: &dyn Fn(&str)) -> Result<Report, String> {
     let started = Instant::now();
-    let tb: Testbed = cluster(3, 3, FAST_RAFT, &[]);
+    let tb: Testbed = cluster(5, 3, FAST_RAFT, &[]);
     let hosts: Vec<Host> = tb.hosts().to_vec();
+    let managers: Vec<Host> = hosts[..3].to_vec();
     all_reachable(&hosts[0])?;
+    // Traffic between the two workers (never cut off) through the overlay.
+    agent(&hosts[0], &["network", "create", "--driver", "overlay", "--attachable", "chaos-net"])
+        .map_err(|e| e.to_string())?;
+    let ep4 = connect(&hosts[3], "chaos-net", "chaos")?;
+    let ep5 = connect(&hosts[4], "chaos-net", "chaos")?;
+    poll::until("the workers' endpoints to reach each other", Duration::from_secs(30), || ep4.ping(ep5.ip))?;
+    let ping = Ping::start(&ep4, ep5.ip);
+
     let log = Arc::new(Mutex::new(Log::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let w = {
-        let (hosts, log, stop) = (hosts.clone(), log.clone(), stop.clone());
+        let (hosts, log, stop) = (managers.clone(), log.clone(), stop.clone());
         std::thread::spawn(move || writer(&hosts, &log, &stop))
     };
+    let hostile_thread = {
+        let (from, to, stop) = (hosts[4].clone(), managers.clone(), stop.clone());
+        std::thread::spawn(move || hostile(&from, &to, &stop))
+    };
     let mut daemons: Vec<Option<DaemonProcess>> = (0..hosts.len()).map(|_| None).collect();
-    let mut alive = vec![true; hosts.len()];
+    let mut alive = vec![true; managers.len()];
+    let mut catch_up = None;
     let result = (|| -> Result<usize, String> {
         progress(&log, 0, 5, "first writes")?;
         let mut cycles = 0;
         for i in 0..faults.kills {
-            let l = leader(&hosts, &alive)?;
-            progress_out(&format!("kill {}/{}: kill -9 the leader ({})", i + 1, faults.kills, hosts[l].name));
+            let l = leader(&managers, &alive)?;
+            progress_out(&format!(
+                "kill {}/{}: kill -9 the leader ({}) and node4's agent",
+                i + 1,
+                faults.kills,
+                managers[l].name
+            ));
             let before = acked(&log);
-            kill9(&hosts[l]);
+            kill9(&managers[l]);
+            kill9(&hosts[3]);
             alive[l] = false;
+            daemons[3] = Some(start_daemon(&hosts[3], FAST_RAFT));
             progress(&log, before, 3, "writes after the leader died")?;
-            daemons[l] = Some(start_daemon(&hosts[l], FAST_RAFT));
+            daemons[l] = Some(start_daemon(&managers[l], FAST_RAFT));
             alive[l] = true;
-            all_reachable(&hosts[(l + 1) % hosts.len()])?;
+            all_reachable(&managers[(l + 1) % managers.len()])?;
             cycles += 1;
         }
         for (kind, count) in [("leader", faults.leader_partitions), ("follower", faults.follower_partitions)]
         {
             for i in 0..count {
-                let l = leader(&hosts, &alive)?;
-                let victim = if kind == "leader" { l } else { (l + 1) % hosts.len() };
-                progress_out(&format!("{kind} partition {}/{count}: cut {}", i + 1, hosts[victim].name));
+                let l = leader(&managers, &alive)?;
+                let victim = if kind == "leader" { l } else { (l + 1 + i % 2) % managers.len() };
+                progress_out(&format!("{kind} partition {}/{count}: cut {}", i + 1, managers[victim].name));
                 let before = acked(&log);
-                tb.cut(&hosts[victim]).map_err(|e| e.to_string())?;
+                tb.cut(&managers[victim]).map_err(|e| e.to_string())?;
                 progress(&log, before, 5, "writes with a manager cut off")?;
-                tb.restore(&hosts[victim]).map_err(|e| e.to_string())?;
-                all_reachable(&hosts[(victim + 1) % hosts.len()])?;
+                tb.restore(&managers[victim]).map_err(|e| e.to_string())?;
+                all_reachable(&managers[(victim + 1) % managers.len()])?;
                 cycles += 1;
             }
+        }
+        if faults.behind_mib > 0 {
+            let l = leader(&managers, &alive)?;
+            let victim = (l + 1) % managers.len();
+            progress_out(&format!(
+                "a follower ({}) left {} MiB behind",
+                managers[victim].name, faults.behind_mib
+            ));
+            tb.cut(&managers[victim]).map_err(|e| e.to_string())?;
+            write_big(&managers[l], "behind-", faults.behind_mib)?;
+            // The writer goes on: caught up is having what the leader had
+            // when the follower came back.
+            let target = copy_of(&managers[l])?.0;
+            tb.restore(&managers[victim]).map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            poll::until("the follower to catch up", Duration::from_secs(120), || {
+                let (applied, _, _) = copy_of(&managers[victim])?;
+                if applied >= target { Ok(()) } else { Err(format!("at {applied} of {target}")) }
+            })?;
+            catch_up = Some(t.elapsed());
+            cycles += 1;
         }
         Ok(cycles)
     })();
     stop.store(true, Ordering::Relaxed);
     let _ = w.join();
+    let hostile_sent = hostile_thread.join().unwrap_or(0);
     let cycles = result
         .map_err(|e| format!("{e}\n{}", hosts.iter().map(daemon_log).collect::<Vec<_>>().join("\n")))?;
 
-    // Every manager's own copy, once they agree.
-    let copies = poll::until("identical copies on every manager", Duration::from_secs(60), || {
-        let c: Vec<_> = hosts.iter().map(copy_of).collect::<Result<_, _>>()?;
-        if c.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1) {
-            Ok(c)
-        } else {
-            Err("copies differ".to_owned())
-        }
-    })?;
+    // A worker becomes a manager: it joins the final (big) state.
+    progress_out("promoting node4 into the final state");
+    let t = Instant::now();
+    agent(&managers[0], &["node", "promote", "node4"])
+        .or_else(|_| agent(&managers[1], &["node", "promote", "node4"]))
+        .map_err(|e| e.to_string())?;
+    let mut all = managers.clone();
+    all.push(hosts[3].clone());
+    let copies = identical(&all, Duration::from_secs(120))
+        .map_err(|e| format!("{e}\n{}", all.iter().map(daemon_log).collect::<Vec<_>>().join("\n")))?;
+    let promotion = Some(t.elapsed());
+    let pings = ping.stop();
+
     let l = log.lock().unwrap();
     let mut lost = Vec::new();
     for name in &l.acked {
@@ -239,6 +425,10 @@ pub fn run(faults: Faults, progress_out: &dyn Fn(&str)) -> Result<Report, String
         unknown: l.unknown,
         refused: l.refused,
         longest_unavailable: l.longest_gap,
+        pings,
+        hostile: hostile_sent,
+        catch_up,
+        promotion,
         elapsed: started.elapsed(),
     };
     drop(daemons);

@@ -1,8 +1,10 @@
 //! `cargo xtask chaos`: the fault suite's long form on the testbed (release
-//! build): leader kill -9 cycles and partitions of the leader and of a
-//! follower under a writer, then every acknowledged write is looked for in
-//! each manager's own copy. The short form runs in `cargo xtask test`
-//! (`tests/tests/chaos_short.rs`).
+//! build; see `swarm_tests::chaos`): leader kill -9 cycles (a worker's agent
+//! with each), partitions of the leader and of a follower, a follower far
+//! behind and a worker promoted into the big state, under a writer, a ping
+//! between workers and hostile bytes; then every acknowledged write is
+//! looked for in each manager's own copy. The short form runs in
+//! `cargo xtask test` (`tests/tests/chaos_short.rs`).
 
 use anyhow::bail;
 use swarm_tests::chaos::{self, Faults};
@@ -18,6 +20,9 @@ pub struct Args {
     /// Follower partitions.
     #[arg(long, default_value_t = 10)]
     follower_partitions: usize,
+    /// MiB written while a follower is cut off (then it catches up).
+    #[arg(long, default_value_t = 50)]
+    behind_mib: usize,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -26,10 +31,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         kills: args.kills,
         leader_partitions: args.leader_partitions,
         follower_partitions: args.follower_partitions,
+        behind_mib: args.behind_mib,
     };
     let report = chaos::run(faults, &|s| crate::step(s)).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!();
-    println!("fault suite: 3 managers (testbed), release build, Raft heartbeat 100 ms, election 600-1200 ms");
+    println!(
+        "fault suite: 3 managers and 2 workers (testbed), release build, Raft heartbeat 100 ms, election 600-1200 ms"
+    );
     println!("{report}");
     if !report.lost.is_empty() {
         bail!("acknowledged writes lost: {:?}", report.lost);

@@ -56,6 +56,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.hosts < 2 {
         bail!("the demo needs at least 2 hosts");
     }
+    // A fresh machine: install what it lacks first, as `cargo xtask test` does.
+    crate::setup::run()?;
     let bin = build_agent()?;
     step(&format!("bringing up {} hosts (testbed {NAME})", args.hosts));
     let tb = Testbed::create(NAME, args.hosts, Lifetime::Persistent)?;

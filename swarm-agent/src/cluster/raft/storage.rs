@@ -1,9 +1,10 @@
-//! Raft log and state machine on disk, in one redb file.
+//! Raft log and state machine on disk: a redb file and a snapshot file.
 //!
 //! ```text
-//! log    u64 -> JSON entry            the Raft log
-//! meta   "vote" | "committed" | "purged" -> JSON
-//! sm     "applied" | "membership" | "state" | "snapshot_meta" | "snapshot" -> JSON
+//! raft.redb  log    u64 -> JSON entry            the Raft log
+//!            meta   "vote" | "committed" | "purged" -> JSON
+//!            sm     (only stores of earlier versions: the whole state)
+//! snapshot   the latest snapshot: meta and state bytes (see SNAPSHOT_FILE)
 //! ```
 //!
 //! Every write is a redb transaction committed with fsync before openraft is
@@ -14,7 +15,7 @@
 use std::{
     io,
     ops::{Bound, RangeBounds},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, RwLock},
 };
 
@@ -62,7 +63,8 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachine)> {
         tx.commit().map_err(io_err)?;
     }
     let log = LogStore { db: db.clone() };
-    let sm = StateMachine::load(db)?;
+    let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let sm = StateMachine::load(db, dir)?;
     Ok((log, sm))
 }
 
@@ -315,14 +317,12 @@ impl StateReader {
 /// whatever the size of the state.
 pub struct StateMachine {
     db: Arc<Database>,
+    /// Where the snapshot file lives (beside the database).
+    dir: PathBuf,
     data: Arc<RwLock<Applied>>,
     applied_tx: watch::Sender<u64>,
     applied_rx: watch::Receiver<u64>,
 }
-
-/// The key of the latest snapshot's metadata and bytes in the `sm` table.
-const SNAPSHOT_META: &str = "snapshot_meta";
-const SNAPSHOT_DATA: &str = "snapshot_data";
 
 /// Snapshot payload: the whole state as bytes (JSON). Sent to other managers
 /// as raw chunks ([`super::network`]), never inside a JSON document.
@@ -333,32 +333,75 @@ pub fn encode_state(state: &ClusterState) -> io::Result<SnapshotData> {
     encode(state)
 }
 
-fn read_snapshot(db: &Database) -> io::Result<Option<(SnapshotMetaOf<C>, SnapshotData)>> {
-    let tx = db.begin_read().map_err(io_err)?;
-    let t = tx.open_table(SM).map_err(io_err)?;
-    let Some(meta) = t.get(SNAPSHOT_META).map_err(io_err)? else { return Ok(None) };
-    let meta: SnapshotMetaOf<C> = decode(meta.value())?;
-    let data = t.get(SNAPSHOT_DATA).map_err(io_err)?.map(|v| v.value().to_vec()).unwrap_or_default();
-    Ok(Some((meta, data)))
+/// The latest snapshot lives in its own file beside the database
+/// (`snapshot`: magic, meta length, meta JSON, state bytes), written to a
+/// temporary file, synced and renamed into place: writing tens of MB never
+/// holds up the log's write transactions.
+const SNAPSHOT_FILE: &str = "snapshot";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SWSNAP1\n";
+
+fn read_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMetaOf<C>, SnapshotData)>> {
+    let bytes = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "corrupt snapshot file");
+    if bytes.len() < 16 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(bad());
+    }
+    let meta_len = usize::try_from(u64::from_le_bytes(bytes[8..16].try_into().map_err(|_| bad())?))
+        .map_err(|_| bad())?;
+    let meta_end = 16usize.checked_add(meta_len).filter(|e| *e <= bytes.len()).ok_or_else(bad)?;
+    let meta: SnapshotMetaOf<C> = decode(&bytes[16..meta_end])?;
+    Ok(Some((meta, bytes[meta_end..].to_vec())))
 }
 
-fn write_snapshot(db: &Database, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<()> {
+fn write_snapshot(dir: &Path, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let meta = encode(meta)?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(SNAPSHOT_MAGIC)?;
+        f.write_all(&(meta.len() as u64).to_le_bytes())?;
+        f.write_all(&meta)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Drops what earlier versions kept in the `sm` table (the whole state,
+/// persisted per batch) once a snapshot file replaces it.
+fn drop_legacy_state(db: &Database) -> io::Result<()> {
+    const OLD: [&str; 6] = ["applied", "membership", "state", "snapshot", "snapshot_meta", "snapshot_data"];
+    let present = {
+        let tx = db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(SM).map_err(io_err)?;
+        let mut any = false;
+        for k in OLD {
+            any |= t.get(k).map_err(io_err)?.is_some();
+        }
+        any
+    };
+    if !present {
+        return Ok(());
+    }
     let tx = db.begin_write().map_err(io_err)?;
     {
         let mut t = tx.open_table(SM).map_err(io_err)?;
-        t.insert(SNAPSHOT_META, encode(meta)?.as_slice()).map_err(io_err)?;
-        t.insert(SNAPSHOT_DATA, data).map_err(io_err)?;
-        // Written by earlier versions, which persisted the whole state per batch.
-        for old in ["applied", "membership", "state", "snapshot"] {
-            t.remove(old).map_err(io_err)?;
+        for k in OLD {
+            t.remove(k).map_err(io_err)?;
         }
     }
     tx.commit().map_err(io_err)
 }
 
 impl StateMachine {
-    fn load(db: Arc<Database>) -> io::Result<StateMachine> {
-        let data = if let Some((meta, bytes)) = read_snapshot(&db)? {
+    fn load(db: Arc<Database>, dir: PathBuf) -> io::Result<StateMachine> {
+        let data = if let Some((meta, bytes)) = read_snapshot(&dir)? {
             Applied {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership,
@@ -375,7 +418,7 @@ impl StateMachine {
         };
         let index = data.last_applied.as_ref().map_or(0, openraft::LogId::index);
         let (applied_tx, applied_rx) = watch::channel(index);
-        Ok(StateMachine { db, data: Arc::new(RwLock::new(data)), applied_tx, applied_rx })
+        Ok(StateMachine { db, dir, data: Arc::new(RwLock::new(data)), applied_tx, applied_rx })
     }
 
     /// A reader of the applied state for the rest of the manager.
@@ -394,6 +437,7 @@ impl StateMachine {
 
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    dir: PathBuf,
     data: Arc<RwLock<Applied>>,
 }
 
@@ -401,16 +445,20 @@ impl RaftSnapshotBuilder<C> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
-        // Encode under the read lock (applying waits for it, reads do not),
-        // so the bytes are exactly the state at `last_applied`.
+        // A copy taken under the read lock (applying waits only for the
+        // copy), encoded and written without it: the bytes are exactly the
+        // state at `last_applied`.
         let started = std::time::Instant::now();
-        let (meta, data) = {
+        let (meta, state) = {
             let a = self.data.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let meta =
                 SnapshotMetaOf::<C> { last_log_id: a.last_applied, last_membership: a.membership.clone() };
-            (meta, encode(&a.state)?)
+            (meta, a.state.clone())
         };
-        write_snapshot(&self.db, &meta, &data)?;
+        let data = encode(&state)?;
+        drop(state);
+        write_snapshot(&self.dir, &meta, &data)?;
+        drop_legacy_state(&self.db)?;
         tracing::info!(
             bytes = data.len(),
             index = meta.last_log_id.as_ref().map_or(0, openraft::LogId::index),
@@ -466,7 +514,7 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), data: self.data.clone() }
+        SnapshotBuilder { db: self.db.clone(), dir: self.dir.clone(), data: self.data.clone() }
     }
 
     async fn install_snapshot(
@@ -476,7 +524,8 @@ impl RaftStateMachine<C> for StateMachine {
     ) -> Result<(), io::Error> {
         let started = std::time::Instant::now();
         let state: ClusterState = decode(&snapshot)?;
-        write_snapshot(&self.db, meta, &snapshot)?;
+        write_snapshot(&self.dir, meta, &snapshot)?;
+        drop_legacy_state(&self.db)?;
         tracing::info!(
             bytes = snapshot.len(),
             index = meta.last_log_id.as_ref().map_or(0, openraft::LogId::index),
@@ -491,7 +540,7 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        Ok(read_snapshot(&self.db)?.map(|(meta, snapshot)| SnapshotOf::<C, SnapshotData> { meta, snapshot }))
+        Ok(read_snapshot(&self.dir)?.map(|(meta, snapshot)| SnapshotOf::<C, SnapshotData> { meta, snapshot }))
     }
 }
 
