@@ -48,6 +48,9 @@ pub struct Report {
     pub unknown: usize,
     /// Writes refused because there was no leader (not applied).
     pub refused: usize,
+    /// Writes answered "no leader" that had in fact been applied (a retry
+    /// found them): must be 0.
+    pub misreported: usize,
     /// Longest time without an acknowledged write.
     pub longest_unavailable: Duration,
     /// Pings between the workers' endpoints: sent, answered.
@@ -68,6 +71,7 @@ impl std::fmt::Display for Report {
         writeln!(f, "writes lost:               {}", self.lost.len())?;
         writeln!(f, "outcome unknown (told so): {}", self.unknown)?;
         writeln!(f, "refused, no leader:        {}", self.refused)?;
+        writeln!(f, "refused but applied:       {}", self.misreported)?;
         writeln!(f, "longest unavailability:    {:.2}s", self.longest_unavailable.as_secs_f64())?;
         writeln!(
             f,
@@ -91,6 +95,7 @@ struct Log {
     acked: Vec<String>,
     unknown: usize,
     refused: usize,
+    misreported: usize,
     last_ack: Option<Instant>,
     longest_gap: Duration,
 }
@@ -102,6 +107,8 @@ const NO_LEADER: &str = "does not have a leader";
 fn writer(hosts: &[Host], log: &Mutex<Log>, stop: &AtomicBool) {
     let mut n = 0usize;
     let mut at = 0usize;
+    // Whether the last answer for the current name was "no leader".
+    let mut refused_last = false;
     while !stop.load(Ordering::Relaxed) {
         let name = format!("chaos-{n}");
         let h = &hosts[at % hosts.len()];
@@ -115,6 +122,7 @@ fn writer(hosts: &[Host], log: &Mutex<Log>, stop: &AtomicBool) {
                 l.last_ack = Some(now);
                 l.acked.push(name);
                 n += 1;
+                refused_last = false;
             }
             Err(e) => {
                 let msg = stderr(&e);
@@ -122,17 +130,26 @@ fn writer(hosts: &[Host], log: &Mutex<Log>, stop: &AtomicBool) {
                 if msg.contains(UNKNOWN) {
                     l.unknown += 1;
                     n += 1;
+                    refused_last = false;
                 } else if msg.contains(NO_LEADER) {
                     // Not proposed: the same name may be tried again.
                     l.refused += 1;
+                    refused_last = true;
                     drop(l);
                     at += 1;
                     std::thread::sleep(Duration::from_millis(20));
                 } else if msg.contains("already exists") {
-                    // An earlier attempt whose answer was lost went through.
+                    // An earlier attempt whose answer was lost went through;
+                    // if that answer said "no leader", it was not true.
+                    if refused_last {
+                        l.misreported += 1;
+                    }
                     n += 1;
+                    refused_last = false;
                 } else {
-                    // This manager is down or restarting: ask another.
+                    // This manager is down or restarting (the request may
+                    // have been cut off mid-way): ask another.
+                    refused_last = false;
                     drop(l);
                     at += 1;
                     std::thread::sleep(Duration::from_millis(20));
@@ -424,6 +441,7 @@ pub fn run(faults: Faults, progress_out: &dyn Fn(&str)) -> Result<Report, String
         lost,
         unknown: l.unknown,
         refused: l.refused,
+        misreported: l.misreported,
         longest_unavailable: l.longest_gap,
         pings,
         hostile: hostile_sent,

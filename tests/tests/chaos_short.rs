@@ -15,6 +15,7 @@ fn acknowledged_writes_survive_leader_kills_and_partitions() {
     assert_eq!(report.cycles, 6);
     assert!(report.acknowledged > 20, "{report}");
     assert!(report.lost.is_empty(), "acknowledged writes lost: {:?}\n{report}", report.lost);
+    assert_eq!(report.misreported, 0, "writes said to be refused were applied\n{report}");
     assert!(report.pings.0 > 100, "{report}");
     assert_eq!(report.pings.0, report.pings.1, "pings lost between the workers\n{report}");
     assert!(report.hostile > 0 && report.catch_up.is_some() && report.promotion.is_some(), "{report}");

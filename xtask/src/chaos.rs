@@ -42,5 +42,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !report.lost.is_empty() {
         bail!("acknowledged writes lost: {:?}", report.lost);
     }
+    if report.misreported > 0 {
+        bail!("{} writes answered \"no leader\" had been applied", report.misreported);
+    }
     Ok(())
 }
