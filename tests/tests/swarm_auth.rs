@@ -119,7 +119,8 @@ fn every_rpc_checks_the_callers_certificate() {
         let (key, csr) = swarm_agent::cluster::ca::new_key_and_csr().unwrap();
         let cert = other_ca.sign_node_csr(&csr, &id2, Role::Manager, "c", Duration::from_secs(7200)).unwrap();
         let forged = client_with(w, &cert, &key);
-        assert!(matches!(control(&forged).await, Err(RpcError::Transport(_))));
+        let r = control(&forged).await;
+        assert!(matches!(r, Err(RpcError::Transport(_))), "{r:?}");
     });
 
     // An expired certificate, even from the right CA, is refused at the handshake.

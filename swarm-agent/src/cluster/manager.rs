@@ -250,6 +250,7 @@ impl Manager {
                 post(h_raft_append).layer(DefaultBodyLimit::max(rpc::limits::RAFT_APPEND)),
             )
             .route(path::RAFT_VOTE, post(h_raft_vote))
+            .route(path::RAFT_PRE_VOTE, post(h_raft_pre_vote))
             .route(
                 path::RAFT_SNAPSHOT_CHUNK,
                 post(h_raft_snapshot_chunk).layer(DefaultBodyLimit::max(rpc::limits::SNAPSHOT_CHUNK)),
@@ -1296,6 +1297,16 @@ async fn h_raft_vote(
     m.raft_peer_allowed(&caller)?;
     let req = m.addressed_here(req)?;
     m.raft.vote(req).await.map(Json).map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+async fn h_raft_pre_vote(
+    State(m): S,
+    caller: Caller,
+    Json(req): Json<Addressed<openraft::raft::VoteRequest<raft::TypeConfig>>>,
+) -> Result<Json<openraft::raft::VoteResponse<raft::TypeConfig>>, ApiError> {
+    m.raft_peer_allowed(&caller)?;
+    let req = m.addressed_here(req)?;
+    m.raft.pre_vote(req).await.map(Json).map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
 async fn h_raft_snapshot_chunk(

@@ -6,7 +6,7 @@
 //! | `/ca/root` | anyone (joining nodes) | any manager |
 //! | `/ca/issue` | anyone with a join token; nodes renewing with their certificate | leader |
 //! | `/dispatcher/heartbeat` | workers and managers | leader |
-//! | `/raft/append`, `/raft/vote`, `/raft/snapshot/chunk`, `/raft/snapshot` | Raft members (managers) | any manager |
+//! | `/raft/append`, `/raft/vote`, `/raft/prevote`, `/raft/snapshot/chunk`, `/raft/snapshot` | Raft members (managers) | any manager |
 //! | `/raft/join` | managers | leader |
 //! | `/control` | managers | leader |
 //! | `/network/attach`, `/network/detach` | workers and managers (for themselves) | leader |
@@ -24,6 +24,7 @@ pub mod path {
     pub const HEARTBEAT: &str = "/dispatcher/heartbeat";
     pub const RAFT_APPEND: &str = "/raft/append";
     pub const RAFT_VOTE: &str = "/raft/vote";
+    pub const RAFT_PRE_VOTE: &str = "/raft/prevote";
     pub const RAFT_SNAPSHOT: &str = "/raft/snapshot";
     pub const RAFT_SNAPSHOT_CHUNK: &str = "/raft/snapshot/chunk";
     pub const RAFT_JOIN: &str = "/raft/join";

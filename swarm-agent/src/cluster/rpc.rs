@@ -219,6 +219,16 @@ pub mod limits {
     pub const SNAPSHOT_CHUNK: usize = 2 << 20;
 }
 
+/// A pooled connection, and whether it died of a TLS refusal.
+#[derive(Clone)]
+struct Conn {
+    sender: http2::SendRequest<Full<Bytes>>,
+    refused: Arc<tokio::sync::Notify>,
+    refused_flag: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether any response came back on it.
+    answered: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// A client for other nodes' 2377 endpoints; keeps one HTTP/2 connection per
 /// address and reconnects when it breaks.
 #[derive(Clone)]
@@ -228,7 +238,7 @@ pub struct RpcClient {
 
 struct ClientInner {
     tls: Mutex<Arc<rustls::ClientConfig>>,
-    conns: Mutex<HashMap<String, http2::SendRequest<Full<Bytes>>>>,
+    conns: Mutex<HashMap<String, Conn>>,
 }
 
 impl RpcClient {
@@ -283,7 +293,8 @@ impl RpcClient {
         timeout: Duration,
     ) -> Result<R, RpcError> {
         let fut = async {
-            let mut sender = self.connection(addr).await?;
+            let conn = self.connection(addr).await?;
+            let mut sender = conn.sender.clone();
             let mut request = hyper::Request::post(format!("https://{addr}{path}"))
                 .header(hyper::header::CONTENT_TYPE, content_type);
             for (k, v) in headers {
@@ -294,9 +305,29 @@ impl RpcClient {
                 Ok(r) => r,
                 Err(e) => {
                     self.forget(addr);
-                    return Err(RpcError::Lost(format!("request to {addr} failed: {e}")));
+                    let msg = format!("request to {addr} failed: {e}");
+                    // The TLS session was refused (TLS 1.3 checks the client
+                    // certificate after the client thinks it is connected):
+                    // the server never took the request. The connection's
+                    // own task sees why it ended; give it a moment to say.
+                    let flag = conn.refused_flag.clone();
+                    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                            conn.refused.notified().await;
+                        }
+                    })
+                    .await;
+                    // A connection that never carried an answer died at its
+                    // start: with TLS 1.3 that is how a refused certificate
+                    // shows (as an alert, or a broken pipe while sending).
+                    let never_answered = !conn.answered.load(std::sync::atomic::Ordering::SeqCst);
+                    let refused = never_answered
+                        || tls_refused(&e)
+                        || conn.refused_flag.load(std::sync::atomic::Ordering::SeqCst);
+                    return Err(if refused { RpcError::Transport(msg) } else { RpcError::Lost(msg) });
                 }
             };
+            conn.answered.store(true, std::sync::atomic::Ordering::SeqCst);
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -337,13 +368,13 @@ impl RpcClient {
         self.inner.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(addr);
     }
 
-    async fn connection(&self, addr: &str) -> Result<http2::SendRequest<Full<Bytes>>, RpcError> {
+    async fn connection(&self, addr: &str) -> Result<Conn, RpcError> {
         let existing =
             self.inner.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(addr).cloned();
-        if let Some(s) = existing
-            && !s.is_closed()
+        if let Some(c) = existing
+            && !c.sender.is_closed()
         {
-            return Ok(s);
+            return Ok(c);
         }
         let tls = self.inner.tls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -366,16 +397,51 @@ impl RpcClient {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| RpcError::Transport(format!("HTTP/2 handshake with {addr}: {e}")))?;
+        let c = Conn {
+            sender,
+            refused: Arc::new(tokio::sync::Notify::new()),
+            refused_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            answered: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        let (notify, flag) = (c.refused.clone(), c.refused_flag.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            if let Err(e) = conn.await
+                && tls_refused(&e)
+            {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            notify.notify_waiters();
         });
         self.inner
             .conns
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(addr.to_owned(), sender.clone());
-        Ok(sender)
+            .insert(addr.to_owned(), c.clone());
+        Ok(c)
     }
+}
+
+/// Whether a failed request died of a TLS error (an alert from the peer,
+/// a certificate it refused) rather than after it was sent.
+fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // tokio-rustls reports a TLS failure as an InvalidData I/O error
+        // carrying rustls' message ("received fatal alert: …").
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+            && io.get_ref().is_some_and(|inner| {
+                inner.downcast_ref::<rustls::Error>().is_some() || inner.to_string().contains("fatal alert")
+            })
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The local address this host uses to reach `addr` (to pick an advertise

@@ -92,6 +92,7 @@ pub fn config(timing: Timing, snapshots: SnapshotSettings) -> Arc<openraft::Conf
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshots.interval.max(1)),
         max_in_snapshot_log_to_keep: snapshots.keep_logs,
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     Arc::new(cfg.validate().expect("valid raft config"))

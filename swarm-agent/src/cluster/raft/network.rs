@@ -194,6 +194,26 @@ impl RaftNetworkV2<C> for PeerConn {
             .map_err(|e| classify(&e))
     }
 
+    /// Pre-Vote (enabled in [`super::config`]): a manager that was cut off
+    /// or restarted asks first whether it could win, so it does not bump
+    /// the term and unseat a healthy leader when it comes back.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.rpc
+            .call(
+                &self.addr,
+                path::RAFT_PRE_VOTE,
+                &Addressed { to: self.target, req: rpc },
+                option.hard_ttl(),
+                None,
+            )
+            .await
+            .map_err(|e| classify(&e))
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<C>,
