@@ -107,8 +107,10 @@ const NO_LEADER: &str = "does not have a leader";
 fn writer(hosts: &[Host], log: &Mutex<Log>, stop: &AtomicBool) {
     let mut n = 0usize;
     let mut at = 0usize;
-    // Whether the last answer for the current name was "no leader".
+    // Whether the last answer for the current name was "no leader", and
+    // whether an earlier attempt at it may have gone through.
     let mut refused_last = false;
+    let mut ambiguous = false;
     while !stop.load(Ordering::Relaxed) {
         let name = format!("chaos-{n}");
         let h = &hosts[at % hosts.len()];
@@ -123,6 +125,7 @@ fn writer(hosts: &[Host], log: &Mutex<Log>, stop: &AtomicBool) {
                 l.acked.push(name);
                 n += 1;
                 refused_last = false;
+                ambiguous = false;
             }
             Err(e) => {
                 let msg = stderr(&e);
@@ -131,6 +134,7 @@ fn writer(hosts: &[Host], log: &Mutex<Log>, stop: &AtomicBool) {
                     l.unknown += 1;
                     n += 1;
                     refused_last = false;
+                    ambiguous = false;
                 } else if msg.contains(NO_LEADER) {
                     // Not proposed: the same name may be tried again.
                     l.refused += 1;
@@ -141,15 +145,17 @@ fn writer(hosts: &[Host], log: &Mutex<Log>, stop: &AtomicBool) {
                 } else if msg.contains("already exists") {
                     // An earlier attempt whose answer was lost went through;
                     // if that answer said "no leader", it was not true.
-                    if refused_last {
+                    if refused_last && !ambiguous {
                         l.misreported += 1;
                     }
                     n += 1;
                     refused_last = false;
+                    ambiguous = false;
                 } else {
                     // This manager is down or restarting (the request may
                     // have been cut off mid-way): ask another.
                     refused_last = false;
+                    ambiguous = true;
                     drop(l);
                     at += 1;
                     std::thread::sleep(Duration::from_millis(20));

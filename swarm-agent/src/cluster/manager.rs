@@ -373,8 +373,10 @@ impl Manager {
                         rpc::RpcError::TooLarge(t) => ApiError::invalid(t),
                         rpc::RpcError::Transport(_) => ApiError::no_leader(),
                         // Sent, never answered: a write may have gone through.
-                        rpc::RpcError::Lost(_) if write => ApiError::unknown_outcome(),
-                        rpc::RpcError::Lost(_) => ApiError::no_leader(),
+                        rpc::RpcError::Lost(_) | rpc::RpcError::NotAnswered(_) if write => {
+                            ApiError::unknown_outcome()
+                        }
+                        rpc::RpcError::Lost(_) | rpc::RpcError::NotAnswered(_) => ApiError::no_leader(),
                     },
                 )
             }

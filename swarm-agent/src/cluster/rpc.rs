@@ -187,6 +187,12 @@ pub enum RpcError {
     /// connection): it may or may not have been carried out.
     #[error("{0}")]
     Lost(String),
+    /// The connection broke before it carried any answer: with TLS 1.3 that
+    /// is how a refused certificate shows, but a peer that took the request
+    /// and died before answering looks the same, so a write may have been
+    /// carried out.
+    #[error("{0}")]
+    NotAnswered(String),
     /// The node refused the request's size (its body limit for the path).
     #[error("{0}")]
     TooLarge(String),
@@ -201,7 +207,9 @@ impl RpcError {
         match self {
             RpcError::Api(e) => e,
             RpcError::TooLarge(t) => ApiError::invalid(format!("{what}: {t}")),
-            RpcError::Transport(t) | RpcError::Lost(t) => ApiError::unavailable(format!("{what}: {t}")),
+            RpcError::Transport(t) | RpcError::Lost(t) | RpcError::NotAnswered(t) => {
+                ApiError::unavailable(format!("{what}: {t}"))
+            }
         }
     }
 }
@@ -321,10 +329,15 @@ impl RpcClient {
                     // start: with TLS 1.3 that is how a refused certificate
                     // shows (as an alert, or a broken pipe while sending).
                     let never_answered = !conn.answered.load(std::sync::atomic::Ordering::SeqCst);
-                    let refused = never_answered
-                        || tls_refused(&e)
-                        || conn.refused_flag.load(std::sync::atomic::Ordering::SeqCst);
-                    return Err(if refused { RpcError::Transport(msg) } else { RpcError::Lost(msg) });
+                    let refused =
+                        tls_refused(&e) || conn.refused_flag.load(std::sync::atomic::Ordering::SeqCst);
+                    return Err(if refused {
+                        RpcError::Transport(msg)
+                    } else if never_answered {
+                        RpcError::NotAnswered(msg)
+                    } else {
+                        RpcError::Lost(msg)
+                    });
                 }
             };
             conn.answered.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -110,7 +110,7 @@ struct Msg(String);
 fn classify(e: &RpcError) -> RPCError<C> {
     match e {
         RpcError::Lost(_) => RPCError::Network(NetworkError::new(&Msg(e.to_string()))),
-        RpcError::Transport(_) | RpcError::TooLarge(_) | RpcError::Api(_) => {
+        RpcError::Transport(_) | RpcError::NotAnswered(_) | RpcError::TooLarge(_) | RpcError::Api(_) => {
             RPCError::Unreachable(Unreachable::new(&Msg(e.to_string())))
         }
     }
