@@ -315,12 +315,16 @@ impl SwarmNode {
                 labels: BTreeMap::new(),
                 options: BTreeMap::new(),
             };
+            let keys = cluster.gossip_keys.clone();
             let cmd = Command::CreateCluster {
                 cluster: Box::new(cluster),
                 node: Box::new(me),
                 ingress: Box::new(ingress),
             };
             node.propose_local(cmd).await?;
+            // Ready when init returns, as after a join: endpoints can be
+            // attached at once, not only after the first heartbeat.
+            node.start_overlay(keys).await;
             node.start_agent();
             Ok(node)
         }
