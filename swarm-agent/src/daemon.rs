@@ -9,10 +9,10 @@ use std::{
     },
 };
 
-use crate::cluster::{
+use crate::{
     error::{ALREADY_IN_SWARM, ApiError, INACTIVE, NOT_IN_SWARM, PENDING},
-    messages::{ControlRequest, ControlResponse},
     node::{InitParams, JoinParams, NodeOptions, SwarmNode},
+    rpc::messages::{ControlRequest, ControlResponse},
 };
 
 /// What `docker info` calls `LocalNodeState`.

@@ -255,12 +255,12 @@ fn vxlan_from_outside_the_cluster_or_for_unknown_vnis_is_dropped() {
 
 #[test]
 fn forged_or_unencrypted_gossip_is_ignored() {
-    use swarm_agent::cluster::{
+    use swarm_agent::{
         gossip::{
             table::{EndpointRecord, Entry, TableMsg},
             wire::{Keyring, Packet},
         },
-        messages::GossipKey,
+        rpc::messages::GossipKey,
     };
     let tb = Testbed::up(3).unwrap();
     let (m, w, outsider) = (tb.host(0), tb.host(1), tb.host(2));

@@ -5,13 +5,19 @@
 
 use std::time::Duration;
 
-use swarm_agent::cluster::{
-    ca::{Role, RootCa},
+use swarm_agent::{
+    ca::{
+        Role, RootCa,
+        tls::{self, CertResolver},
+    },
     error::ErrorKind,
-    messages::{ControlRequest, ControlResponse, HeartbeatRequest, HeartbeatResponse, RootCaResponse, path},
-    rpc::{RpcClient, RpcError},
-    store::model::NodeDescription,
-    tls::{self, CertResolver},
+    manager::store::model::NodeDescription,
+    rpc::{
+        RpcClient, RpcError,
+        messages::{
+            ControlRequest, ControlResponse, HeartbeatRequest, HeartbeatResponse, RootCaResponse, path,
+        },
+    },
 };
 use swarm_tests::{
     swarm::{agent, cluster, node_ls, row, wait_nodes},
@@ -90,7 +96,7 @@ fn every_rpc_checks_the_callers_certificate() {
             .await;
         denied(join);
         // Only managers may forward on behalf of others.
-        let forged = Some(swarm_agent::cluster::rpc::Identity {
+        let forged = Some(swarm_agent::rpc::Identity {
             node_id: "x".into(),
             role: Role::Manager,
             cluster_id: "y".into(),
@@ -116,7 +122,7 @@ fn every_rpc_checks_the_callers_certificate() {
     // A certificate the swarm's CA did not sign does not even get a connection.
     in_host(w, async {
         let other_ca = RootCa::generate().unwrap();
-        let (key, csr) = swarm_agent::cluster::ca::new_key_and_csr().unwrap();
+        let (key, csr) = swarm_agent::ca::new_key_and_csr().unwrap();
         let cert = other_ca.sign_node_csr(&csr, &id2, Role::Manager, "c", Duration::from_secs(7200)).unwrap();
         let forged = client_with(w, &cert, &key);
         let r = control(&forged).await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use regex::Regex;
-use swarm_agent::cluster::{ca::CertInfo, token::ca_digest};
+use swarm_agent::ca::{CertInfo, token::ca_digest};
 use swarm_tests::{
     swarm::{agent, cluster, docker, node_ls, row, stderr, token, wait_nodes},
     testbed::{Host, Testbed},
@@ -52,7 +52,7 @@ fn init_prints_dockers_output_and_creates_the_swarm() {
     let ca = CertInfo::from_pem(&ca_pem).unwrap();
     assert_eq!((ca.common_name.as_str(), ca.issuer_cn.as_str()), ("swarm-ca", "swarm-ca"));
     assert!((ca.not_after - ca.not_before - 630_720_000 - 3600).abs() < 5, "20 years (+1h backdate)");
-    let digest = swarm_agent::cluster::token::JoinToken::parse(&worker_token).unwrap().ca_digest;
+    let digest = swarm_agent::ca::token::JoinToken::parse(&worker_token).unwrap().ca_digest;
     assert_eq!(digest, ca_digest(ca_pem.as_bytes()));
     let manager_token = token(h, "manager");
     assert!(Regex::new(&format!("^{TOKEN}$")).unwrap().is_match(&manager_token));
@@ -313,7 +313,7 @@ fn bad_joins_are_refused_and_join_nothing() {
     // A token for another CA: the manager's CA does not match its fingerprint.
     let other_ca = format!("SWMTKN-1-{}-{secret}", "1".repeat(50));
     let e = agent(h, &["join", "--token", &other_ca, "198.18.0.1:2377"]).unwrap_err();
-    let expected = swarm_agent::cluster::token::JoinToken::parse(&other_ca).unwrap().digest_string();
+    let expected = swarm_agent::ca::token::JoinToken::parse(&other_ca).unwrap().digest_string();
     assert_eq!(
         stderr(&e),
         format!(

@@ -7,11 +7,11 @@ use base64::Engine as _;
 use bollard_stubs::models as m;
 use serde::Serialize;
 
-use crate::cluster::{
+use crate::{
     ca::Role,
     error::ApiError,
-    messages::{NodeView, Reachability},
-    store::model::{Availability, Cluster, ClusterSpec, Meta, Network, NodeSpec, NodeState},
+    manager::store::model::{Availability, Cluster, ClusterSpec, Meta, Network, NodeSpec, NodeState},
+    rpc::messages::{NodeView, Reachability},
 };
 
 /// RFC 3339 with nanoseconds, as Docker prints times.
@@ -207,7 +207,7 @@ pub fn cluster_spec(s: Option<&m::SwarmSpec>, base: &ClusterSpec) -> Result<Clus
     }
     if let Some(c) = &s.ca_config {
         if let Some(e) = c.node_cert_expiry.filter(|e| *e != 0) {
-            if e < crate::cluster::ca::MIN_NODE_CERT_EXPIRY.as_nanos() as i64 {
+            if e < crate::ca::MIN_NODE_CERT_EXPIRY.as_nanos() as i64 {
                 return Err(ApiError::invalid("minimum certificate expiry time is: 1h0m0s"));
             }
             out.node_cert_expiry = e as u64;

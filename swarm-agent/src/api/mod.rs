@@ -18,14 +18,12 @@ use bollard_stubs::models as m;
 use serde::Deserialize;
 
 use crate::{
-    cluster::{
-        addr::DEFAULT_LISTEN_ADDR,
-        error::ApiError,
-        messages::{ControlRequest, ControlResponse, NodeView},
-        node::{InitParams, JoinParams},
-        store::model::{Availability, ClusterSpec},
-    },
     daemon::{Engine, LocalNodeState},
+    error::ApiError,
+    manager::store::model::{Availability, ClusterSpec},
+    node::{InitParams, JoinParams},
+    rpc::messages::{ControlRequest, ControlResponse, NodeView},
+    util::addr::DEFAULT_LISTEN_ADDR,
 };
 
 /// The API version this daemon speaks (what `docker version` negotiates to).
@@ -184,7 +182,7 @@ async fn list_views(e: &Engine) -> Result<Vec<NodeView>, ApiError> {
     }
 }
 
-async fn get_cluster(e: &Engine) -> Result<crate::cluster::store::model::Cluster, ApiError> {
+async fn get_cluster(e: &Engine) -> Result<crate::manager::store::model::Cluster, ApiError> {
     match control(e, ControlRequest::GetSwarm).await? {
         ControlResponse::Swarm(c) => Ok(*c),
         _ => Err(ApiError::internal("unexpected response")),
@@ -257,7 +255,7 @@ async fn swarm_info(e: &Engine) -> m::SwarmInfo {
 async fn info(State(e): S) -> Json<m::SystemInfo> {
     let swarm = swarm_info(&e).await;
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    let d = crate::cluster::node::describe();
+    let d = crate::node::describe();
     Json(m::SystemInfo {
         id: Some(swarm.node_id.clone().unwrap_or_default()),
         containers: Some(0),
@@ -494,7 +492,7 @@ async fn node_remove(
 
 /// Every network (managers), or those this node has endpoints in (workers,
 /// as docker's workers list the overlays they have tasks on).
-async fn networks(e: &Engine) -> Result<Vec<crate::cluster::store::model::Network>, ApiError> {
+async fn networks(e: &Engine) -> Result<Vec<crate::manager::store::model::Network>, ApiError> {
     if let Some(node) = e.node().await
         && node.manager().await.is_none()
     {
@@ -507,7 +505,7 @@ async fn networks(e: &Engine) -> Result<Vec<crate::cluster::store::model::Networ
 }
 
 /// One network by ID, name or ID prefix; see [`networks`] for workers.
-async fn network(e: &Engine, id: String) -> Result<crate::cluster::store::model::Network, ApiError> {
+async fn network(e: &Engine, id: String) -> Result<crate::manager::store::model::Network, ApiError> {
     if let Some(node) = e.node().await
         && node.manager().await.is_none()
     {
@@ -571,7 +569,7 @@ async fn network_inspect(
             convert::ContainerView {
                 name: ep.netns.display().to_string(),
                 endpoint_id: ep.endpoint_id.clone(),
-                mac_address: crate::cluster::store::ipam::format_mac(ep.mac),
+                mac_address: crate::manager::store::ipam::format_mac(ep.mac),
                 ipv4_address: format!("{}/{prefix}", ep.ip),
                 ipv6_address: String::new(),
             },
@@ -663,7 +661,7 @@ async fn network_create(
     if cfg.gateway.is_some() && cfg.subnet.is_none() {
         return Err(ApiError::invalid("a gateway needs a subnet (--subnet)"));
     }
-    let spec = crate::cluster::messages::NetworkSpec {
+    let spec = crate::rpc::messages::NetworkSpec {
         name: req.name,
         driver: if req.driver.is_empty() { "bridge".into() } else { req.driver },
         subnet: cfg.subnet,
@@ -708,7 +706,7 @@ async fn network_connect(
         .and_then(|c| c.ipam_config)
         .and_then(|c| c.ipv4_address)
         .filter(|s| !s.is_empty());
-    let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::INACTIVE))?;
+    let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::error::INACTIVE))?;
     node.connect(&id, Path::new(&req.net_ns), ip).await?;
     Ok(StatusCode::OK)
 }
@@ -719,7 +717,7 @@ async fn network_disconnect(
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let req: NetworkConnect = json_body(&body)?;
-    let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::INACTIVE))?;
+    let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::error::INACTIVE))?;
     node.disconnect(&id, Path::new(&req.net_ns)).await?;
     Ok(StatusCode::OK)
 }
@@ -728,17 +726,16 @@ async fn network_disconnect(
 async fn store_digest(
     State(e): S,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<crate::cluster::raft::storage::StoreDigest>, ApiError> {
-    let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::INACTIVE))?;
-    let mgr =
-        node.manager().await.ok_or_else(|| ApiError::unavailable(crate::cluster::error::NOT_A_MANAGER))?;
+) -> Result<Json<crate::manager::raft::storage::StoreDigest>, ApiError> {
+    let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::error::INACTIVE))?;
+    let mgr = node.manager().await.ok_or_else(|| ApiError::unavailable(crate::error::NOT_A_MANAGER))?;
     mgr.state().digest(flag(&q, "objects")).map(Json).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 async fn tasks_list(State(e): S) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     // No services yet: every swarm has no tasks. Still refuse off-swarm.
     if e.node().await.is_none() {
-        return Err(ApiError::unavailable(crate::cluster::error::INACTIVE));
+        return Err(ApiError::unavailable(crate::error::INACTIVE));
     }
     control(&e, ControlRequest::GetSwarm).await?;
     Ok(Json(Vec::new()))

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use crate::{api, cluster::raft::Timing, daemon::Engine};
+use crate::{api, daemon::Engine, manager::raft::Timing};
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -57,10 +57,10 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
     }
     let pid_file = data_root.join("swarm-agent.pid");
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
-    let options = crate::cluster::node::NodeOptions {
+    let options = crate::node::NodeOptions {
         timing,
         bpffs: args.bpffs.clone(),
-        gossip_down_grace: args.gossip_down_grace.unwrap_or(crate::cluster::gossip::DOWN_GRACE),
+        gossip_down_grace: args.gossip_down_grace.unwrap_or(crate::gossip::DOWN_GRACE),
         xdp: crate::datapath::host::XdpPolicy::parse(&args.xdp)
             .unwrap_or(crate::datapath::host::XdpPolicy::Auto),
     };

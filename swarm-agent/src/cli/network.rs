@@ -7,7 +7,7 @@ use bollard_stubs::models as m;
 use serde_json::json;
 
 use super::client::{CliError, Client};
-use crate::{cluster::ids, table};
+use crate::{table, util::ids};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NetworkCmd {

@@ -8,7 +8,7 @@ use bollard_stubs::models as m;
 use serde_json::json;
 
 use super::client::{CliError, Client};
-use crate::cluster::store::model::Availability;
+use crate::manager::store::model::Availability;
 
 /// Options of `init`.
 #[derive(Debug, clap::Args)]

@@ -58,7 +58,7 @@ pub struct HostDatapath {
 
 /// The interface that has `ip`.
 fn iface_with(ip: Ipv4Addr) -> Option<String> {
-    crate::cluster::addr::system_addrs().into_iter().find(|a| a.ip == ip).map(|a| a.iface)
+    crate::util::addr::system_addrs().into_iter().find(|a| a.ip == ip).map(|a| a.iface)
 }
 
 impl HostDatapath {

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! The first 8 bytes are the additional authenticated data. Keys come from
-//! the managers ([`crate::cluster::messages::GossipKey`]), newest first. The
+//! the managers ([`crate::rpc::messages::GossipKey`]), newest first. The
 //! second newest encrypts (the newest only once it is the only key): a new
 //! key reaches every node one rotation period before anyone encrypts with
 //! it, and any kept key decrypts, so rotation never cuts a node off.
@@ -13,8 +13,8 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 
-use super::table::{Entry, TableMsg};
-use crate::cluster::messages::GossipKey;
+use crate::gossip::table::{Entry, TableMsg};
+use crate::rpc::messages::GossipKey;
 
 pub const MAGIC: [u8; 3] = *b"SWG";
 pub const VERSION: u8 = 1;

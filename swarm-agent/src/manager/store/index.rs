@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{
+use crate::manager::store::{
     ipam::Cidr,
     model::{Endpoint, Network},
 };
@@ -118,7 +118,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::cluster::store::model::Meta;
+    use crate::manager::store::model::Meta;
 
     fn net(id: usize, c: Cidr) -> Network {
         Network {

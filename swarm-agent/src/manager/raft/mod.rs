@@ -8,7 +8,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::store::state::{Command, Outcome};
+use crate::manager::store::state::{Command, Outcome};
 
 /// A Raft member as openraft knows it: where to reach it, and which swarm
 /// node it is.
@@ -75,7 +75,7 @@ impl Default for SnapshotSettings {
 
 impl SnapshotSettings {
     /// From the cluster spec; never keeps more logs than the interval.
-    pub fn from_spec(spec: &crate::cluster::store::model::ClusterSpec) -> SnapshotSettings {
+    pub fn from_spec(spec: &crate::manager::store::model::ClusterSpec) -> SnapshotSettings {
         let interval = spec.snapshot_interval.max(1);
         SnapshotSettings { interval, keep_logs: spec.log_entries_for_slow_followers.min(interval) }
     }

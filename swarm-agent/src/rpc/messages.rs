@@ -13,9 +13,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::{
     ca::Role,
-    store::model::{Availability, Cluster, ClusterSpec, Endpoint, Network, Node, NodeDescription, NodeSpec},
+    manager::store::model::{
+        Availability, Cluster, ClusterSpec, Endpoint, Network, Node, NodeDescription, NodeSpec,
+    },
 };
 
 pub mod path {
@@ -62,7 +64,7 @@ pub struct IssueCertResponse {
     /// Advertised addresses of the managers.
     pub managers: Vec<String>,
     /// The swarm's Raft snapshot settings, for a manager's Raft.
-    pub snapshots: super::raft::SnapshotSettings,
+    pub snapshots: crate::manager::raft::SnapshotSettings,
     /// The swarm's VXLAN port.
     pub data_path_port: u32,
 }
@@ -194,7 +196,7 @@ impl GossipKey {
         use rand::RngCore as _;
         let mut k = [0u8; 32];
         rand::rng().fill_bytes(&mut k);
-        GossipKey { id, key: super::token::hex(&k) }
+        GossipKey { id, key: crate::ca::token::hex(&k) }
     }
 
     /// The key bytes, if the hex is valid.

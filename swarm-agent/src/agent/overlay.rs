@@ -17,16 +17,16 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::{
-    error::ApiError,
-    gossip::{Gossip, GossipConfig, GossipEvent, table::EndpointRecord},
-    messages::{AttachResponse, GossipKey},
-    store::{ipam::Cidr, model::Network},
-};
 use crate::datapath::{
     DatapathError, PinLayout,
     host::HostDatapath,
     netlink::{self, EndpointLink},
+};
+use crate::{
+    error::ApiError,
+    gossip::{Gossip, GossipConfig, GossipEvent, table::EndpointRecord},
+    manager::store::{ipam::Cidr, model::Network},
+    rpc::messages::{AttachResponse, GossipKey},
 };
 
 /// A local endpoint, as remembered across agent restarts.
@@ -94,7 +94,7 @@ impl Overlay {
         node_id: &str,
         underlay_ip: Ipv4Addr,
         vxlan_port: u16,
-        options: &super::node::NodeOptions,
+        options: &crate::node::NodeOptions,
         keys: Vec<GossipKey>,
     ) -> Result<(), ApiError> {
         let (bpffs, xdp, down_grace) = (options.bpffs.as_path(), options.xdp, options.gossip_down_grace);
@@ -105,12 +105,12 @@ impl Overlay {
             HostDatapath::start(PinLayout::new(bpffs), underlay_ip, vxlan_port, xdp).await.map_err(dp_err)?;
         let datapath = Arc::new(Mutex::new(dp));
         let (tx, rx) = mpsc::unbounded_channel();
-        let incarnation = super::manager::now_nanos().unsigned_abs();
+        let incarnation = crate::manager::now_nanos().unsigned_abs();
         let gossip = Gossip::start(
             GossipConfig {
                 node_id: node_id.to_owned(),
                 addr: underlay_ip,
-                port: super::gossip::PORT,
+                port: crate::gossip::PORT,
                 incarnation,
                 down_grace,
             },
@@ -118,7 +118,7 @@ impl Overlay {
             tx,
         )
         .await
-        .map_err(|e| ApiError::internal(format!("starting gossip on port {}: {e}", super::gossip::PORT)))?;
+        .map_err(|e| ApiError::internal(format!("starting gossip on port {}: {e}", crate::gossip::PORT)))?;
         let events = tokio::spawn(apply_events(datapath.clone(), rx));
         for ep in lock(&self.endpoints).iter() {
             let mut d = lock(&datapath);
@@ -202,7 +202,7 @@ impl Overlay {
             alloc.endpoint.ip.parse().map_err(|_| ApiError::internal("bad endpoint address"))?;
         let gateway: Ipv4Addr =
             alloc.network.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
-        let mac = super::store::ipam::mac_for(ip);
+        let mac = crate::manager::store::ipam::mac_for(ip);
         let host_iface = format!("swe{}", &alloc.endpoint.id[..12]);
         let link =
             EndpointLink { host_name: &host_iface, netns, ip, prefix_len: subnet.prefix, gateway, mac, mtu };

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::ca::Role;
+use crate::ca::Role;
 
 /// Unix time in nanoseconds; set by the leader when it proposes a change, so
 /// every replica applies the same value.
@@ -73,7 +73,7 @@ pub struct Cluster {
     /// Keys that authenticate and encrypt gossip on 7946, newest first
     /// (the leader rotates them and keeps three).
     #[serde(default)]
-    pub gossip_keys: Vec<crate::cluster::messages::GossipKey>,
+    pub gossip_keys: Vec<crate::rpc::messages::GossipKey>,
     /// When the newest gossip key was made.
     #[serde(default)]
     pub gossip_keys_rotated_at: Nanos,

@@ -26,11 +26,11 @@ use tokio::{
     sync::mpsc,
 };
 
-use self::{
+use crate::gossip::{
     table::{EndpointRecord, NetworkDb, Out},
     wire::{Keyring, Packet},
 };
-use super::messages::GossipKey;
+use crate::rpc::messages::GossipKey;
 
 /// The gossip port (Docker's memberlist default).
 pub const PORT: u16 = 7946;

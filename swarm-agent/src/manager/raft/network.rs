@@ -1,6 +1,6 @@
 //! openraft's network over the node-to-node RPC (mutual TLS on 2377).
 //!
-//! - AppendEntries: JSON, at most [`super::storage::MAX_APPEND_BYTES`] of
+//! - AppendEntries: JSON, at most [`crate::manager::raft::storage::MAX_APPEND_BYTES`] of
 //!   entries per request (the log reader bounds each batch); a batch whose
 //!   encoding still exceeds the peer's body limit is cut to a prefix that
 //!   fits and reported as a partial success, so replication moves on
@@ -24,11 +24,8 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{RaftPeer, TypeConfig, storage::SnapshotData};
-use crate::cluster::{
-    messages::path,
-    rpc::{RpcClient, RpcError, limits},
-};
+use crate::manager::raft::{RaftPeer, TypeConfig, storage::SnapshotData};
+use crate::rpc::{RpcClient, RpcError, limits, messages::path};
 
 type C = TypeConfig;
 
@@ -194,7 +191,7 @@ impl RaftNetworkV2<C> for PeerConn {
             .map_err(|e| classify(&e))
     }
 
-    /// Pre-Vote (enabled in [`super::config`]): a manager that was cut off
+    /// Pre-Vote (enabled in [`crate::manager::raft::config`]): a manager that was cut off
     /// or restarted asks first whether it could win, so it does not bump
     /// the term and unseat a healthy leader when it comes back.
     async fn pre_vote(

@@ -2,6 +2,8 @@
 //! agent that keeps a session with the managers (heartbeats, certificate
 //! renewal, role changes), and the manager when this node is one.
 
+pub mod local;
+
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -14,32 +16,37 @@ use rand::Rng as _;
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
-    cluster::messages::{AttachRequest, AttachResponse, DetachRequest, GossipKey},
     datapath::host::XdpPolicy,
+    rpc::messages::{AttachRequest, AttachResponse, DetachRequest, GossipKey},
 };
 
-use super::{
-    addr,
-    ca::{self, CertInfo, Role, RootCa},
+use crate::{
+    ca::{
+        self, CertInfo, Role, RootCa,
+        tls::{self, CertResolver},
+        token::{JoinToken, hex},
+    },
     error::{ALREADY_IN_SWARM, ApiError, NOT_A_MANAGER},
-    ids,
-    local::{Certs, LocalState, SwarmDir},
-    manager::{Manager, ManagerConfig, now_nanos},
-    messages::{
-        ControlRequest, ControlResponse, HeartbeatRequest, HeartbeatResponse, IssueCertRequest,
-        IssueCertResponse, JoinRaftRequest, Reachability, RootCaResponse, path,
-    },
-    raft::Timing,
-    rpc::{self, Caller, Identity, RpcClient},
-    store::{
-        model::{
-            Availability, Cluster, ClusterSpec, ManagerInfo, Meta, Network, Node, NodeDescription, NodeSpec,
-            NodeState, NodeStatus,
+    manager::{
+        Manager, ManagerConfig, now_nanos,
+        raft::Timing,
+        store::{
+            model::{
+                Availability, Cluster, ClusterSpec, ManagerInfo, Meta, Network, Node, NodeDescription,
+                NodeSpec, NodeState, NodeStatus,
+            },
+            state::Command,
         },
-        state::Command,
     },
-    tls::{self, CertResolver},
-    token::{JoinToken, hex},
+    node::local::{Certs, LocalState, SwarmDir},
+    rpc::{
+        self, Caller, Identity, RpcClient,
+        messages::{
+            ControlRequest, ControlResponse, HeartbeatRequest, HeartbeatResponse, IssueCertRequest,
+            IssueCertResponse, JoinRaftRequest, Reachability, RootCaResponse, path,
+        },
+    },
+    util::{addr, ids},
 };
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,7 +71,7 @@ pub struct NodeOptions {
     /// Root of the pinned eBPF objects.
     pub bpffs: PathBuf,
     pub xdp: XdpPolicy,
-    /// See [`super::gossip::DOWN_GRACE`].
+    /// See [`crate::gossip::DOWN_GRACE`].
     pub gossip_down_grace: Duration,
 }
 
@@ -74,7 +81,7 @@ impl Default for NodeOptions {
             timing: Timing::default(),
             bpffs: PathBuf::from(crate::datapath::bpffs::DEFAULT_ROOT),
             xdp: XdpPolicy::Auto,
-            gossip_down_grace: super::gossip::DOWN_GRACE,
+            gossip_down_grace: crate::gossip::DOWN_GRACE,
         }
     }
 }
@@ -100,7 +107,7 @@ pub struct SwarmNode {
     manager: tokio::sync::Mutex<Option<Arc<Manager>>>,
     options: NodeOptions,
     agent: Mutex<Option<JoinHandle<()>>>,
-    overlay: super::overlay::Overlay,
+    overlay: crate::agent::overlay::Overlay,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ApiError {
@@ -211,7 +218,7 @@ impl SwarmNode {
         let ca = RootCa::from_pem(&certs.ca_cert, None).map_err(ca_err)?;
         let resolver = CertResolver::new(&certs.node_cert, &certs.node_key).map_err(tls_err)?;
         let rpc = RpcClient::new(tls::client_config(&ca, resolver.clone()).map_err(tls_err)?);
-        let overlay = super::overlay::Overlay::new(dir.root().join("endpoints.json"));
+        let overlay = crate::agent::overlay::Overlay::new(dir.root().join("endpoints.json"));
         Ok(Arc::new(SwarmNode {
             dir,
             local: Mutex::new(local),
@@ -258,7 +265,7 @@ impl SwarmNode {
             listen_addr: listen,
             data_path_port,
             managers: vec![advertise.clone()],
-            snapshots: super::raft::SnapshotSettings::from_spec(&p.spec),
+            snapshots: crate::manager::raft::SnapshotSettings::from_spec(&p.spec),
         };
         let result = async {
             dir.save_certs(&certs).map_err(io("saving certificates"))?;
@@ -281,7 +288,7 @@ impl SwarmNode {
                 default_addr_pool: pool.clone(),
                 subnet_size,
                 data_path_port,
-                gossip_keys: vec![super::messages::GossipKey::generate(1)],
+                gossip_keys: vec![crate::rpc::messages::GossipKey::generate(1)],
                 gossip_keys_rotated_at: now,
             };
             let me = Node {
@@ -364,7 +371,7 @@ impl SwarmNode {
             .call(&remote, path::ROOT_CA, &(), RPC_TIMEOUT, None)
             .await
             .map_err(|e| e.into_api(&format!("could not reach the manager at {remote}")))?;
-        if super::token::ca_digest(got.ca_pem.as_bytes()) != token.ca_digest {
+        if crate::ca::token::ca_digest(got.ca_pem.as_bytes()) != token.ca_digest {
             return Err(ApiError::invalid(format!(
                 "remote CA does not match fingerprint. Expected: {}",
                 hex(&token.ca_digest)
@@ -582,7 +589,7 @@ impl SwarmNode {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             match mgr.propose_as_leader(cmd.clone()).await {
-                Err(e) if e.message == super::error::NO_LEADER && tokio::time::Instant::now() < deadline => {
+                Err(e) if e.message == crate::error::NO_LEADER && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 r => return r,
@@ -679,7 +686,7 @@ impl SwarmNode {
         network: &str,
         netns: &std::path::Path,
         ip: Option<String>,
-    ) -> Result<super::overlay::LocalEndpoint, ApiError> {
+    ) -> Result<crate::agent::overlay::LocalEndpoint, ApiError> {
         if self.overlay.find(network, netns).is_some() {
             return Err(ApiError::conflict(format!(
                 "{} is already attached to network {network}",
@@ -722,7 +729,7 @@ impl SwarmNode {
         Ok(())
     }
 
-    pub fn overlay(&self) -> &super::overlay::Overlay {
+    pub fn overlay(&self) -> &crate::agent::overlay::Overlay {
         &self.overlay
     }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::manager::store::{
     index::Index,
     ipam::{Cidr, check_ip},
     model::{
@@ -17,7 +17,7 @@ use super::{
         NodeState,
     },
 };
-use crate::cluster::{ca::Role, error::ApiError};
+use crate::{ca::Role, error::ApiError};
 
 /// Everything the managers replicate. Networks and endpoints change only
 /// through [`ClusterState::apply`], which keeps the lookup index in step.
@@ -91,7 +91,7 @@ pub enum Command {
     /// An attachment goes away.
     RemoveEndpoint { id: String },
     /// New gossip keys (newest first).
-    SetGossipKeys { keys: Vec<crate::cluster::messages::GossipKey>, now: Nanos },
+    SetGossipKeys { keys: Vec<crate::rpc::messages::GossipKey>, now: Nanos },
     /// `init --force-new-cluster`: the state a surviving manager had, with
     /// `node_id` as the only manager, as the first entry of a new Raft group.
     ForceNewCluster { state: Box<ClusterState>, node_id: String, manager: ManagerInfo, now: Nanos },
@@ -260,7 +260,7 @@ impl ClusterState {
         match cmd {
             Command::CreateCluster { .. } => {
                 if self.cluster.is_some() {
-                    return Err(ApiError::unavailable(crate::cluster::error::ALREADY_IN_SWARM));
+                    return Err(ApiError::unavailable(crate::error::ALREADY_IN_SWARM));
                 }
             }
             Command::AddNode { node } => {
@@ -316,7 +316,7 @@ impl ClusterState {
             }
             Command::ForceNewCluster { state, node_id, .. } => {
                 if self.cluster.is_some() {
-                    return Err(ApiError::unavailable(crate::cluster::error::ALREADY_IN_SWARM));
+                    return Err(ApiError::unavailable(crate::error::ALREADY_IN_SWARM));
                 }
                 state.cluster()?;
                 state.node(node_id)?;
@@ -397,13 +397,13 @@ impl ClusterState {
         }
     }
 
-    /// The lowest VNI from [`ipam::FIRST_VNI`](super::ipam::FIRST_VNI) in use
+    /// The lowest VNI from [`ipam::FIRST_VNI`](crate::manager::store::ipam::FIRST_VNI) in use
     /// neither here nor in `reserved`.
     pub fn next_free_vni(&self, reserved: &BTreeSet<u32>) -> Option<u32> {
-        let first = super::ipam::FIRST_VNI;
+        let first = crate::manager::store::ipam::FIRST_VNI;
         let mut want = first;
         let mut used = self.index.vnis().filter(move |v| *v >= first).peekable();
-        while want <= super::ipam::MAX_VNI {
+        while want <= crate::manager::store::ipam::MAX_VNI {
             if used.peek() == Some(&want) {
                 used.next();
             } else if !reserved.contains(&want) {
@@ -420,11 +420,11 @@ impl ClusterState {
     }
 
     pub fn cluster(&self) -> Result<&Cluster, ApiError> {
-        self.cluster.as_ref().ok_or_else(|| ApiError::unavailable(crate::cluster::error::NOT_IN_SWARM))
+        self.cluster.as_ref().ok_or_else(|| ApiError::unavailable(crate::error::NOT_IN_SWARM))
     }
 
     fn cluster_mut(&mut self) -> Result<&mut Cluster, ApiError> {
-        self.cluster.as_mut().ok_or_else(|| ApiError::unavailable(crate::cluster::error::NOT_IN_SWARM))
+        self.cluster.as_mut().ok_or_else(|| ApiError::unavailable(crate::error::NOT_IN_SWARM))
     }
 
     pub fn node(&self, id: &str) -> Result<&Node, ApiError> {
@@ -480,7 +480,7 @@ fn touch(meta: &mut Meta, index: u64, now: Nanos) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::store::model::{Availability, NodeStatus};
+    use crate::manager::store::model::{Availability, NodeStatus};
 
     fn node(id: &str, role: Role, state: NodeState) -> Node {
         Node {

@@ -16,7 +16,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use super::ca::RootCa;
+use crate::ca::RootCa;
 
 /// TLS setup failed: bad PEM, or a key that does not match its certificate.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +148,7 @@ pub fn bootstrap_client_config() -> Result<Arc<ClientConfig>, TlsError> {
 
 /// The server name every manager certificate carries.
 pub fn manager_server_name() -> ServerName<'static> {
-    ServerName::try_from(super::ca::MANAGER_SERVER_NAME).expect("valid DNS name")
+    ServerName::try_from(crate::ca::MANAGER_SERVER_NAME).expect("valid DNS name")
 }
 
 #[derive(Debug)]

@@ -3,6 +3,9 @@
 //! certificates `CN=<node id>, OU=swarm-manager|swarm-worker, O=<cluster id>`
 //! signed from a CSR whose only trusted part is the public key.
 
+pub mod tls;
+pub mod token;
+
 use std::time::Duration;
 
 use rcgen::{
@@ -135,7 +138,7 @@ impl RootCa {
 
     /// SHA-256 of the PEM bytes: what join tokens carry.
     pub fn digest(&self) -> [u8; 32] {
-        super::token::ca_digest(self.cert_pem.as_bytes())
+        crate::ca::token::ca_digest(self.cert_pem.as_bytes())
     }
 
     /// Signs a node certificate for `csr_pem`. Only the CSR's public key is

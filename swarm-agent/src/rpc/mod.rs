@@ -10,6 +10,8 @@
 //! the original caller in [`FORWARDED_HEADER`]; the leader believes that
 //! header only from a manager certificate.
 
+pub mod messages;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -26,7 +28,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::{
+use crate::{
     ca::{CertInfo, Role},
     error::ApiError,
 };
@@ -220,8 +222,8 @@ pub mod limits {
     /// Default for every path: requests carry one object at most.
     pub const BODY_LIMIT: usize = 4 << 20;
     /// `/raft/append`: entries are sent in batches of at most
-    /// [`crate::cluster::raft::storage::MAX_APPEND_BYTES`] (a single larger
-    /// entry alone), and no entry exceeds [`crate::cluster::store::limits::MAX_COMMAND_BYTES`].
+    /// [`crate::manager::raft::storage::MAX_APPEND_BYTES`] (a single larger
+    /// entry alone), and no entry exceeds [`crate::manager::store::limits::MAX_COMMAND_BYTES`].
     pub const RAFT_APPEND: usize = 8 << 20;
     /// `/raft/snapshot/chunk`: one raw chunk of a snapshot.
     pub const SNAPSHOT_CHUNK: usize = 2 << 20;
@@ -397,7 +399,7 @@ impl RpcClient {
         let _ = tcp.set_nodelay(true);
         let stream = tokio::time::timeout(
             TLS_HANDSHAKE_TIMEOUT,
-            TlsConnector::from(tls).connect(super::tls::manager_server_name(), tcp),
+            TlsConnector::from(tls).connect(crate::ca::tls::manager_server_name(), tcp),
         )
         .await
         .map_err(|_| RpcError::Transport(format!("TLS handshake with {addr}: timed out")))?

@@ -3,6 +3,10 @@
 //! dispatcher (node liveness) and the role reconciler. Followers forward
 //! leader-only requests to the leader, as swarmkit's raft proxy does.
 
+pub mod dispatcher;
+pub mod raft;
+pub mod store;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
@@ -14,28 +18,36 @@ use axum::{Json, Router, extract::State, routing::post};
 use openraft::{Instant as _, ServerState, async_runtime::WatchReceiver as _};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use super::{
-    ca::{Role, RootCa},
-    dispatcher::{self, Liveness},
+use crate::{
+    ca::{
+        Role, RootCa,
+        token::{JoinToken, tokens_equal},
+    },
     error::{ApiError, ErrorKind, INVALID_JOIN_SECRET},
-    ids,
-    messages::{
-        AttachRequest, AttachResponse, ControlRequest, ControlResponse, DetachRequest, HeartbeatRequest,
-        HeartbeatResponse, IssueCertRequest, IssueCertResponse, JoinRaftRequest, NetworkSpec, NodeView,
-        Reachability, RootCaResponse, path,
+    manager::{
+        dispatcher::Liveness,
+        raft::{
+            Raft, RaftPeer, Timing,
+            network::{Addressed, CHUNK_HEADER, ChunkHeader, SnapshotReceiver, SnapshotRequest},
+            storage::StateReader,
+        },
+        store::{
+            ipam::{self, Cidr},
+            model::{
+                Endpoint, MTU_OPTION, ManagerInfo, Meta, Network, Node, NodeSpec, NodeState, NodeStatus,
+            },
+            state::{ClusterState, Command},
+        },
     },
-    raft::{
-        self, Raft, RaftPeer, Timing,
-        network::{Addressed, CHUNK_HEADER, ChunkHeader, SnapshotReceiver, SnapshotRequest},
-        storage::StateReader,
+    rpc::{
+        self, Caller, Identity, RpcClient,
+        messages::{
+            AttachRequest, AttachResponse, ControlRequest, ControlResponse, DetachRequest, HeartbeatRequest,
+            HeartbeatResponse, IssueCertRequest, IssueCertResponse, JoinRaftRequest, NetworkSpec, NodeView,
+            Reachability, RootCaResponse, path,
+        },
     },
-    rpc::{self, Caller, Identity, RpcClient},
-    store::{
-        ipam::{self, Cidr},
-        model::{Endpoint, MTU_OPTION, ManagerInfo, Meta, Network, Node, NodeSpec, NodeState, NodeStatus},
-        state::{ClusterState, Command},
-    },
-    token::{JoinToken, tokens_equal},
+    util::ids,
 };
 
 /// How long a leader works on one manager's join: catching up (a
@@ -390,7 +402,7 @@ impl Manager {
     /// leadership was lost before it was known to be committed.
     async fn propose(&self, cmd: Command) -> Result<(), ApiError> {
         use openraft::errors::{ClientWriteError, RaftError};
-        super::store::limits::check_command_size(&cmd)?;
+        crate::manager::store::limits::check_command_size(&cmd)?;
         self.state.read(|s| s.check(&cmd))?;
         self.leader_with_quorum()?;
         match tokio::time::timeout(self.write_timeout(), self.raft.client_write(cmd)).await {
@@ -537,7 +549,7 @@ impl Manager {
             return;
         }
         let next = keys.iter().map(|k| k.id).max().unwrap_or(0) + 1;
-        let mut new = vec![super::messages::GossipKey::generate(next)];
+        let mut new = vec![crate::rpc::messages::GossipKey::generate(next)];
         new.extend(keys.into_iter().take(2));
         if let Err(e) = self.propose(Command::SetGossipKeys { keys: new, now: now_nanos() }).await {
             tracing::warn!("rotating gossip keys: {e}");
@@ -914,7 +926,7 @@ impl Manager {
                 if cluster.meta.version != version {
                     return Err(ApiError::invalid("update out of sequence"));
                 }
-                if spec.node_cert_expiry < super::ca::MIN_NODE_CERT_EXPIRY.as_nanos() as u64 {
+                if spec.node_cert_expiry < crate::ca::MIN_NODE_CERT_EXPIRY.as_nanos() as u64 {
                     return Err(ApiError::invalid("minimum certificate expiry time is: 1h0m0s"));
                 }
                 if spec != cluster.spec {

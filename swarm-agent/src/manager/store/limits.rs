@@ -1,10 +1,10 @@
 //! Size limits on what goes into the store, checked before a command is
 //! proposed so an oversized request never reaches Raft. They follow Docker:
 //! swarmkit refuses store transactions over 1.5 MiB, and its gRPC messages
-//! over 4 MiB (see [`crate::cluster::rpc::limits`]).
+//! over 4 MiB (see [`crate::rpc::limits`]).
 
-use super::state::Command;
-use crate::cluster::error::ApiError;
+use crate::error::ApiError;
+use crate::manager::store::state::Command;
 
 /// The largest command (encoded as it is stored in the Raft log).
 pub const MAX_COMMAND_BYTES: usize = 3 << 19; // 1.5 MiB
@@ -44,7 +44,7 @@ mod tests {
         let cmd = |n: usize| Command::RemoveNetwork { id: "x".repeat(n) };
         assert!(check_command_size(&cmd(1 << 20)).is_ok(), "a 1 MiB spec is fine");
         let e = check_command_size(&cmd(2 << 20)).unwrap_err();
-        assert_eq!(e.kind, crate::cluster::error::ErrorKind::InvalidArgument);
+        assert_eq!(e.kind, crate::error::ErrorKind::InvalidArgument);
         assert!(
             e.message.starts_with("request too large: the change is 2.00 MiB, the limit is 1.50 MiB"),
             "{}",

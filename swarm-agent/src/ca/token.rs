@@ -6,7 +6,7 @@ use std::fmt;
 use rand::RngCore;
 use ring::digest;
 
-use super::ids::{base36, parse_base36};
+use crate::util::ids::{base36, parse_base36};
 
 const PREFIX: &str = "SWMTKN";
 const DIGEST_LEN: usize = 50;

@@ -22,7 +22,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::ca::Role;
+use crate::ca::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalState {
@@ -41,7 +41,7 @@ pub struct LocalState {
     pub managers: Vec<String>,
     /// Raft snapshot settings of the swarm.
     #[serde(default)]
-    pub snapshots: super::raft::SnapshotSettings,
+    pub snapshots: crate::manager::raft::SnapshotSettings,
 }
 
 /// The PEM files of a node.
@@ -174,7 +174,7 @@ mod tests {
             listen_addr: "0.0.0.0:2377".into(),
             data_path_port: 4789,
             managers: vec!["198.18.0.2:2377".into()],
-            snapshots: crate::cluster::raft::SnapshotSettings::default(),
+            snapshots: crate::manager::raft::SnapshotSettings::default(),
         };
         let certs = Certs { node_cert: "c".into(), node_key: "k".into(), ca_cert: "ca".into(), ca_key: None };
         d.save_state(&state).unwrap();

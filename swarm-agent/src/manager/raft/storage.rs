@@ -30,8 +30,8 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 
-use super::TypeConfig;
-use crate::cluster::store::state::ClusterState;
+use crate::manager::raft::TypeConfig;
+use crate::manager::store::state::ClusterState;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -299,7 +299,7 @@ impl StateReader {
             networks: a.state.networks.len(),
             endpoints: a.state.endpoints.len(),
             bytes: bytes.len(),
-            sha256: super::network::sha256_hex(&bytes),
+            sha256: crate::manager::raft::network::sha256_hex(&bytes),
             network_names: with_names.then(|| a.state.networks.values().map(|n| n.name.clone()).collect()),
         })
     }
@@ -325,7 +325,7 @@ pub struct StateMachine {
 }
 
 /// Snapshot payload: the whole state as bytes (JSON). Sent to other managers
-/// as raw chunks ([`super::network`]), never inside a JSON document.
+/// as raw chunks ([`crate::manager::raft::network`]), never inside a JSON document.
 pub type SnapshotData = Vec<u8>;
 
 /// Encodes the state as snapshot bytes.
@@ -549,7 +549,7 @@ mod tests {
     use openraft::{StorageError, testing::log::StoreBuilder};
 
     use super::*;
-    use crate::cluster::store::state::Command;
+    use crate::manager::store::state::Command;
 
     struct RedbBuilder;
 

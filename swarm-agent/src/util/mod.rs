@@ -1,0 +1,4 @@
+//! Small helpers shared across the agent: swarm IDs, addresses.
+
+pub mod addr;
+pub mod ids;
