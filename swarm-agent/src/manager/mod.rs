@@ -3,8 +3,11 @@
 //! dispatcher (node liveness) and the role reconciler. Followers forward
 //! leader-only requests to the leader, as swarmkit's raft proxy does.
 
+pub mod allocator;
 pub mod dispatcher;
+pub mod orchestrator;
 pub mod raft;
+pub mod scheduler;
 pub mod store;
 
 use std::{

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::manager::store::{
     ipam::Cidr,
     model::{Endpoint, Network},
+    task::Service,
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct Index {
     addrs: BTreeSet<(String, String)>,
     /// Endpoints per network ID.
     endpoints: BTreeMap<String, usize>,
+    /// Service name -> ID.
+    services: BTreeMap<String, String>,
 }
 
 fn range(subnet: &str) -> Option<(u32, u32)> {
@@ -44,6 +47,24 @@ impl Index {
             i.add_endpoint(e);
         }
         i
+    }
+
+    pub fn add_services<'a>(&mut self, services: impl Iterator<Item = &'a Service>) {
+        for s in services {
+            self.add_service(s);
+        }
+    }
+
+    pub fn add_service(&mut self, s: &Service) {
+        self.services.insert(s.name().to_owned(), s.id.clone());
+    }
+
+    pub fn remove_service(&mut self, s: &Service) {
+        self.services.remove(s.name());
+    }
+
+    pub fn service_named(&self, name: &str) -> Option<&str> {
+        self.services.get(name).map(String::as_str)
     }
 
     pub fn add_network(&mut self, n: &Network) {

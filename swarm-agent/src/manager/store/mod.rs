@@ -5,3 +5,4 @@ pub mod ipam;
 pub mod limits;
 pub mod model;
 pub mod state;
+pub mod task;

@@ -16,12 +16,13 @@ use crate::manager::store::{
         Cluster, ClusterSpec, Endpoint, ManagerInfo, Meta, Nanos, Network, Node, NodeDescription, NodeSpec,
         NodeState,
     },
+    task::{Service, Task, TaskState, TaskStatus},
 };
 use crate::{ca::Role, error::ApiError};
 
 /// Everything the managers replicate. Networks and endpoints change only
 /// through [`ClusterState::apply`], which keeps the lookup index in step.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "StateData")]
 pub struct ClusterState {
     pub cluster: Option<Cluster>,
@@ -32,6 +33,10 @@ pub struct ClusterState {
     pub endpoints: BTreeMap<String, Endpoint>,
     /// Nodes removed from the swarm: their certificates are refused.
     pub removed_nodes: BTreeSet<String>,
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, Task>,
     #[serde(skip)]
     index: Index,
 }
@@ -45,24 +50,31 @@ struct StateData {
     #[serde(default)]
     endpoints: BTreeMap<String, Endpoint>,
     removed_nodes: BTreeSet<String>,
+    #[serde(default)]
+    services: BTreeMap<String, Service>,
+    #[serde(default)]
+    tasks: BTreeMap<String, Task>,
 }
 
 impl From<StateData> for ClusterState {
     fn from(d: StateData) -> ClusterState {
-        let index = Index::build(d.networks.values(), d.endpoints.values());
+        let mut index = Index::build(d.networks.values(), d.endpoints.values());
+        index.add_services(d.services.values());
         ClusterState {
             cluster: d.cluster,
             nodes: d.nodes,
             networks: d.networks,
             endpoints: d.endpoints,
             removed_nodes: d.removed_nodes,
+            services: d.services,
+            tasks: d.tasks,
             index,
         }
     }
 }
 
 /// A change to the state. `now` fields are set by the proposer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// `swarm init`: the cluster, the first manager and the ingress network.
     CreateCluster { cluster: Box<Cluster>, node: Box<Node>, ingress: Box<Network> },
@@ -95,6 +107,21 @@ pub enum Command {
     /// `init --force-new-cluster`: the state a surviving manager had, with
     /// `node_id` as the only manager, as the first entry of a new Raft group.
     ForceNewCluster { state: Box<ClusterState>, node_id: String, manager: ManagerInfo, now: Nanos },
+    /// `service create`: a new service (its networks resolved).
+    CreateService { service: Box<Service> },
+    /// `service update`/`scale`: a new spec, guarded by the version read.
+    UpdateService { id: String, version: u64, spec: Box<bollard_stubs::models::ServiceSpec>, now: Nanos },
+    /// `service rm`: the service goes, its tasks are marked for removal.
+    RemoveService { id: String, now: Nanos },
+    /// The reconcilers' writes: tasks created or replaced whole, with the
+    /// endpoints (addresses) the allocator gave them.
+    PutTasks { tasks: Vec<Task>, endpoints: Vec<Endpoint> },
+    /// What agents report, batched by the dispatcher. An update that would
+    /// move a task's state backwards, or names a task that is gone, is
+    /// skipped; the others apply.
+    SetTaskStatus { updates: Vec<(String, TaskStatus)>, now: Nanos },
+    /// The reaper: tasks (and their endpoints) deleted.
+    RemoveTasks { ids: Vec<String> },
 }
 
 impl std::fmt::Display for Command {
@@ -119,6 +146,12 @@ impl std::fmt::Display for Command {
             Command::SetGossipKeys { keys, .. } => {
                 write!(f, "set-gossip-keys({})", keys.first().map_or(0, |k| k.id))
             }
+            Command::CreateService { service } => write!(f, "create-service({})", service.name()),
+            Command::UpdateService { id, .. } => write!(f, "update-service({id})"),
+            Command::RemoveService { id, .. } => write!(f, "remove-service({id})"),
+            Command::PutTasks { tasks, .. } => write!(f, "put-tasks({})", tasks.len()),
+            Command::SetTaskStatus { updates, .. } => write!(f, "set-task-status({})", updates.len()),
+            Command::RemoveTasks { ids } => write!(f, "remove-tasks({})", ids.len()),
         }
     }
 }
@@ -228,9 +261,65 @@ impl ClusterState {
                 c.spec = spec.clone();
                 touch(&mut c.meta, index, *now);
             }
+            Command::CreateService { service } => {
+                let mut svc = (**service).clone();
+                svc.meta.version = index;
+                self.index.add_service(&svc);
+                self.services.insert(svc.id.clone(), svc);
+            }
+            Command::UpdateService { id, spec, now, .. } => {
+                let svc = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
+                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, (**spec).clone()));
+                touch(&mut svc.meta, index, *now);
+            }
+            Command::RemoveService { id, now } => {
+                if let Some(svc) = self.services.remove(id) {
+                    self.index.remove_service(&svc);
+                }
+                for t in self.tasks.values_mut().filter(|t| t.service_id == *id) {
+                    if t.desired_state < TaskState::Remove {
+                        t.desired_state = TaskState::Remove;
+                        touch(&mut t.meta, index, *now);
+                    }
+                }
+            }
+            Command::PutTasks { tasks, endpoints } => {
+                for e in endpoints {
+                    let mut e = e.clone();
+                    e.meta.version = index;
+                    self.index.add_endpoint(&e);
+                    self.endpoints.insert(e.id.clone(), e);
+                }
+                for t in tasks {
+                    let mut t = t.clone();
+                    t.meta.version = index;
+                    self.tasks.insert(t.id.clone(), t);
+                }
+            }
+            Command::SetTaskStatus { updates, now } => {
+                for (id, status) in updates {
+                    let Some(t) = self.tasks.get_mut(id) else { continue };
+                    if status.state < t.status.state {
+                        continue;
+                    }
+                    t.status = status.clone();
+                    touch(&mut t.meta, index, *now);
+                }
+            }
+            Command::RemoveTasks { ids } => {
+                for id in ids {
+                    let Some(t) = self.tasks.remove(id) else { continue };
+                    for n in &t.networks {
+                        if let Some(e) = self.endpoints.remove(&n.endpoint_id) {
+                            self.index.remove_endpoint(&e);
+                        }
+                    }
+                }
+            }
             Command::ForceNewCluster { state, node_id, manager, now } => {
                 *self = (**state).clone();
                 self.index = Index::build(self.networks.values(), self.endpoints.values());
+                self.index.add_services(self.services.values());
                 for n in self.nodes.values_mut() {
                     if n.id == *node_id {
                         n.role = Role::Manager;
@@ -326,8 +415,96 @@ impl ClusterState {
                     return Err(ApiError::invalid("update out of sequence"));
                 }
             }
+            Command::CreateService { service } => {
+                self.cluster()?;
+                if self.index.service_named(service.name()).is_some() {
+                    return Err(ApiError::conflict(format!(
+                        "rpc error: code = AlreadyExists desc = name conflicts with an existing object: service {} already exists",
+                        service.name()
+                    )));
+                }
+                if self.services.contains_key(&service.id) {
+                    return Err(ApiError::conflict(format!("service {} already exists", service.id)));
+                }
+                for n in &service.networks {
+                    self.network(n)?;
+                }
+            }
+            Command::UpdateService { id, version, spec, .. } => {
+                let svc = self.services.get(id).ok_or_else(|| no_such_service(id))?;
+                if svc.meta.version != *version {
+                    return Err(ApiError::invalid("update out of sequence"));
+                }
+                if spec.name != svc.spec.name {
+                    return Err(ApiError::invalid(
+                        "rpc error: code = Unimplemented desc = renaming services is not supported",
+                    ));
+                }
+            }
+            Command::RemoveService { id, .. } => {
+                self.services.get(id).ok_or_else(|| no_such_service(id))?;
+            }
+            Command::PutTasks { tasks, endpoints } => {
+                let mut seen = BTreeSet::new();
+                for e in endpoints {
+                    self.check_new_endpoint(e)?;
+                    if !seen.insert((e.network_id.as_str(), e.ip.as_str())) {
+                        return Err(ApiError::conflict(format!("address {} is already in use", e.ip)));
+                    }
+                }
+                for t in tasks {
+                    if let Some(old) = self.tasks.get(&t.id) {
+                        if t.desired_state < old.desired_state {
+                            return Err(ApiError::invalid(format!(
+                                "task {}: desired state cannot go back from {} to {}",
+                                t.id,
+                                old.desired_state.as_str(),
+                                t.desired_state.as_str()
+                            )));
+                        }
+                        if t.status.state < old.status.state {
+                            return Err(ApiError::invalid(format!(
+                                "task {}: state cannot go back from {} to {}",
+                                t.id,
+                                old.status.state.as_str(),
+                                t.status.state.as_str()
+                            )));
+                        }
+                    } else if !self.services.contains_key(&t.service_id) {
+                        return Err(no_such_service(&t.service_id));
+                    }
+                }
+            }
+            Command::SetTaskStatus { .. } | Command::RemoveTasks { .. } => {}
         }
         Ok(())
+    }
+
+    pub fn service(&self, id: &str) -> Result<&Service, ApiError> {
+        self.services.get(id).ok_or_else(|| no_such_service(id))
+    }
+
+    /// A service by full ID, name, or unique ID prefix (docker's lookup).
+    pub fn resolve_service(&self, input: &str) -> Result<&Service, ApiError> {
+        if let Some(s) = self.services.get(input) {
+            return Ok(s);
+        }
+        if let Some(id) = self.index.service_named(input) {
+            return self.service(id);
+        }
+        let mut found = self.services.range(input.to_owned()..).take_while(|(id, _)| id.starts_with(input));
+        match (found.next(), found.next()) {
+            (Some((_, s)), None) if !input.is_empty() => Ok(s),
+            (Some(_), Some(_)) => {
+                Err(ApiError::not_found(format!("service {input} is ambiguous (2 matches found)")))
+            }
+            _ => Err(no_such_service(input)),
+        }
+    }
+
+    /// Tasks of one service.
+    pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| t.service_id == service_id)
     }
 
     fn check_new_network(&self, n: &Network) -> Result<(), ApiError> {
@@ -470,6 +647,11 @@ impl ClusterState {
     pub fn node_by_raft_id(&self, raft_id: u64) -> Option<&Node> {
         self.nodes.values().find(|n| n.manager.as_ref().is_some_and(|m| m.raft_id == raft_id))
     }
+}
+
+/// Docker's text for an unknown service.
+pub fn no_such_service(id: &str) -> ApiError {
+    ApiError::not_found(format!("service {id} not found"))
 }
 
 fn touch(meta: &mut Meta, index: u64, now: Nanos) {

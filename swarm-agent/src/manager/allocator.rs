@@ -1,0 +1,94 @@
+//! The allocator: gives each new task an address on every network its
+//! service attaches to (an endpoint in the store, so addresses never clash
+//! with attachments made by `network connect`), then moves it to PENDING.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use crate::manager::{
+    orchestrator::Working,
+    store::{
+        ipam::{self, Cidr},
+        model::{Endpoint, Meta},
+        task::{Task, TaskNetwork, TaskState},
+    },
+};
+
+pub const PENDING_MESSAGE: &str = "pending task scheduling";
+
+pub fn allocate(w: &mut Working<'_>) {
+    let new: Vec<Task> =
+        w.tasks().filter(|t| t.status.state == TaskState::New && t.is_runnable()).cloned().collect();
+    if new.is_empty() {
+        return;
+    }
+    let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for mut t in new {
+        let networks = w.state.services.get(&t.service_id).map(|s| s.networks.clone()).unwrap_or_default();
+        let mut attached = Vec::new();
+        let mut failed = None;
+        for net_id in &networks {
+            let Some(net) = w.state.networks.get(net_id) else {
+                failed = Some(format!("network {net_id} not found"));
+                break;
+            };
+            let (Ok(subnet), Ok(gateway)) = (Cidr::parse(&net.subnet), net.gateway.parse::<Ipv4Addr>())
+            else {
+                failed = Some(format!("network {} has a bad subnet", net.name));
+                break;
+            };
+            let taken = used.entry(net_id.clone()).or_insert_with(|| {
+                w.state
+                    .endpoints
+                    .values()
+                    .filter(|e| e.network_id == *net_id)
+                    .filter_map(|e| e.ip.parse().ok())
+                    .collect()
+            });
+            let Some(ip) = ipam::next_ip(subnet, gateway, taken) else {
+                failed = Some(format!(
+                    "no available IPv4 addresses on this network's address pools: {} ({})",
+                    net.name, net.id
+                ));
+                break;
+            };
+            taken.insert(ip);
+            let endpoint = Endpoint {
+                id: format!("{}-{}", t.id, net.id),
+                meta: Meta { version: 0, created_at: w.now, updated_at: w.now },
+                network_id: net.id.clone(),
+                node_id: String::new(),
+                ip: ip.to_string(),
+                mac: ipam::format_mac(ipam::mac_for(ip)),
+                name: format!("task:{}", t.id),
+            };
+            attached.push((
+                TaskNetwork {
+                    network_id: net.id.clone(),
+                    endpoint_id: endpoint.id.clone(),
+                    ip: endpoint.ip.clone(),
+                    mac: endpoint.mac.clone(),
+                    prefix: subnet.prefix,
+                },
+                endpoint,
+            ));
+        }
+        if let Some(err) = failed {
+            // Stays NEW, and is tried again when something changes.
+            if t.status.err != err {
+                t.status.err = err;
+                w.put(t);
+            }
+            continue;
+        }
+        for (tn, e) in attached {
+            t.networks.push(tn);
+            w.endpoints.push(e);
+        }
+        t.status.state = TaskState::Pending;
+        t.status.message = PENDING_MESSAGE.into();
+        t.status.err.clear();
+        t.status.timestamp = w.now;
+        w.put(t);
+    }
+}
