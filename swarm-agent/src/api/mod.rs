@@ -163,7 +163,7 @@ async fn version() -> Json<m::SystemVersion> {
     })
 }
 
-fn go_arch() -> &'static str {
+pub fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -3,6 +3,13 @@
 //! heartbeat periods from now; a node whose deadline passes is down. Sans-I/O:
 //! the caller passes the time in and turns the answers into store commands.
 
+use crate::{
+    manager::store::{
+        state::ClusterState,
+        task::{TaskState, TaskStatus},
+    },
+    rpc::messages::{Assignment, AttachResponse},
+};
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -56,6 +63,52 @@ impl Liveness {
 /// How often the leader checks deadlines: a tenth of the period, within 20-500 ms.
 pub fn check_interval(period: Duration) -> Duration {
     (period / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))
+}
+
+/// The tasks assigned to a node, with what it needs to run them.
+pub fn assignments(state: &ClusterState, node_id: &str) -> Vec<Assignment> {
+    state
+        .tasks
+        .values()
+        .filter(|t| t.node_id == node_id && t.status.state >= TaskState::Assigned)
+        .map(|t| Assignment {
+            task: t.clone(),
+            service_name: state.services.get(&t.service_id).map(|s| s.name().to_owned()).unwrap_or_default(),
+            attachments: t
+                .networks
+                .iter()
+                .filter_map(|n| {
+                    Some(AttachResponse {
+                        endpoint: state.endpoints.get(&n.endpoint_id)?.clone(),
+                        network: state.networks.get(&n.network_id)?.clone(),
+                    })
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Changes when what the node must do changes: a task comes or goes, or
+/// its desired state moves.
+pub fn fingerprint(state: &ClusterState, node_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for t in state.tasks.values().filter(|t| t.node_id == node_id && t.status.state >= TaskState::Assigned) {
+        t.id.hash(&mut h);
+        t.desired_state.hash(&mut h);
+        t.spec_version.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Keeps only the updates for tasks assigned to `node_id`: a node reports
+/// for its own tasks only.
+pub fn own_statuses(
+    state: &ClusterState,
+    node_id: &str,
+    statuses: Vec<(String, TaskStatus)>,
+) -> Vec<(String, TaskStatus)> {
+    statuses.into_iter().filter(|(id, _)| state.tasks.get(id).is_some_and(|t| t.node_id == node_id)).collect()
 }
 
 #[cfg(test)]

@@ -4,10 +4,12 @@
 //! leader-only requests to the leader, as swarmkit's raft proxy does.
 
 pub mod allocator;
+pub mod controlapi;
 pub mod dispatcher;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
+mod services;
 pub mod store;
 
 use std::{
@@ -93,6 +95,9 @@ pub struct Manager {
     membership_change: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Task status updates from node sessions, for the leader's batcher.
+    status_tx: tokio::sync::mpsc::Sender<services::StatusBatch>,
+    status_rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<services::StatusBatch>>,
 }
 
 /// What the leader has picked for networks not yet committed.
@@ -165,6 +170,7 @@ impl Manager {
         .await
         .map_err(|e| internal("starting raft")(e.to_string()))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (status_tx, status_rx) = services::status_channel();
         let mgr = Arc::new(Manager {
             cfg,
             raft,
@@ -176,6 +182,8 @@ impl Manager {
             incoming_snapshot: Mutex::new(SnapshotReceiver::default()),
             leader_contact: Mutex::new(None),
             membership_change: tokio::sync::Mutex::new(()),
+            status_tx,
+            status_rx: tokio::sync::Mutex::new(status_rx),
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
@@ -275,6 +283,7 @@ impl Manager {
             .route(path::CONTROL, post(h_control))
             .route(path::ATTACH, post(h_attach))
             .route(path::DETACH, post(h_detach))
+            .route(path::SESSION, post(services::h_session))
             .layer(DefaultBodyLimit::max(rpc::limits::BODY_LIMIT))
             .with_state(self)
     }
@@ -481,8 +490,17 @@ impl Manager {
         drop(leading);
     }
 
-    /// The leader's loops: liveness and role reconciliation.
+    /// The leader's loops: liveness and role reconciliation, the service
+    /// reconcilers and the task status batcher.
     async fn lead(self: Arc<Self>) {
+        tokio::select! {
+            () = self.clone().lead_nodes() => {}
+            () = self.clone().orchestrate() => {}
+            () = self.clone().batch_statuses() => {}
+        }
+    }
+
+    async fn lead_nodes(self: Arc<Self>) {
         let period = self.heartbeat_period();
         let nodes: Vec<String> = self.state.read(|s| s.nodes.keys().cloned().collect());
         self.liveness().start(nodes, Instant::now(), period);
@@ -913,6 +931,15 @@ impl Manager {
                 self.propose(Command::RemoveNetwork { id }).await?;
                 Ok(ControlResponse::Done)
             }
+            ControlRequest::ListServices => Ok(self.services_control_list()),
+            ControlRequest::GetService { id } => self.get_service(&id),
+            ControlRequest::CreateService { spec } => self.create_service(*spec).await,
+            ControlRequest::UpdateService { id, version, spec } => {
+                self.update_service(&id, version, *spec).await
+            }
+            ControlRequest::RemoveService { id } => self.remove_service(&id).await,
+            ControlRequest::ListTasks => Ok(self.list_tasks()),
+            ControlRequest::GetTask { id } => self.get_task(&id),
             ControlRequest::UpdateNode { id, version, spec } => {
                 let id = self.state.read(|s| s.resolve_node(&id).map(|n| n.id.clone()))?;
                 self.propose(Command::UpdateNodeSpec { id, version, spec, now: now_nanos() }).await?;

@@ -13,10 +13,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::{
     ca::Role,
-    manager::store::model::{
-        Availability, Cluster, ClusterSpec, Endpoint, Network, Node, NodeDescription, NodeSpec,
+    manager::store::{
+        model::{Availability, Cluster, ClusterSpec, Endpoint, Network, Node, NodeDescription, NodeSpec},
+        task::{Service, Task, TaskStatus},
     },
 };
 
@@ -33,6 +36,7 @@ pub mod path {
     pub const CONTROL: &str = "/control";
     pub const ATTACH: &str = "/network/attach";
     pub const DETACH: &str = "/network/detach";
+    pub const SESSION: &str = "/dispatcher/session";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +136,13 @@ pub enum ControlRequest {
     GetNetwork { id: String },
     CreateNetwork { spec: NetworkSpec },
     RemoveNetwork { id: String },
+    ListServices,
+    GetService { id: String },
+    CreateService { spec: Box<bollard_stubs::models::ServiceSpec> },
+    UpdateService { id: String, version: u64, spec: Box<bollard_stubs::models::ServiceSpec> },
+    RemoveService { id: String },
+    ListTasks,
+    GetTask { id: String },
 }
 
 impl ControlRequest {
@@ -144,6 +155,10 @@ impl ControlRequest {
                 | ControlRequest::GetNode { .. }
                 | ControlRequest::ListNetworks
                 | ControlRequest::GetNetwork { .. }
+                | ControlRequest::ListServices
+                | ControlRequest::GetService { .. }
+                | ControlRequest::ListTasks
+                | ControlRequest::GetTask { .. }
         )
     }
 }
@@ -219,6 +234,57 @@ pub enum ControlResponse {
     Node(Box<NodeView>),
     Networks(Vec<Network>),
     Network(Box<Network>),
-    Created { id: String },
+    Created {
+        id: String,
+    },
     Done,
+    Services(Vec<ServiceView>),
+    Service(Box<ServiceView>),
+    /// Tasks, with the names of their services (for task names).
+    Tasks {
+        tasks: Vec<Task>,
+        services: BTreeMap<String, String>,
+    },
+    Task {
+        task: Box<Task>,
+        service_name: String,
+    },
+}
+
+/// A service with its task counts (Docker's `ServiceStatus`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub service: Service,
+    pub running: u64,
+    pub desired: u64,
+    pub completed: u64,
+}
+
+/// The dispatcher session: a node reports task statuses and asks for its
+/// assignments. With `known` equal to the current assignment set's
+/// fingerprint the leader holds the request until the set changes or
+/// `wait_ms` pass (a long poll).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRequest {
+    #[serde(default)]
+    pub statuses: Vec<(String, TaskStatus)>,
+    pub known: Option<u64>,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionResponse {
+    pub fingerprint: u64,
+    /// `None` when the set is still the one the node knows.
+    pub assignments: Option<Vec<Assignment>>,
+}
+
+/// A task assigned to a node, with what it needs to run it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task: Task,
+    pub service_name: String,
+    /// The task's addresses, as network attachments.
+    pub attachments: Vec<AttachResponse>,
 }

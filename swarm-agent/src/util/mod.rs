@@ -2,3 +2,4 @@
 
 pub mod addr;
 pub mod ids;
+pub mod reference;

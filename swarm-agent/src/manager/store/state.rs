@@ -293,6 +293,9 @@ impl ClusterState {
                 for t in tasks {
                     let mut t = t.clone();
                     t.meta.version = index;
+                    if let Some(old) = self.tasks.get(&t.id) {
+                        merge_task(old, &mut t);
+                    }
                     self.tasks.insert(t.id.clone(), t);
                 }
             }
@@ -453,24 +456,7 @@ impl ClusterState {
                     }
                 }
                 for t in tasks {
-                    if let Some(old) = self.tasks.get(&t.id) {
-                        if t.desired_state < old.desired_state {
-                            return Err(ApiError::invalid(format!(
-                                "task {}: desired state cannot go back from {} to {}",
-                                t.id,
-                                old.desired_state.as_str(),
-                                t.desired_state.as_str()
-                            )));
-                        }
-                        if t.status.state < old.status.state {
-                            return Err(ApiError::invalid(format!(
-                                "task {}: state cannot go back from {} to {}",
-                                t.id,
-                                old.status.state.as_str(),
-                                t.status.state.as_str()
-                            )));
-                        }
-                    } else if !self.services.contains_key(&t.service_id) {
+                    if !self.tasks.contains_key(&t.id) && !self.services.contains_key(&t.service_id) {
                         return Err(no_such_service(&t.service_id));
                     }
                 }
@@ -646,6 +632,21 @@ impl ClusterState {
 
     pub fn node_by_raft_id(&self, raft_id: u64) -> Option<&Node> {
         self.nodes.values().find(|n| n.manager.as_ref().is_some_and(|m| m.raft_id == raft_id))
+    }
+}
+
+/// A reconciler's write of a task it read a moment ago: desired state never
+/// goes back, and a status the node reported since (states from ASSIGNED
+/// on are the node's) is kept unless the write moves the state forward.
+fn merge_task(old: &Task, new: &mut Task) {
+    new.desired_state = new.desired_state.max(old.desired_state);
+    let forward = new.status.state > old.status.state;
+    let managers_own = new.status.state == old.status.state && old.status.state < TaskState::Assigned;
+    if !forward && !managers_own {
+        new.status = old.status.clone();
+    }
+    if new.node_id.is_empty() {
+        new.node_id.clone_from(&old.node_id);
     }
 }
 
