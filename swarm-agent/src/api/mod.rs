@@ -4,6 +4,7 @@
 //! expects.
 
 pub mod convert;
+pub mod services;
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
@@ -30,7 +31,7 @@ use crate::{
 pub const API_VERSION: &str = "1.50";
 pub const MIN_API_VERSION: &str = "1.24";
 
-type S = State<Arc<Engine>>;
+pub(crate) type S = State<Arc<Engine>>;
 
 /// The router, with a layer that strips `/vX.Y` prefixes.
 pub fn router(engine: Arc<Engine>) -> Router {
@@ -47,13 +48,17 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/nodes", get(nodes_list))
         .route("/nodes/{id}", get(node_inspect).delete(node_remove))
         .route("/nodes/{id}/update", post(node_update))
-        .route("/tasks", get(tasks_list))
+        .route("/tasks", get(services::tasks_list))
+        .route("/tasks/{id}", get(services::task_inspect))
         .route("/networks", get(networks_list))
         .route("/networks/create", post(network_create))
         .route("/networks/{id}", get(network_inspect).delete(network_remove))
         .route("/networks/{id}/connect", post(network_connect))
         .route("/networks/{id}/disconnect", post(network_disconnect))
-        .route("/services", get(services_list))
+        .route("/services", get(services::services_list))
+        .route("/services/create", post(services::service_create))
+        .route("/services/{id}", get(services::service_inspect).delete(services::service_remove))
+        .route("/services/{id}/update", post(services::service_update))
         .route("/swarm-agent/store", get(store_digest))
         .fallback(not_found)
         .layer(axum::middleware::map_response(explain_too_large))
@@ -171,11 +176,11 @@ pub fn go_arch() -> &'static str {
     }
 }
 
-async fn control(e: &Engine, req: ControlRequest) -> Result<ControlResponse, ApiError> {
+pub(crate) async fn control(e: &Engine, req: ControlRequest) -> Result<ControlResponse, ApiError> {
     e.control(req).await
 }
 
-async fn list_views(e: &Engine) -> Result<Vec<NodeView>, ApiError> {
+pub(crate) async fn list_views(e: &Engine) -> Result<Vec<NodeView>, ApiError> {
     match control(e, ControlRequest::ListNodes).await? {
         ControlResponse::Nodes(v) => Ok(v),
         _ => Err(ApiError::internal("unexpected response")),
@@ -300,7 +305,9 @@ fn parse_availability(a: &str) -> Result<Availability, ApiError> {
     if a.is_empty() { Ok(Availability::Active) } else { Availability::parse(a).map_err(ApiError::invalid) }
 }
 
-fn json_body<T: serde::de::DeserializeOwned + Default>(body: &axum::body::Bytes) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned + Default>(
+    body: &axum::body::Bytes,
+) -> Result<T, ApiError> {
     if body.is_empty() {
         return Ok(T::default());
     }
@@ -359,7 +366,7 @@ async fn swarm_join(State(e): S, body: axum::body::Bytes) -> Result<StatusCode, 
     Ok(StatusCode::OK)
 }
 
-fn flag(q: &HashMap<String, String>, k: &str) -> bool {
+pub(crate) fn flag(q: &HashMap<String, String>, k: &str) -> bool {
     q.get(k).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE"))
 }
 
@@ -368,7 +375,7 @@ async fn swarm_leave(State(e): S, Query(q): Query<HashMap<String, String>>) -> R
     Ok(StatusCode::OK)
 }
 
-fn version_param(q: &HashMap<String, String>) -> Result<u64, ApiError> {
+pub(crate) fn version_param(q: &HashMap<String, String>) -> Result<u64, ApiError> {
     let v = q.get("version").ok_or_else(|| ApiError::invalid("missing version parameter"))?;
     v.parse().map_err(|_| ApiError::invalid(format!("invalid version: {v}")))
 }
@@ -404,7 +411,7 @@ async fn swarm_unlockkey(State(e): S) -> Result<Json<serde_json::Value>, ApiErro
 }
 
 /// Docker's `filters` query: `{"role":{"manager":true}}` (or the old list form).
-fn parse_filters(q: &HashMap<String, String>) -> Result<HashMap<String, Vec<String>>, ApiError> {
+pub(crate) fn parse_filters(q: &HashMap<String, String>) -> Result<HashMap<String, Vec<String>>, ApiError> {
     let Some(raw) = q.get("filters").filter(|s| !s.is_empty()) else { return Ok(HashMap::new()) };
     let v: serde_json::Value =
         serde_json::from_str(raw).map_err(|e| ApiError::invalid(format!("invalid filter: {e}")))?;
@@ -730,19 +737,6 @@ async fn store_digest(
     let node = e.node().await.ok_or_else(|| ApiError::unavailable(crate::error::INACTIVE))?;
     let mgr = node.manager().await.ok_or_else(|| ApiError::unavailable(crate::error::NOT_A_MANAGER))?;
     mgr.state().digest(flag(&q, "objects")).map(Json).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-async fn tasks_list(State(e): S) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    // No services yet: every swarm has no tasks. Still refuse off-swarm.
-    if e.node().await.is_none() {
-        return Err(ApiError::unavailable(crate::error::INACTIVE));
-    }
-    control(&e, ControlRequest::GetSwarm).await?;
-    Ok(Json(Vec::new()))
-}
-
-async fn services_list(State(e): S) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    tasks_list(State(e)).await
 }
 
 #[cfg(test)]

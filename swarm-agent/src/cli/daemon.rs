@@ -26,6 +26,9 @@ pub struct DaemonArgs {
     /// it costs throughput), native, generic, or off (TC alone filters)
     #[arg(long, env = "SWARM_XDP", default_value = "auto", value_parser = ["auto", "native", "generic", "off"])]
     pub xdp: String,
+    /// cgroup under which task containers get theirs
+    #[arg(long, env = "SWARM_CGROUP_PARENT", default_value = crate::agent::runtime::CGROUP_PARENT)]
+    pub cgroup_parent: String,
 }
 
 pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitCode {
@@ -57,7 +60,15 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
     }
     let pid_file = data_root.join("swarm-agent.pid");
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
+    let runtime = match crate::agent::runtime::Runtime::open(&data_root, &args.cgroup_parent) {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => {
+            eprintln!("Error: opening the image store and executor under {}: {e}", data_root.display());
+            return ExitCode::FAILURE;
+        }
+    };
     let options = crate::node::NodeOptions {
+        runtime: Some(runtime),
         timing,
         bpffs: args.bpffs.clone(),
         gossip_down_grace: args.gossip_down_grace.unwrap_or(crate::gossip::DOWN_GRACE),

@@ -57,6 +57,16 @@ pub enum Cmd {
     },
     /// Display system-wide information
     Info,
+    /// A container's shim (started by the daemon, not by people)
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        runc_root: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        id: String,
+    },
     /// Low-level tools: the datapath, the local store (not part of docker's CLI)
     Debug {
         #[command(subcommand)]
@@ -78,6 +88,12 @@ impl Cli {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The shim waits for any child: it must not share the process with an
+    // async runtime that waits for its own.
+    if let Cmd::Shim { runc_root, bundle, id } = &cli.cmd {
+        let code = crate::agent::exec::shim::run(runc_root, bundle, id);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -129,6 +145,6 @@ async fn client_command(client: &Client, data_root: &std::path::Path, cmd: Cmd) 
         Cmd::Node { cmd } => node::run(client, cmd).await,
         Cmd::Network { cmd } => network::run(client, cmd).await,
         Cmd::Info => info::info(client).await,
-        Cmd::Daemon(_) | Cmd::Debug { .. } => Ok(()),
+        Cmd::Daemon(_) | Cmd::Debug { .. } | Cmd::Shim { .. } => Ok(()),
     }
 }

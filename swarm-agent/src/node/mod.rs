@@ -73,6 +73,8 @@ pub struct NodeOptions {
     pub xdp: XdpPolicy,
     /// See [`crate::gossip::DOWN_GRACE`].
     pub gossip_down_grace: Duration,
+    /// Images and the executor; without them the node runs no tasks.
+    pub runtime: Option<Arc<crate::agent::runtime::Runtime>>,
 }
 
 impl Default for NodeOptions {
@@ -82,6 +84,7 @@ impl Default for NodeOptions {
             bpffs: PathBuf::from(crate::datapath::bpffs::DEFAULT_ROOT),
             xdp: XdpPolicy::Auto,
             gossip_down_grace: crate::gossip::DOWN_GRACE,
+            runtime: None,
         }
     }
 }
@@ -108,6 +111,8 @@ pub struct SwarmNode {
     options: NodeOptions,
     agent: Mutex<Option<JoinHandle<()>>>,
     overlay: crate::agent::overlay::Overlay,
+    /// Runs this node's tasks (when the engine has a runtime).
+    worker: Option<Arc<crate::agent::worker::Worker>>,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ApiError {
@@ -219,17 +224,31 @@ impl SwarmNode {
         let resolver = CertResolver::new(&certs.node_cert, &certs.node_key).map_err(tls_err)?;
         let rpc = RpcClient::new(tls::client_config(&ca, resolver.clone()).map_err(tls_err)?);
         let overlay = crate::agent::overlay::Overlay::new(dir.root().join("endpoints.json"));
-        Ok(Arc::new(SwarmNode {
-            dir,
-            local: Mutex::new(local),
-            certs: Mutex::new(certs),
-            resolver,
-            rpc,
-            manager: tokio::sync::Mutex::new(None),
-            overlay,
-            options,
-            agent: Mutex::new(None),
-        }))
+        let node_id = local.node_id.clone();
+        let node = Arc::new_cyclic(|me: &std::sync::Weak<SwarmNode>| {
+            let worker = options.runtime.as_ref().map(|rt| {
+                crate::agent::worker::Worker::new(
+                    rt.exec.clone(),
+                    rt.images.clone(),
+                    Arc::new(NodeLink(me.clone())),
+                    rt.netns_dir.clone(),
+                    node_id,
+                )
+            });
+            SwarmNode {
+                dir,
+                local: Mutex::new(local),
+                certs: Mutex::new(certs),
+                resolver,
+                rpc,
+                manager: tokio::sync::Mutex::new(None),
+                overlay,
+                options,
+                agent: Mutex::new(None),
+                worker,
+            }
+        });
+        Ok(node)
     }
 
     /// `swarm init`: a new cluster with this node as its only manager.
@@ -641,6 +660,9 @@ impl SwarmNode {
         }
         // The agent loop first: it would start the overlay again.
         self.stop_agent().await;
+        if let Some(w) = &self.worker {
+            w.remove_all().await;
+        }
         self.overlay.stop(true).await;
         self.stop().await;
         self.dir.wipe().map_err(io("removing swarm state"))
@@ -733,6 +755,10 @@ impl SwarmNode {
         &self.overlay
     }
 
+    pub fn worker(&self) -> Option<&Arc<crate::agent::worker::Worker>> {
+        self.worker.as_ref()
+    }
+
     /// Calls a leader-served RPC through the managers this node knows.
     async fn call_managers<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
@@ -754,7 +780,20 @@ impl SwarmNode {
 
     fn start_agent(self: &Arc<Self>) {
         let me = self.clone();
-        let h = tokio::spawn(async move { me.run_agent().await });
+        let worker = self.worker.clone();
+        let link: Arc<dyn crate::agent::session::Dispatcher> = Arc::new(NodeLink(Arc::downgrade(self)));
+        let h = tokio::spawn(async move {
+            match worker {
+                Some(w) => {
+                    tokio::select! {
+                        () = me.run_agent() => {}
+                        () = crate::agent::session::assignments(link.clone(), w.clone()) => {}
+                        () = crate::agent::session::statuses(link, w) => {}
+                    }
+                }
+                None => me.run_agent().await,
+            }
+        });
         if let Some(old) = self.agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(h) {
             old.abort();
         }
@@ -909,6 +948,51 @@ impl SwarmNode {
 
 /// A point `fraction` of the way through a certificate's life (swarmkit
 /// renews at a random point between 50% and 80%).
+/// The node as the worker and the session see it: endpoints through the
+/// overlay, dispatcher calls through the managers.
+struct NodeLink(std::sync::Weak<SwarmNode>);
+
+impl NodeLink {
+    fn node(&self) -> Result<Arc<SwarmNode>, ApiError> {
+        self.0.upgrade().ok_or_else(|| ApiError::unavailable("the node is shutting down"))
+    }
+}
+
+impl crate::agent::worker::Networks for NodeLink {
+    fn attach<'a>(
+        &'a self,
+        a: &'a AttachResponse,
+        netns: &'a std::path::Path,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let node = self.node().map_err(|e| e.message)?;
+            if node.overlay.endpoints().iter().any(|e| e.endpoint_id == a.endpoint.id) {
+                return Ok(());
+            }
+            node.overlay.connect(a, netns).await.map(|_| ()).map_err(|e| e.message)
+        })
+    }
+
+    fn detach<'a>(&'a self, endpoint_id: &'a str) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let node = self.node().map_err(|e| e.message)?;
+            match node.overlay.endpoints().into_iter().find(|e| e.endpoint_id == endpoint_id) {
+                Some(ep) => node.overlay.disconnect(&ep).await.map_err(|e| e.message),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+impl crate::agent::session::Dispatcher for NodeLink {
+    fn call(
+        &self,
+        req: crate::rpc::messages::SessionRequest,
+    ) -> futures::future::BoxFuture<'_, Result<crate::rpc::messages::SessionResponse, ApiError>> {
+        Box::pin(async move { self.node()?.call_managers(path::SESSION, &req).await })
+    }
+}
+
 fn renewal_point(not_before: i64, not_after: i64, fraction: f64) -> SystemTime {
     let life = (not_after - not_before).max(0) as f64;
     let at = not_before as f64 + life * fraction;

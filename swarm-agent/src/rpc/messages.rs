@@ -186,7 +186,7 @@ pub struct AttachRequest {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachResponse {
     pub endpoint: Endpoint,
     pub network: Network,
@@ -281,7 +281,7 @@ pub struct SessionResponse {
 }
 
 /// A task assigned to a node, with what it needs to run it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     pub task: Task,
     pub service_name: String,

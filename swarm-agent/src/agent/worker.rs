@@ -1,0 +1,540 @@
+//! The worker: makes this node run what the dispatcher assigned it.
+//!
+//! [`diff`] (pure) compares the assignments with the task controllers and
+//! containers this node has, and says what to do. Each task has a
+//! controller that walks swarmkit's agent-side states — ACCEPTED,
+//! PREPARING (image, network namespace, endpoints, container), READY,
+//! STARTING, RUNNING, then COMPLETE/FAILED, or SHUTDOWN when told to stop,
+//! or REJECTED when it cannot be prepared — reporting each step. A
+//! controller that finds its container already there (the agent was
+//! restarted) picks up where the container is.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    agent::{
+        exec::{self, Container, ContainerConfig, ContainerState, Executor, MountSpec},
+        images::ImageStore,
+    },
+    manager::store::task::{TaskState, TaskStatus},
+    rpc::messages::{Assignment, AttachResponse},
+};
+
+/// Network plumbing the worker needs from the node.
+pub trait Networks: Send + Sync + 'static {
+    fn attach<'a>(&'a self, a: &'a AttachResponse, netns: &'a Path) -> BoxFuture<'a, Result<(), String>>;
+    fn detach<'a>(&'a self, endpoint_id: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// What the worker does about one task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a controller for it.
+    Run(Box<Assignment>),
+    /// Tell its controller the new desired state.
+    Desire { task_id: String, desired: TaskState },
+    /// It is no longer assigned: stop it and remove its container.
+    Forget { task_id: String },
+}
+
+/// Assigned vs. what this node has: `controllers` maps task IDs to the
+/// desired state their controllers know; `containers` are task IDs with a
+/// container here.
+pub fn diff(
+    assigned: &[Assignment],
+    controllers: &BTreeMap<String, TaskState>,
+    containers: &BTreeSet<String>,
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    let ids: BTreeSet<&str> = assigned.iter().map(|a| a.task.id.as_str()).collect();
+    for a in assigned {
+        match controllers.get(&a.task.id) {
+            Some(d) if *d != a.task.desired_state => {
+                out.push(Action::Desire { task_id: a.task.id.clone(), desired: a.task.desired_state });
+            }
+            Some(_) => {}
+            None if !a.task.status.state.is_terminal() => out.push(Action::Run(Box::new(a.clone()))),
+            None => {}
+        }
+    }
+    let gone: BTreeSet<&String> =
+        controllers.keys().chain(containers.iter()).filter(|id| !ids.contains(id.as_str())).collect();
+    for id in gone {
+        out.push(Action::Forget { task_id: id.clone() });
+    }
+    out
+}
+
+struct Controller {
+    desired: watch::Sender<TaskState>,
+}
+
+pub struct Worker {
+    exec: Arc<dyn Executor>,
+    images: Arc<ImageStore>,
+    net: Arc<dyn Networks>,
+    netns_dir: PathBuf,
+    node_id: String,
+    controllers: Mutex<BTreeMap<String, Controller>>,
+    report: mpsc::UnboundedSender<(String, TaskStatus)>,
+    /// Status updates for the session to send.
+    pub(crate) reports: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, TaskStatus)>>,
+}
+
+fn now() -> i64 {
+    crate::manager::now_nanos()
+}
+
+/// Fatal errors reject or fail the task; others are retried.
+enum Step {
+    Fatal(String),
+    Retry(String),
+}
+
+impl Worker {
+    pub fn new(
+        exec: Arc<dyn Executor>,
+        images: Arc<ImageStore>,
+        net: Arc<dyn Networks>,
+        netns_dir: PathBuf,
+        node_id: String,
+    ) -> Arc<Worker> {
+        let (report, rx) = mpsc::unbounded_channel();
+        Arc::new(Worker {
+            exec,
+            images,
+            net,
+            netns_dir,
+            node_id,
+            controllers: Mutex::new(BTreeMap::new()),
+            report,
+            reports: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    /// Removes every task container (leaving the swarm).
+    pub async fn remove_all(&self) {
+        let controllers = std::mem::take(&mut *self.controllers());
+        for c in controllers.values() {
+            c.desired.send_replace(TaskState::Remove);
+        }
+        for c in self.exec.list() {
+            self.forget(&c.config.task_id).await;
+        }
+    }
+
+    pub fn executor(&self) -> &Arc<dyn Executor> {
+        &self.exec
+    }
+
+    fn controllers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Controller>> {
+        self.controllers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies a new assignment set.
+    pub fn assign(self: &Arc<Self>, assigned: &[Assignment]) {
+        let known: BTreeMap<String, TaskState> =
+            self.controllers().iter().map(|(id, c)| (id.clone(), *c.desired.borrow())).collect();
+        let containers: BTreeSet<String> = self.exec.list().into_iter().map(|c| c.config.task_id).collect();
+        for action in diff(assigned, &known, &containers) {
+            match action {
+                Action::Run(a) => {
+                    let (tx, rx) = watch::channel(a.task.desired_state);
+                    self.controllers().insert(a.task.id.clone(), Controller { desired: tx });
+                    let me = self.clone();
+                    tokio::spawn(async move { me.control(*a, rx).await });
+                }
+                Action::Desire { task_id, desired } => {
+                    if let Some(c) = self.controllers().get(&task_id) {
+                        c.desired.send_replace(desired);
+                    }
+                }
+                Action::Forget { task_id } => {
+                    let c = self.controllers().remove(&task_id);
+                    if let Some(c) = &c {
+                        c.desired.send_replace(TaskState::Remove);
+                    }
+                    let me = self.clone();
+                    tokio::spawn(async move { me.forget(&task_id).await });
+                }
+            }
+        }
+    }
+
+    fn send(&self, task_id: &str, status: &TaskStatus) {
+        let _ = self.report.send((task_id.to_owned(), status.clone()));
+    }
+
+    /// One task, from wherever it is to a final state.
+    async fn control(self: Arc<Self>, a: Assignment, mut desired: watch::Receiver<TaskState>) {
+        let task_id = a.task.id.clone();
+        let cid = exec::container_id(&task_id);
+        let mut st = a.task.status.clone();
+        st.container_id = Some(cid.clone());
+        let set = |st: &mut TaskStatus, state: TaskState, message: &str| {
+            if state < st.state {
+                return;
+            }
+            st.state = state;
+            message.clone_into(&mut st.message);
+            st.timestamp = now();
+            self.send(&task_id, st);
+        };
+        let existing = self.exec.inspect(&cid).map(|c| c.state);
+        if let Some(ContainerState::Exited { code, .. }) = existing {
+            self.finished(&task_id, &mut st, code, false);
+            return;
+        }
+        if !matches!(existing, Some(ContainerState::Running { .. })) {
+            if *desired.borrow() > TaskState::Running {
+                set(&mut st, TaskState::Shutdown, "shutdown");
+                return;
+            }
+            if st.state < TaskState::Accepted {
+                set(&mut st, TaskState::Accepted, "accepted");
+            }
+            if existing.is_none() {
+                set(&mut st, TaskState::Preparing, "preparing");
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match self.prepare(&a, &cid).await {
+                        Ok(()) => break,
+                        Err(Step::Fatal(e)) => {
+                            st.err = e;
+                            set(&mut st, TaskState::Rejected, "preparing");
+                            return;
+                        }
+                        Err(Step::Retry(e)) => {
+                            tracing::debug!(task = %task_id, "preparing: {e}");
+                            if *desired.borrow() > TaskState::Running {
+                                set(&mut st, TaskState::Shutdown, "shutdown");
+                                return;
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+            set(&mut st, TaskState::Ready, "prepared");
+            while *desired.borrow_and_update() < TaskState::Running {
+                if desired.changed().await.is_err() {
+                    return;
+                }
+            }
+            if *desired.borrow() > TaskState::Running {
+                set(&mut st, TaskState::Shutdown, "shutdown");
+                return;
+            }
+            set(&mut st, TaskState::Starting, "starting");
+            match self.exec.start(&cid).await {
+                Ok(pid) => st.pid = Some(pid),
+                Err(e) => {
+                    st.err = e.message;
+                    set(&mut st, TaskState::Failed, "starting");
+                    return;
+                }
+            }
+        } else if let Some(ContainerState::Running { pid, .. }) = existing {
+            st.pid = Some(pid);
+        }
+        set(&mut st, TaskState::Running, "started");
+        let (signal, grace) = match self.exec.inspect(&cid) {
+            Some(c) => (c.config.stop_signal.clone(), c.config.stop_grace),
+            None => (String::new(), Duration::from_secs(10)),
+        };
+        let stop_wanted = async {
+            loop {
+                if *desired.borrow_and_update() > TaskState::Running {
+                    return;
+                }
+                if desired.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = self.exec.wait(&cid) => {
+                let code = r.unwrap_or(255);
+                self.finished(&task_id, &mut st, code, false);
+            }
+            () = stop_wanted => {
+                let stopped = self.exec.stop(&cid, &signal, grace).await;
+                let code = self.exec.wait(&cid).await.unwrap_or(255);
+                if let Err(e) = stopped {
+                    tracing::warn!(task = %task_id, "stopping: {e}");
+                }
+                self.finished(&task_id, &mut st, code, true);
+            }
+        }
+    }
+
+    fn finished(&self, task_id: &str, st: &mut TaskStatus, code: i64, stopped: bool) {
+        st.exit_code = Some(code);
+        st.timestamp = now();
+        if stopped {
+            st.state = TaskState::Shutdown;
+            st.message = "shutdown".into();
+        } else if code == 0 {
+            st.state = TaskState::Complete;
+            st.message = "finished".into();
+        } else {
+            st.state = TaskState::Failed;
+            st.message = "started".into();
+            st.err = format!("task: non-zero exit ({code})");
+        }
+        self.send(task_id, st);
+    }
+
+    fn netns_path(&self, cid: &str) -> PathBuf {
+        self.netns_dir.join(&cid[..12])
+    }
+
+    /// Image, network namespace with the task's endpoints, container.
+    async fn prepare(&self, a: &Assignment, cid: &str) -> Result<(), Step> {
+        let spec = a.task.spec.container_spec.clone().unwrap_or_default();
+        let image_ref = spec.image.clone().unwrap_or_default();
+        let image = self.images.resolve(&image_ref).map_err(|e| Step::Fatal(e.message))?;
+        let netns = self.netns_path(cid);
+        make_netns(&netns).await.map_err(Step::Retry)?;
+        let mut hosts = Vec::new();
+        for att in &a.attachments {
+            self.net.attach(att, &netns).await.map_err(Step::Retry)?;
+            hosts.push(att.endpoint.ip.clone());
+        }
+        let run = image.run_config();
+        let entrypoint = spec.command.clone().unwrap_or(run.entrypoint);
+        let cmd = match (&spec.args, &spec.command) {
+            (Some(args), _) => args.clone(),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => run.cmd,
+        };
+        let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+        let hostname =
+            spec.hostname.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| cid[..12].to_owned());
+        let mut env = merge_env(&run.env, spec.env.as_deref().unwrap_or(&[]));
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        }
+        env.insert(0, format!("HOSTNAME={hostname}"));
+        let limits = a.task.spec.resources.as_ref().and_then(|r| r.limits.as_ref());
+        let mut labels: BTreeMap<String, String> =
+            spec.labels.clone().unwrap_or_default().into_iter().collect();
+        let name = a.task.container_name(&a.service_name);
+        for (k, v) in [
+            ("com.docker.swarm.task", String::new()),
+            ("com.docker.swarm.task.id", a.task.id.clone()),
+            ("com.docker.swarm.task.name", name.clone()),
+            ("com.docker.swarm.node.id", self.node_id.clone()),
+            ("com.docker.swarm.service.id", a.task.service_id.clone()),
+            ("com.docker.swarm.service.name", a.service_name.clone()),
+        ] {
+            labels.insert(k.to_owned(), v);
+        }
+        let mut mounts = Vec::new();
+        for m in spec.mounts.iter().flatten() {
+            mounts.push(self.mount(m)?);
+        }
+        let cfg = ContainerConfig {
+            task_id: a.task.id.clone(),
+            id: cid.to_owned(),
+            name,
+            image: image_ref,
+            image_id: image.id.clone(),
+            layers: image.layers.iter().map(|l| self.images.layer_dir(l)).collect(),
+            args,
+            env,
+            cwd: spec.dir.clone().filter(|d| !d.is_empty()).unwrap_or(run.workdir),
+            user: spec.user.clone().filter(|u| !u.is_empty()).unwrap_or(run.user),
+            hostname: hostname.clone(),
+            labels,
+            nano_cpus: limits.and_then(|l| l.nano_cpus).unwrap_or(0),
+            memory: limits.and_then(|l| l.memory_bytes).unwrap_or(0),
+            pids_limit: limits.and_then(|l| l.pids).unwrap_or(0),
+            mounts,
+            stop_signal: spec.stop_signal.clone().filter(|s| !s.is_empty()).unwrap_or(run.stop_signal),
+            stop_grace: Duration::from_nanos(
+                u64::try_from(spec.stop_grace_period.unwrap_or(10_000_000_000)).unwrap_or(10_000_000_000),
+            ),
+            netns: netns.clone(),
+            hosts: hosts.into_iter().map(|ip| (ip, hostname.clone())).collect(),
+            read_only: spec.read_only.unwrap_or(false),
+            created: now(),
+            service_id: a.task.service_id.clone(),
+            node_id: self.node_id.clone(),
+            endpoints: a.attachments.iter().map(|att| att.endpoint.id.clone()).collect(),
+        };
+        self.exec
+            .prepare(cfg)
+            .await
+            .map_err(|e| if e.fatal { Step::Fatal(e.message) } else { Step::Retry(e.message) })
+    }
+
+    fn mount(&self, m: &bollard_stubs::models::Mount) -> Result<MountSpec, Step> {
+        use bollard_stubs::models::MountType as T;
+        let target = m.target.clone().unwrap_or_default();
+        let read_only = m.read_only.unwrap_or(false);
+        match m.typ {
+            Some(T::BIND) => {
+                let source = PathBuf::from(m.source.clone().unwrap_or_default());
+                if !source.exists() {
+                    return Err(Step::Fatal(format!(
+                        "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                        source.display()
+                    )));
+                }
+                Ok(MountSpec::Bind { source, target, read_only })
+            }
+            Some(T::VOLUME) => {
+                let name =
+                    m.source.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| exec::container_id(&target));
+                let dir = self
+                    .netns_dir
+                    .parent()
+                    .unwrap_or(Path::new("/"))
+                    .join("volumes")
+                    .join(&name)
+                    .join("_data");
+                std::fs::create_dir_all(&dir).map_err(|e| Step::Retry(e.to_string()))?;
+                Ok(MountSpec::Bind { source: dir, target, read_only })
+            }
+            Some(T::TMPFS) => {
+                let o = m.tmpfs_options.as_ref();
+                Ok(MountSpec::Tmpfs {
+                    target,
+                    size: o.and_then(|o| o.size_bytes).unwrap_or(0),
+                    mode: o.and_then(|o| o.mode).and_then(|m| u32::try_from(m).ok()).unwrap_or(0o1777),
+                })
+            }
+            _ => Err(Step::Fatal(format!("unsupported mount type for {target}"))),
+        }
+    }
+
+    /// Stops and removes a task's container, endpoints and namespace.
+    async fn forget(&self, task_id: &str) {
+        let cid = exec::container_id(task_id);
+        let endpoints = self.exec.inspect(&cid).map(|c| c.config.endpoints).unwrap_or_default();
+        if let Err(e) = self.exec.remove(&cid).await {
+            tracing::warn!(task = %task_id, "removing the container: {e}");
+        }
+        for ep in &endpoints {
+            if let Err(e) = self.net.detach(ep).await {
+                tracing::warn!(task = %task_id, "detaching {ep}: {e}");
+            }
+        }
+        remove_netns(&self.netns_path(&cid));
+    }
+
+    /// The containers of this node.
+    pub fn containers(&self) -> Vec<Container> {
+        self.exec.list()
+    }
+}
+
+/// Image env, then the task's, a later `KEY=` replacing an earlier one.
+fn merge_env(image: &[String], task: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in image.iter().chain(task) {
+        let key = e.split('=').next().unwrap_or("");
+        out.retain(|o| o.split('=').next() != Some(key));
+        out.push(e.clone());
+    }
+    out
+}
+
+/// A new network namespace bound at `path` with `lo` up (kept if it exists).
+async fn make_netns(path: &Path) -> Result<(), String> {
+    if is_mounted(path) {
+        return Ok(());
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    std::fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let out = tokio::process::Command::new("unshare")
+        .arg(format!("--net={}", path.display()))
+        .args(["ip", "link", "set", "lo", "up"])
+        .output()
+        .await
+        .map_err(|e| format!("unshare: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let _ = std::fs::remove_file(path);
+        Err(format!("making a network namespace: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let want = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))
+}
+
+fn remove_netns(path: &Path) {
+    if is_mounted(path) {
+        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::store::{model::Meta, task::Task};
+
+    fn assignment(id: &str, desired: TaskState, state: TaskState) -> Assignment {
+        Assignment {
+            task: Task {
+                id: id.into(),
+                meta: Meta::default(),
+                service_id: "s".into(),
+                slot: 1,
+                node_id: "n".into(),
+                spec: bollard_stubs::models::TaskSpec::default(),
+                spec_version: 1,
+                desired_state: desired,
+                status: TaskStatus { state, ..Default::default() },
+                networks: vec![],
+            },
+            service_name: "web".into(),
+            attachments: vec![],
+        }
+    }
+
+    #[test]
+    fn diff_runs_new_tasks_updates_desired_and_forgets_the_rest() {
+        let assigned = vec![
+            assignment("new", TaskState::Running, TaskState::Assigned),
+            assignment("known", TaskState::Shutdown, TaskState::Running),
+            assignment("done", TaskState::Shutdown, TaskState::Failed),
+            assignment("same", TaskState::Running, TaskState::Running),
+        ];
+        let controllers = BTreeMap::from([
+            ("known".to_owned(), TaskState::Running),
+            ("same".to_owned(), TaskState::Running),
+            ("stale".to_owned(), TaskState::Running),
+        ]);
+        let containers = BTreeSet::from(["done".to_owned(), "orphan".to_owned(), "stale".to_owned()]);
+        let actions = diff(&assigned, &controllers, &containers);
+        assert_eq!(actions.len(), 4, "{actions:?}");
+        assert!(matches!(&actions[0], Action::Run(a) if a.task.id == "new"));
+        assert_eq!(actions[1], Action::Desire { task_id: "known".into(), desired: TaskState::Shutdown });
+        assert!(actions.contains(&Action::Forget { task_id: "orphan".into() }));
+        assert!(actions.contains(&Action::Forget { task_id: "stale".into() }));
+    }
+
+    #[test]
+    fn env_merges_by_key() {
+        let e = merge_env(&["PATH=/bin".into(), "A=1".into()], &["A=2".into(), "B=3".into()]);
+        assert_eq!(e, ["PATH=/bin", "A=2", "B=3"]);
+    }
+}
