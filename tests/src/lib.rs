@@ -6,6 +6,7 @@
 
 pub mod chaos;
 pub mod cmd;
+pub mod image;
 pub mod overlay;
 pub mod packet;
 pub mod poll;

@@ -150,6 +150,13 @@ impl Host {
         format!("unix://{}", self.state_dir().join("docker.sock").display())
     }
 
+    /// The cgroup (relative to each hierarchy's root) under which the host's
+    /// agent puts task containers; removed with the testbed.
+    pub fn cgroup_parent(&self) -> String {
+        let testbed = self.dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
+        format!("{CGROUP_ROOT}/{}/{}", testbed.unwrap_or_default(), self.name)
+    }
+
     /// Mount point of the host's own bpffs instance.
     pub fn bpffs(&self) -> PathBuf {
         self.dir.join("bpffs")
@@ -164,7 +171,8 @@ impl Host {
         let mut c = Command::new(program);
         c.env("SWARM_DATA_ROOT", self.state_dir())
             .env("SWARM_BPFFS", self.bpffs().join("swarm-agent"))
-            .env("DOCKER_HOST", self.docker_host());
+            .env("DOCKER_HOST", self.docker_host())
+            .env("SWARM_CGROUP_PARENT", self.cgroup_parent());
         // SAFETY: only async-signal-safe syscalls run between fork and exec.
         unsafe {
             c.pre_exec(move || {
@@ -678,7 +686,9 @@ pub fn remove(name: &str) -> Result<(), TestbedError> {
             problems.push(e.to_string());
         }
     }
-    // 5. The directory, now that nothing is mounted below it.
+    // 5. The cgroups the hosts' containers had (empty now).
+    remove_cgroups(name, &mut problems);
+    // 6. The directory, now that nothing is mounted below it.
     if problems.is_empty()
         && let Err(e) = fs::remove_dir_all(&dir)
         && e.kind() != io::ErrorKind::NotFound
@@ -689,6 +699,36 @@ pub fn remove(name: &str) -> Result<(), TestbedError> {
         Ok(())
     } else {
         Err(TestbedError::Incomplete { name: name.to_owned(), problems })
+    }
+}
+
+/// Where testbed hosts' agents put their containers' cgroups.
+pub const CGROUP_ROOT: &str = "swarm-testbed";
+
+/// Removes `<hierarchy>/swarm-testbed/<name>` in every cgroup hierarchy,
+/// deepest first (a cgroup goes only once it is empty).
+fn remove_cgroups(name: &str, problems: &mut Vec<String>) {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else { return };
+    for h in hierarchies.flatten() {
+        let top = h.path().join(CGROUP_ROOT).join(name);
+        if !top.is_dir() {
+            continue;
+        }
+        let mut dirs = Vec::new();
+        let mut stack = vec![top];
+        while let Some(d) = stack.pop() {
+            if let Ok(entries) = fs::read_dir(&d) {
+                stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+            dirs.push(d);
+        }
+        for d in dirs.iter().rev() {
+            if let Err(e) = fs::remove_dir(d)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                problems.push(format!("removing cgroup {}: {e}", d.display()));
+            }
+        }
     }
 }
 

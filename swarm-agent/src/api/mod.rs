@@ -3,7 +3,9 @@
 //! without a `/v1.NN` prefix; errors are `{"message": ...}` as docker's CLI
 //! expects.
 
+pub mod containers;
 pub mod convert;
+pub mod images;
 pub mod services;
 
 use std::{collections::HashMap, path::Path, sync::Arc};
@@ -60,6 +62,17 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/services/{id}", get(services::service_inspect).delete(services::service_remove))
         .route("/services/{id}/update", post(services::service_update))
         .route("/swarm-agent/store", get(store_digest))
+        .route("/containers/json", get(containers::list))
+        .route("/containers/{id}/json", get(containers::inspect))
+        .route("/containers/{id}/kill", post(containers::kill))
+        .route("/containers/{id}/stop", post(containers::stop))
+        .route("/containers/{id}/logs", get(containers::logs))
+        .route("/containers/{id}", axum::routing::delete(containers::remove))
+        .route("/images/json", get(images::list))
+        .route("/images/create", post(images::create))
+        .route("/images/load", post(images::load))
+        .route("/images/get", get(images::get_many))
+        .route("/images/{*rest}", get(images::by_name).post(images::by_name).delete(images::by_name))
         .fallback(not_found)
         .layer(axum::middleware::map_response(explain_too_large))
         .layer(axum::extract::DefaultBodyLimit::max(API_BODY_LIMIT))

@@ -42,6 +42,50 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+const LEFT: [&str; 24] = [
+    "admiring", "brave", "busy", "clever", "cool", "eager", "elastic", "festive", "focused", "gifted",
+    "happy", "jolly", "keen", "loving", "modest", "nifty", "peaceful", "quirky", "relaxed", "sharp", "stoic",
+    "tender", "vibrant", "zealous",
+];
+const RIGHT: [&str; 24] = [
+    "albattani",
+    "bardeen",
+    "curie",
+    "darwin",
+    "einstein",
+    "euler",
+    "faraday",
+    "galileo",
+    "hopper",
+    "hypatia",
+    "kepler",
+    "lamport",
+    "lovelace",
+    "meitner",
+    "newton",
+    "noether",
+    "pascal",
+    "ritchie",
+    "shannon",
+    "tesla",
+    "thompson",
+    "turing",
+    "wozniak",
+    "yalow",
+];
+
+/// A name for a service created without one, as docker's namesgenerator
+/// makes them (`adjective_surname`), not taken by another service.
+pub fn random_name(state: &ClusterState, rng: &mut impl rand::Rng) -> String {
+    loop {
+        let name =
+            format!("{}_{}", LEFT[rng.random_range(0..LEFT.len())], RIGHT[rng.random_range(0..RIGHT.len())]);
+        if state.resolve_service(&name).is_err() {
+            return name;
+        }
+    }
+}
+
 /// Checks a spec and resolves its networks to IDs.
 pub fn validate_spec(state: &ClusterState, spec: &m::ServiceSpec) -> Result<Vec<String>, ApiError> {
     validate_name(spec.name.as_deref().unwrap_or(""))?;

@@ -107,8 +107,11 @@ impl Manager {
 
     pub(super) async fn create_service(
         &self,
-        spec: bollard_stubs::models::ServiceSpec,
+        mut spec: bollard_stubs::models::ServiceSpec,
     ) -> Result<ControlResponse, ApiError> {
+        if spec.name.as_deref().is_none_or(str::is_empty) {
+            spec.name = Some(self.state.read(|s| controlapi::random_name(s, &mut rand::rng())));
+        }
         let networks = self.state.read(|s| controlapi::validate_spec(s, &spec))?;
         let id = ids::new_id();
         let service = controlapi::new_service(id.clone(), spec, networks, now_nanos());

@@ -75,6 +75,14 @@ impl Runc {
 
     fn state(&self, id: &str) -> ContainerState {
         let f = self.files(id);
+        if !f.dir.exists() {
+            // Removed (`docker rm -f`): as good as killed.
+            return ContainerState::Exited {
+                code: 137,
+                started_at: 0,
+                finished_at: crate::manager::now_nanos(),
+            };
+        }
         match (f.started(), f.exited()) {
             (Some(s), Some(e)) => {
                 ContainerState::Exited { code: e.code, started_at: s.at, finished_at: e.at }

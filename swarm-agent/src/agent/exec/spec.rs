@@ -142,7 +142,6 @@ pub fn runtime_spec(
             "env": c.env,
             "cwd": if c.cwd.is_empty() { "/" } else { c.cwd.as_str() },
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
             "noNewPrivileges": false,
         },
         "root": {"path": dir.join("rootfs"), "readonly": c.read_only},

@@ -519,7 +519,10 @@ impl ClusterState {
 
     fn check_new_endpoint(&self, e: &Endpoint) -> Result<(), ApiError> {
         let n = self.network(&e.network_id)?;
-        self.node(&e.node_id)?;
+        // A task's endpoint has no node until the task is scheduled.
+        if !e.node_id.is_empty() || !e.name.starts_with("task:") {
+            self.node(&e.node_id)?;
+        }
         if self.endpoints.contains_key(&e.id) {
             return Err(ApiError::conflict(format!("endpoint {} already exists", e.id)));
         }

@@ -1,0 +1,69 @@
+//! The test image: a busybox rootfs (sh, httpd, nc, ping, wget, nslookup)
+//! from Debian's `busybox-static`, as a tarball for `docker import`.
+//! Made once per build directory and reused.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// Where the static busybox comes from.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// The rootfs tarball, made if missing: `<target>/images/busybox-rootfs.tar`.
+///
+/// # Errors
+/// If busybox is missing (`apt-get install busybox-static`) or tar fails.
+pub fn busybox_rootfs(target: &Path) -> Result<PathBuf, String> {
+    let dir = target.join("images");
+    let tar = dir.join("busybox-rootfs.tar");
+    if tar.is_file() {
+        return Ok(tar);
+    }
+    if !Path::new(BUSYBOX).is_file() {
+        return Err(format!("{BUSYBOX} is missing: apt-get install busybox-static"));
+    }
+    let root = dir.join(format!("rootfs.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    for d in ["bin", "etc", "tmp", "root", "var/www", "proc", "sys", "dev"] {
+        fs::create_dir_all(root.join(d)).map_err(|e| io("making the rootfs", e))?;
+    }
+    fs::copy(BUSYBOX, root.join("bin/busybox")).map_err(|e| io("copying busybox", e))?;
+    let list = Command::new(BUSYBOX).arg("--list").output().map_err(|e| io("busybox --list", e))?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+            .map_err(|e| io("linking an applet", e))?;
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .map_err(|e| io("writing /etc/passwd", e))?;
+    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")
+        .map_err(|e| io("writing /etc/group", e))?;
+    fs::write(root.join("var/www/index.html"), "hello from busybox\n")
+        .map_err(|e| io("writing index.html", e))?;
+    let tmp = dir.join(format!("busybox-rootfs.tar.{}", std::process::id()));
+    let out = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&root)
+        .args(["-cf"])
+        .arg(&tmp)
+        .arg(".")
+        .output()
+        .map_err(|e| io("running tar", e))?;
+    let _ = fs::remove_dir_all(&root);
+    if !out.status.success() {
+        return Err(format!("tar failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    fs::rename(&tmp, &tar).map_err(|e| io("storing the tarball", e))?;
+    Ok(tar)
+}
+
+/// The target directory of the running test binary (`target/`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors().nth(3).map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+}

@@ -1,0 +1,168 @@
+//! Services on real containers, driven by the stock docker CLI: images by
+//! `docker import`, `service create|ls|ps|scale|rm`, tasks on several
+//! hosts reaching each other over the overlay, a killed task replaced with
+//! its history kept. Needs root, runc and docker's CLI.
+
+use std::{path::PathBuf, time::Duration};
+
+use swarm_tests::{
+    image::{busybox_rootfs, target_dir},
+    poll,
+    swarm::{cluster, daemon_log, docker, parse_table, stderr},
+    testbed::{Host, Testbed},
+};
+
+fn import_busybox(h: &Host) {
+    let tar = busybox_rootfs(&target_dir()).expect("busybox rootfs");
+    let out = docker(h, &["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox:latest"]);
+    let out = out.unwrap_or_else(|e| panic!("docker import: {e}\n{}", daemon_log(h)));
+    assert!(out.starts_with("sha256:"), "{out}");
+}
+
+fn service_ls(h: &Host) -> Vec<Vec<String>> {
+    parse_table(&docker(h, &["service", "ls"]).unwrap())
+}
+
+fn wait_replicas(tb: &Testbed, want: &str) {
+    let m = tb.host(0);
+    poll::until(&format!("{want} replicas"), Duration::from_secs(40), || {
+        let rows = service_ls(m);
+        if rows.len() == 1 && rows[0][3] == want { Ok(()) } else { Err(format!("{rows:?}")) }
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            docker(m, &["service", "ps", "--no-trunc", "web"]).unwrap_or_default(),
+            daemon_log(m)
+        )
+    });
+}
+
+/// (host index, container ID, name) of every running task container.
+fn running_containers(tb: &Testbed) -> Vec<(usize, String, String)> {
+    let mut out = Vec::new();
+    for (i, h) in tb.hosts().iter().enumerate() {
+        let ps = docker(h, &["ps", "--no-trunc", "--format", "{{.ID}} {{.Names}}"]).unwrap();
+        for l in ps.lines() {
+            let (id, name) = l.split_once(' ').unwrap();
+            out.push((i, id.to_owned(), name.to_owned()));
+        }
+    }
+    out
+}
+
+fn netns_of(h: &Host, container_id: &str) -> PathBuf {
+    h.state_dir().join("netns").join(&container_id[..12])
+}
+
+fn ip_in(h: &Host, netns: &std::path::Path) -> String {
+    let out = h.run_in(netns, "ip", ["-4", "-o", "addr", "show", "eth0"]).unwrap();
+    out.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap().split('/').next().unwrap().to_owned()
+}
+
+#[test]
+fn replicated_service_runs_heals_and_scales() {
+    let tb = cluster(3, 1, &[], &[]);
+    let m = tb.host(0);
+    for h in tb.hosts() {
+        import_busybox(h);
+    }
+    let images = parse_table(&docker(m, &["images"]).unwrap());
+    assert_eq!((images[0][0].as_str(), images[0][1].as_str()), ("busybox", "latest"), "{images:?}");
+    docker(m, &["network", "create", "-d", "overlay", "appnet"]).unwrap();
+    let id = docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--network",
+            "appnet",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/var/www",
+        ],
+    )
+    .unwrap();
+    assert_eq!(id.trim().len(), 25, "{id}");
+    wait_replicas(&tb, "2/2");
+    let rows = service_ls(m);
+    assert_eq!(rows[0][1..5], ["web", "replicated", "2/2", "busybox:latest"]);
+
+    // Two containers, on two hosts, named <service>.<slot>.<task id>, with
+    // docker's labels.
+    let running = running_containers(&tb);
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert_ne!(running[0].0, running[1].0, "spread over hosts: {running:?}");
+    for (_, _, name) in &running {
+        assert!(name.starts_with("web.1.") || name.starts_with("web.2."), "{name}");
+    }
+    let (h0, c0) = (tb.host(running[0].0), &running[0].1);
+    let labels = docker(h0, &["inspect", "--format", "{{json .Config.Labels}}", c0]).unwrap();
+    let labels: serde_json::Value = serde_json::from_str(&labels).unwrap();
+    assert_eq!(labels["com.docker.swarm.service.name"], "web");
+
+    // The tasks reach each other over the overlay, host to host.
+    let (h1, c1) = (tb.host(running[1].0), &running[1].1);
+    let ip1 = ip_in(h1, &netns_of(h1, c1));
+    let page =
+        h0.run_in(&netns_of(h0, c0), "/bin/busybox", ["wget", "-O", "-", &format!("http://{ip1}:8080/")]);
+    assert_eq!(page.unwrap(), "hello from busybox\n");
+
+    // docker kill on its node: replaced (after the 5 s restart delay), the
+    // old task kept as history with docker's error.
+    let killed_slot = running[0].2.split('.').nth(1).unwrap().to_owned();
+    docker(h0, &["kill", c0]).unwrap();
+    poll::until("the killed task to be replaced", Duration::from_secs(40), || {
+        let ps = docker(m, &["service", "ps", "--no-trunc", "web"]).unwrap();
+        let rows = parse_table(&ps);
+        let slot = format!("web.{killed_slot}");
+        let hist = rows.iter().any(|r| {
+            r[1].trim() == format!("\\_ {slot}")
+                && r[4] == "Shutdown"
+                && r[5].starts_with("Failed")
+                && r[6] == "\"task: non-zero exit (137)\""
+        });
+        let fresh = rows.iter().any(|r| r[1] == slot && r[4] == "Running" && r[5].starts_with("Running"));
+        if hist && fresh { Ok(()) } else { Err(ps) }
+    })
+    .unwrap();
+    wait_replicas(&tb, "2/2");
+
+    // Scale up, then down: the highest slots go.
+    assert_eq!(docker(m, &["service", "scale", "-d", "web=3"]).unwrap(), "web scaled to 3\n");
+    wait_replicas(&tb, "3/3");
+    docker(m, &["service", "scale", "-d", "web=1"]).unwrap();
+    wait_replicas(&tb, "1/1");
+    poll::until("two containers to go", Duration::from_secs(30), || {
+        let r = running_containers(&tb);
+        if r.len() == 1 && r[0].2.starts_with("web.1.") { Ok(()) } else { Err(format!("{r:?}")) }
+    })
+    .unwrap();
+
+    // Bad input: docker's errors, nothing changes.
+    let e = stderr(&docker(m, &["service", "create", "--name", "web", "busybox"]).unwrap_err());
+    assert!(e.contains("service web already exists"), "{e}");
+    let e = stderr(
+        &docker(m, &["service", "create", "-d", "--constraint", "node.role=manager", "busybox"]).unwrap_err(),
+    );
+    assert!(e.contains("constraint expected one operator from ==, !="), "{e}");
+    let e = stderr(&docker(m, &["service", "scale", "nosuch=2"]).unwrap_err());
+    assert!(e.contains("nosuch"), "{e}");
+    assert_eq!(service_ls(m).len(), 1);
+
+    assert_eq!(docker(m, &["service", "rm", "web"]).unwrap(), "web\n");
+    poll::until("every task container to be removed", Duration::from_secs(30), || {
+        let left: Vec<String> = tb.hosts().iter().map(|h| docker(h, &["ps", "-a", "-q"]).unwrap()).collect();
+        if left.iter().all(String::is_empty) { Ok(()) } else { Err(format!("{left:?}")) }
+    })
+    .unwrap();
+}
