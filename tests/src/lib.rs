@@ -10,6 +10,7 @@ pub mod image;
 pub mod overlay;
 pub mod packet;
 pub mod poll;
+pub mod services;
 pub mod swarm;
 pub mod testbed;
 

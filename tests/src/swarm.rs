@@ -185,7 +185,11 @@ pub fn start_daemon(host: &Host, env: &[(&str, &str)]) -> DaemonProcess {
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     let child = DaemonProcess(c.spawn().expect("spawn daemon"));
-    poll::until("the daemon to answer", Duration::from_secs(15), || agent(host, &["info"]).map(|_| ()))
-        .unwrap_or_else(|e| panic!("{e}\n{}", daemon_log(host)));
+    let socket = host.state_dir().join("docker.sock");
+    poll::until("the daemon to answer", Duration::from_secs(15), || {
+        std::os::unix::net::UnixStream::connect(&socket).map_err(|e| e.to_string())?;
+        agent(host, &["info"]).map(|_| ()).map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", daemon_log(host)));
     child
 }
