@@ -30,6 +30,8 @@ pub struct Engine {
     /// Serializes init, join, leave.
     op: tokio::sync::Mutex<()>,
     joining: AtomicBool,
+    /// `docker exec` instances.
+    execs: Arc<crate::api::exec::Execs>,
 }
 
 impl Engine {
@@ -42,6 +44,7 @@ impl Engine {
             node: tokio::sync::RwLock::new(node),
             op: tokio::sync::Mutex::new(()),
             joining: AtomicBool::new(false),
+            execs: Arc::default(),
         }))
     }
 
@@ -51,6 +54,14 @@ impl Engine {
 
     pub fn options(&self) -> NodeOptions {
         self.options.clone()
+    }
+
+    pub fn execs(&self) -> &crate::api::exec::Execs {
+        &self.execs
+    }
+
+    pub fn execs_arc(&self) -> Arc<crate::api::exec::Execs> {
+        self.execs.clone()
     }
 
     pub async fn node(&self) -> Option<Arc<SwarmNode>> {

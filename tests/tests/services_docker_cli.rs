@@ -117,6 +117,58 @@ fn replicated_service_runs_heals_and_scales() {
         h0.run_in(&netns_of(h0, c0), "/bin/busybox", ["wget", "-O", "-", &format!("http://{ip1}:8080/")]);
     assert_eq!(page.unwrap(), "hello from busybox\n");
 
+    // docker exec, with and without stdin; the exit code comes back.
+    let host_name = docker(h0, &["exec", c0, "cat", "/etc/hostname"]).unwrap();
+    assert_eq!(host_name.trim(), &c0[..12], "a task's hostname is its short container ID");
+    let mut c = h0.command("docker").unwrap();
+    c.args(["exec", "-i", c0, "sh", "-c", "tr a-z A-Z; exit 7"]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"shout\n").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(7), "SHOUT\n"));
+    let e = stderr(&docker(h0, &["exec", "nosuch", "true"]).unwrap_err());
+    assert!(e.contains("No such container: nosuch"), "{e}");
+
+    // docker logs of a task container.
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "talk",
+            "busybox",
+            "sh",
+            "-c",
+            "echo one; echo two >&2; exec sleep 100000",
+        ],
+    )
+    .unwrap();
+    let (th, tc) = poll::until("the talk task to run", Duration::from_secs(30), || {
+        running_containers(&tb)
+            .into_iter()
+            .find(|(_, _, n)| n.starts_with("talk.1."))
+            .map(|(h, c, _)| (h, c))
+            .ok_or("not yet")
+    })
+    .unwrap();
+    let th = tb.host(th);
+    poll::until("both lines logged", Duration::from_secs(10), || {
+        let out = th.command("docker").unwrap().args(["logs", &tc]).output().unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        if o == "one\n" && e == "two\n" { Ok(()) } else { Err(format!("{o:?} {e:?}")) }
+    })
+    .unwrap();
+    let ts = docker(th, &["logs", "-t", "--tail", "2", &tc]).unwrap();
+    assert!(ts.len() > 31 && ts.ends_with(" one\n") && ts.starts_with("20"), "{ts:?}");
+    docker(m, &["service", "rm", "talk"]).unwrap();
+
     // docker kill on its node: replaced (after the 5 s restart delay), the
     // old task kept as history with docker's error.
     let killed_slot = running[0].2.split('.').nth(1).unwrap().to_owned();

@@ -246,11 +246,11 @@ impl Worker {
         } else if let Some(ContainerState::Running { pid, .. }) = existing {
             st.pid = Some(pid);
         }
-        set(&mut st, TaskState::Running, "started");
         let (signal, grace) = match self.exec.inspect(&cid) {
             Some(c) => (c.config.stop_signal.clone(), c.config.stop_grace),
             None => (String::new(), Duration::from_secs(10)),
         };
+        let health = health_of(&a.task.spec, self.images.resolve(image_of(&a)).ok().as_ref());
         let stop_wanted = async {
             loop {
                 if *desired.borrow_and_update() > TaskState::Running {
@@ -261,20 +261,85 @@ impl Worker {
                 }
             }
         };
-        tokio::select! {
-            r = self.exec.wait(&cid) => {
-                let code = r.unwrap_or(255);
-                self.finished(&task_id, &mut st, code, false);
-            }
-            () = stop_wanted => {
-                let stopped = self.exec.stop(&cid, &signal, grace).await;
-                let code = self.exec.wait(&cid).await.unwrap_or(255);
-                if let Err(e) = stopped {
-                    tracing::warn!(task = %task_id, "stopping: {e}");
+        tokio::pin!(stop_wanted);
+        let wait = self.exec.wait(&cid);
+        tokio::pin!(wait);
+        // With a health check a task is RUNNING once it is healthy (as
+        // docker's executor reports it), and fails when it turns unhealthy.
+        let mut healthy = health.is_none() || st.state >= TaskState::Running;
+        if healthy {
+            set(&mut st, TaskState::Running, "started");
+        }
+        loop {
+            let probe = async {
+                match &health {
+                    Some(h) => self.probe(&cid, h, healthy).await,
+                    None => std::future::pending().await,
                 }
-                self.finished(&task_id, &mut st, code, true);
+            };
+            tokio::select! {
+                r = &mut wait => {
+                    self.finished(&task_id, &mut st, r.unwrap_or(255), false);
+                    return;
+                }
+                () = &mut stop_wanted => {
+                    let stopped = self.exec.stop(&cid, &signal, grace).await;
+                    let code = self.exec.wait(&cid).await.unwrap_or(255);
+                    if let Err(e) = stopped {
+                        tracing::warn!(task = %task_id, "stopping: {e}");
+                    }
+                    self.finished(&task_id, &mut st, code, true);
+                    return;
+                }
+                ok = probe => {
+                    if ok {
+                        healthy = true;
+                        set(&mut st, TaskState::Running, "started");
+                    } else {
+                        let _ = self.exec.stop(&cid, &signal, grace).await;
+                        st.exit_code = self.exec.wait(&cid).await.ok();
+                        st.err = UNHEALTHY.into();
+                        st.timestamp = now();
+                        st.state = TaskState::Failed;
+                        st.message = "started".into();
+                        self.send(&task_id, &st);
+                        return;
+                    }
+                }
             }
         }
+    }
+
+    /// Runs health probes until the container is healthy (`until_unhealthy`
+    /// false: returns true) or unhealthy (returns false).
+    async fn probe(&self, cid: &str, h: &Health, until_unhealthy: bool) -> bool {
+        let started = tokio::time::Instant::now();
+        let mut failures = 0;
+        loop {
+            let in_start_period = started.elapsed() < h.start_period;
+            let ok = self.probe_once(cid, h).await;
+            if ok {
+                failures = 0;
+                if !until_unhealthy {
+                    return true;
+                }
+            } else if !in_start_period {
+                failures += 1;
+                if failures >= h.retries {
+                    return false;
+                }
+            }
+            tokio::time::sleep(h.interval).await;
+        }
+    }
+
+    async fn probe_once(&self, cid: &str, h: &Health) -> bool {
+        use std::process::Stdio;
+        let spec = exec::ExecSpec { args: h.test.clone(), ..Default::default() };
+        let Ok(mut child) = self.exec.exec(cid, &spec, [Stdio::null(), Stdio::null(), Stdio::null()]) else {
+            return false;
+        };
+        matches!(tokio::time::timeout(h.timeout, child.wait()).await, Ok(Ok(s)) if s.success())
     }
 
     fn finished(&self, task_id: &str, st: &mut TaskStatus, code: i64, stopped: bool) {
@@ -439,6 +504,73 @@ impl Worker {
     }
 }
 
+/// Docker's error for a task whose health check failed.
+pub const UNHEALTHY: &str = "unhealthy container";
+
+/// A health check with docker's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub test: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+fn image_of(a: &Assignment) -> &str {
+    a.task.spec.container_spec.as_ref().and_then(|c| c.image.as_deref()).unwrap_or("")
+}
+
+/// The task's health check (else the image's): `["CMD", args…]`,
+/// `["CMD-SHELL", cmd]`, or none (`["NONE"]`).
+pub fn health_of(
+    spec: &bollard_stubs::models::TaskSpec,
+    image: Option<&crate::agent::images::Image>,
+) -> Option<Health> {
+    let mine = spec.container_spec.as_ref().and_then(|c| c.health_check.clone());
+    let theirs = image.map(|i| &i.config["config"]["Healthcheck"]).filter(|v| v.is_object()).map(|v| {
+        let ns = |k: &str| v[k].as_i64();
+        bollard_stubs::models::HealthConfig {
+            test: v["Test"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()),
+            interval: ns("Interval"),
+            timeout: ns("Timeout"),
+            retries: ns("Retries"),
+            start_period: ns("StartPeriod"),
+            start_interval: ns("StartInterval"),
+        }
+    });
+    let pick = |f: &dyn Fn(&bollard_stubs::models::HealthConfig) -> Option<i64>| {
+        mine.as_ref()
+            .and_then(f)
+            .filter(|v| *v > 0)
+            .or_else(|| theirs.as_ref().and_then(f).filter(|v| *v > 0))
+    };
+    let test = mine
+        .as_ref()
+        .and_then(|m| m.test.clone())
+        .filter(|t| !t.is_empty())
+        .or_else(|| theirs.as_ref().and_then(|t| t.test.clone()))?;
+    let argv = match test.first().map(String::as_str) {
+        Some("CMD") => test[1..].to_vec(),
+        Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), test[1..].join(" ")],
+        _ => return None,
+    };
+    if argv.is_empty() {
+        return None;
+    }
+    let dur =
+        |v: Option<i64>, d: u64| Duration::from_nanos(v.and_then(|n| u64::try_from(n).ok()).unwrap_or(d));
+    Some(Health {
+        test: argv,
+        interval: dur(pick(&|h| h.interval), 30_000_000_000),
+        timeout: dur(pick(&|h| h.timeout), 30_000_000_000),
+        retries: pick(&|h| h.retries).and_then(|r| u32::try_from(r).ok()).unwrap_or(3),
+        start_period: dur(pick(&|h| h.start_period), 0),
+    })
+}
+
 /// Image env, then the task's, a later `KEY=` replacing an earlier one.
 fn merge_env(image: &[String], task: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -530,6 +662,27 @@ mod tests {
         assert_eq!(actions[1], Action::Desire { task_id: "known".into(), desired: TaskState::Shutdown });
         assert!(actions.contains(&Action::Forget { task_id: "orphan".into() }));
         assert!(actions.contains(&Action::Forget { task_id: "stale".into() }));
+    }
+
+    #[test]
+    fn health_checks_take_dockers_forms_and_defaults() {
+        let spec = |test: Vec<&str>| bollard_stubs::models::TaskSpec {
+            container_spec: Some(bollard_stubs::models::TaskSpecContainerSpec {
+                health_check: Some(bollard_stubs::models::HealthConfig {
+                    test: Some(test.into_iter().map(String::from).collect()),
+                    retries: Some(2),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let h = health_of(&spec(vec!["CMD-SHELL", "wget -O- localhost"]), None).unwrap();
+        assert_eq!(h.test, ["/bin/sh", "-c", "wget -O- localhost"]);
+        assert_eq!((h.interval, h.timeout, h.retries), (Duration::from_secs(30), Duration::from_secs(30), 2));
+        assert_eq!(health_of(&spec(vec!["CMD", "true"]), None).unwrap().test, ["true"]);
+        assert_eq!(health_of(&spec(vec!["NONE"]), None), None);
+        assert_eq!(health_of(&bollard_stubs::models::TaskSpec::default(), None), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod containers;
 pub mod convert;
+pub mod exec;
 pub mod images;
 pub mod services;
 
@@ -68,6 +69,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/containers/{id}/stop", post(containers::stop))
         .route("/containers/{id}/logs", get(containers::logs))
         .route("/containers/{id}", axum::routing::delete(containers::remove))
+        .route("/containers/{id}/exec", post(exec::create))
+        .route("/exec/{id}/start", post(exec::start))
+        .route("/exec/{id}/json", get(exec::inspect))
+        .route("/exec/{id}/resize", post(exec::resize))
         .route("/images/json", get(images::list))
         .route("/images/create", post(images::create))
         .route("/images/load", post(images::load))

@@ -106,6 +106,15 @@ impl std::fmt::Display for ExecError {
 
 pub type ExecResult<T> = Result<T, ExecError>;
 
+/// A process to run in a container (`docker exec`, health checks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+}
+
 /// The container runtime as the worker sees it.
 pub trait Executor: Send + Sync + 'static {
     /// Makes the container (rootfs, bundle); does not start it.
@@ -118,6 +127,13 @@ pub trait Executor: Send + Sync + 'static {
     fn stop(&self, id: &str, signal: &str, grace: Duration) -> BoxFuture<'_, ExecResult<()>>;
     /// Sends a signal (`docker kill`).
     fn kill(&self, id: &str, signal: &str) -> BoxFuture<'_, ExecResult<()>>;
+    /// Starts a process in a running container, with the given stdio.
+    fn exec(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+        stdio: [std::process::Stdio; 3],
+    ) -> ExecResult<tokio::process::Child>;
     /// Removes a stopped container and everything it had on disk.
     fn remove(&self, id: &str) -> BoxFuture<'_, ExecResult<()>>;
     /// The containers this node has (also those from before a restart).

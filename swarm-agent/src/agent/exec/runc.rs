@@ -21,7 +21,9 @@ use std::{
 
 use futures::{FutureExt, future::BoxFuture};
 
-use super::{Container, ContainerConfig, ContainerState, ExecError, ExecResult, Executor, shim::Files, spec};
+use super::{
+    Container, ContainerConfig, ContainerState, ExecError, ExecResult, ExecSpec, Executor, shim::Files, spec,
+};
 
 pub struct Runc {
     root: PathBuf,
@@ -325,6 +327,40 @@ impl Executor for Runc {
             self.runc(&["kill", &id, if signal.is_empty() { "SIGKILL" } else { &signal }]).await
         }
         .boxed()
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+        stdio: [std::process::Stdio; 3],
+    ) -> ExecResult<tokio::process::Child> {
+        if !matches!(self.state(id), ContainerState::Running { .. }) {
+            return Err(ExecError::fatal(format!("container {id} is not running")));
+        }
+        if spec.args.is_empty() {
+            return Err(ExecError::fatal("No exec command specified"));
+        }
+        let rootfs = self.dir(id).join("rootfs");
+        let read = |p: &str| fs::read_to_string(rootfs.join(p)).unwrap_or_default();
+        let (uid, gid) = if spec.user.is_empty() {
+            let cfg = self.read_config(id).map(|c| c.user).unwrap_or_default();
+            spec::resolve_user(&cfg, &read("etc/passwd"), &read("etc/group"))
+        } else {
+            spec::resolve_user(&spec.user, &read("etc/passwd"), &read("etc/group"))
+        }
+        .map_err(ExecError::fatal)?;
+        let mut c = tokio::process::Command::new("runc");
+        c.arg("--root").arg(&self.state_root).arg("exec").arg("--user").arg(format!("{uid}:{gid}"));
+        for e in &spec.env {
+            c.arg("--env").arg(e);
+        }
+        if !spec.cwd.is_empty() {
+            c.arg("--cwd").arg(&spec.cwd);
+        }
+        let [i, o, e] = stdio;
+        c.arg(id).args(&spec.args).stdin(i).stdout(o).stderr(e).kill_on_drop(true);
+        c.spawn().map_err(|e| ExecError::fatal(format!("running runc exec: {e}")))
     }
 
     fn remove(&self, id: &str) -> BoxFuture<'_, ExecResult<()>> {
