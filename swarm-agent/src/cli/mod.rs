@@ -8,6 +8,7 @@ pub mod fmt;
 pub mod info;
 pub mod network;
 pub mod node;
+pub mod service;
 pub mod swarm;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -49,6 +50,11 @@ pub enum Cmd {
     Node {
         #[command(subcommand)]
         cmd: node::NodeCmd,
+    },
+    /// Manage services
+    Service {
+        #[command(subcommand)]
+        cmd: service::ServiceCmd,
     },
     /// Manage networks
     Network {
@@ -144,6 +150,7 @@ async fn client_command(client: &Client, data_root: &std::path::Path, cmd: Cmd) 
         Cmd::Leave { force } => swarm::leave(client, force).await,
         Cmd::Node { cmd } => node::run(client, cmd).await,
         Cmd::Network { cmd } => network::run(client, cmd).await,
+        Cmd::Service { cmd } => service::run(client, cmd).await,
         Cmd::Info => info::info(client).await,
         Cmd::Daemon(_) | Cmd::Debug { .. } | Cmd::Shim { .. } => Ok(()),
     }

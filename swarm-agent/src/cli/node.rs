@@ -299,21 +299,16 @@ fn go_time(rfc: &str) -> String {
 
 async fn ps(client: &Client, quiet: bool, nodes: &[String]) -> Result<(), CliError> {
     let nodes = if nodes.is_empty() { vec!["self".to_owned()] } else { nodes.to_vec() };
+    let mut all = Vec::new();
     for n in &nodes {
         let id = resolve(client, n).await?;
-        let _: m::Node = client.get(&format!("/nodes/{id}")).await?;
+        let node: m::Node = client.get(&format!("/nodes/{id}")).await?;
+        let id = node.id.unwrap_or_default();
+        let tasks: Vec<serde_json::Value> =
+            client.get(&format!("/tasks{}", filters_query(&[format!("node={id}")])?)).await?;
+        all.extend(tasks);
     }
-    let _tasks: Vec<serde_json::Value> = client.get("/tasks").await?;
-    if !quiet {
-        print!(
-            "{}",
-            table::render::<&str>(
-                &["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"],
-                &[]
-            )
-        );
-    }
-    Ok(())
+    super::service::print_tasks(client, all, quiet, false).await
 }
 
 async fn get_node(client: &Client, node: &str) -> Result<(String, u64, m::NodeSpec), CliError> {

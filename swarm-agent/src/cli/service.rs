@@ -1,0 +1,857 @@
+//! `service create|ls|ps|inspect|rm|scale`, with docker's flags, tables,
+//! messages and convergence progress.
+
+use std::{collections::HashMap, io::IsTerminal as _, time::Duration};
+
+use bollard_stubs::models as m;
+use serde_json::Value;
+
+use super::{
+    client::{CliError, Client},
+    fmt::{human_duration, indent_json, natural_cmp, pretty},
+    node::filters_query,
+    swarm::parse_duration,
+};
+use crate::table;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCmd {
+    /// Create a new service
+    Create(Box<CreateArgs>),
+    /// List services
+    #[command(alias = "list")]
+    Ls {
+        /// Only display IDs
+        #[arg(short, long)]
+        quiet: bool,
+        /// Filter output based on conditions provided
+        #[arg(short, long)]
+        filter: Vec<String>,
+    },
+    /// List the tasks of one or more services
+    Ps {
+        /// Only display task IDs
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate output
+        #[arg(long)]
+        no_trunc: bool,
+        /// Filter output based on conditions provided
+        #[arg(short, long)]
+        filter: Vec<String>,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Display detailed information on one or more services
+    Inspect {
+        /// Print the information in a human friendly format
+        #[arg(long)]
+        pretty: bool,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Remove one or more services
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Scale one or multiple replicated services
+    Scale {
+        /// Exit immediately instead of waiting for the service to converge
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(required = true, value_name = "SERVICE=REPLICAS")]
+        scales: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct CreateArgs {
+    /// Service name
+    #[arg(long)]
+    name: Option<String>,
+    /// Service mode ("replicated", "global")
+    #[arg(long, default_value = "replicated")]
+    mode: String,
+    /// Number of tasks
+    #[arg(long, allow_negative_numbers = true)]
+    replicas: Option<i64>,
+    /// Maximum number of tasks per node (default 0 = unlimited)
+    #[arg(long)]
+    replicas_max_per_node: Option<i64>,
+    /// Network attachments
+    #[arg(long)]
+    network: Vec<String>,
+    /// Set environment variables
+    #[arg(short, long)]
+    env: Vec<String>,
+    /// Service labels
+    #[arg(short, long)]
+    label: Vec<String>,
+    /// Container labels
+    #[arg(long)]
+    container_label: Vec<String>,
+    /// Placement constraints
+    #[arg(long)]
+    constraint: Vec<String>,
+    /// Add a placement preference
+    #[arg(long)]
+    placement_pref: Vec<String>,
+    /// Restart when condition is met ("none", "on-failure", "any")
+    #[arg(long)]
+    restart_condition: Option<String>,
+    /// Delay between restart attempts (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = parse_duration)]
+    restart_delay: Option<Duration>,
+    /// Maximum number of restarts before giving up
+    #[arg(long)]
+    restart_max_attempts: Option<i64>,
+    /// Window used to evaluate the restart policy (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = parse_duration)]
+    restart_window: Option<Duration>,
+    /// Limit CPUs
+    #[arg(long)]
+    limit_cpu: Option<f64>,
+    /// Limit Memory
+    #[arg(long)]
+    limit_memory: Option<String>,
+    /// Reserve CPUs
+    #[arg(long)]
+    reserve_cpu: Option<f64>,
+    /// Reserve Memory
+    #[arg(long)]
+    reserve_memory: Option<String>,
+    /// Attach a filesystem mount to the service
+    #[arg(long)]
+    mount: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Container hostname
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Signal to stop the container
+    #[arg(long)]
+    stop_signal: Option<String>,
+    /// Time to wait before force killing a container (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = parse_duration)]
+    stop_grace_period: Option<Duration>,
+    /// Command to run to check health
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h)
+    #[arg(long, value_parser = parse_duration)]
+    health_interval: Option<Duration>,
+    /// Consecutive failures needed to report unhealthy
+    #[arg(long)]
+    health_retries: Option<i64>,
+    /// Maximum time to allow one check to run (ms|s|m|h)
+    #[arg(long, value_parser = parse_duration)]
+    health_timeout: Option<Duration>,
+    /// Start period for the container to initialize before counting retries towards unstable (ms|s|m|h)
+    #[arg(long, value_parser = parse_duration)]
+    health_start_period: Option<Duration>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(long)]
+    no_healthcheck: bool,
+    /// Mount the container's root filesystem as read only
+    #[arg(long)]
+    read_only: bool,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output
+    #[arg(short, long)]
+    quiet: bool,
+    image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub async fn run(client: &Client, cmd: ServiceCmd) -> Result<(), CliError> {
+    match cmd {
+        ServiceCmd::Create(a) => create(client, *a).await,
+        ServiceCmd::Ls { quiet, filter } => ls(client, quiet, &filter).await,
+        ServiceCmd::Ps { quiet, no_trunc, filter, services } => {
+            ps(client, quiet, no_trunc, &filter, &services).await
+        }
+        ServiceCmd::Inspect { pretty, services } => inspect(client, pretty, &services).await,
+        ServiceCmd::Rm { services } => rm(client, &services).await,
+        ServiceCmd::Scale { detach, scales } => scale(client, detach, &scales).await,
+    }
+}
+
+fn local(m: impl Into<String>) -> CliError {
+    CliError::local(m.into())
+}
+
+/// Docker's `RAMInBytes`: `512m`, `4MiB`, `1g`, plain bytes.
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid size: '{s}'"))?;
+    let mult: f64 = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024f64.powi(4),
+        _ => return Err(format!("invalid size: '{s}'")),
+    };
+    Ok((n * mult) as i64)
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn parse_mount(s: &str) -> Result<m::Mount, String> {
+    let mut mount = m::Mount::default();
+    let mut typ = "volume".to_owned();
+    for field in s.split(',') {
+        let (k, v) = field.split_once('=').map_or((field, "true"), |(k, v)| (k, v));
+        match k.to_ascii_lowercase().as_str() {
+            "type" => typ = v.to_ascii_lowercase(),
+            "source" | "src" => mount.source = Some(v.to_owned()),
+            "target" | "dst" | "destination" => mount.target = Some(v.to_owned()),
+            "readonly" | "ro" => mount.read_only = Some(v != "false" && v != "0"),
+            "tmpfs-size" => {
+                mount.tmpfs_options.get_or_insert_with(Default::default).size_bytes = Some(parse_bytes(v)?);
+            }
+            "tmpfs-mode" => {
+                let mode = i64::from_str_radix(v, 8).map_err(|_| format!("invalid value for {k}: {v}"))?;
+                mount.tmpfs_options.get_or_insert_with(Default::default).mode = Some(mode);
+            }
+            _ => return Err(format!("unexpected key '{k}' in '{field}'")),
+        }
+    }
+    mount.typ = Some(match typ.as_str() {
+        "bind" => m::MountType::BIND,
+        "volume" => m::MountType::VOLUME,
+        "tmpfs" => m::MountType::TMPFS,
+        other => return Err(format!("invalid mount type: {other}")),
+    });
+    if mount.target.is_none() {
+        return Err("target is required".into());
+    }
+    Ok(mount)
+}
+
+fn kv_map(list: &[String]) -> Option<HashMap<String, String>> {
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        list.iter()
+            .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.into(), v.into())))
+            .collect(),
+    )
+}
+
+/// The spec `docker service create` sends for these flags.
+pub fn spec_of(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
+    let mode = match a.mode.as_str() {
+        "replicated" => m::ServiceSpecMode {
+            replicated: Some(m::ServiceSpecModeReplicated { replicas: Some(a.replicas.unwrap_or(1)) }),
+            ..Default::default()
+        },
+        "global" => {
+            if a.replicas.is_some() {
+                return Err(local("replicas can only be used with replicated or replicated-job mode"));
+            }
+            #[allow(clippy::zero_sized_map_values)]
+            m::ServiceSpecMode { global: Some(HashMap::new()), ..Default::default() }
+        }
+        other => return Err(local(format!("unknown mode: {other}, only replicated and global supported"))),
+    };
+    if let Some(r) = a.replicas
+        && r < 0
+    {
+        return Err(local(format!(
+            "invalid argument \"{r}\" for \"--replicas\" flag: strconv.ParseUint: parsing \"{r}\": invalid syntax"
+        )));
+    }
+    let mut preferences = Vec::new();
+    for p in &a.placement_pref {
+        let (strategy, arg) = p
+            .split_once('=')
+            .ok_or_else(|| local("placement preference must be of the format \"<strategy>=<arg>\""))?;
+        if strategy != "spread" {
+            return Err(local(format!(
+                "unsupported placement preference {strategy} (only spread is supported)"
+            )));
+        }
+        preferences.push(m::TaskSpecPlacementPreferences {
+            spread: Some(m::TaskSpecPlacementSpread { spread_descriptor: Some(arg.to_owned()) }),
+        });
+    }
+    let cpus = |c: Option<f64>| c.map(|c| (c * 1e9) as i64);
+    let mem = |s: &Option<String>| s.as_deref().map(parse_bytes).transpose().map_err(local);
+    let health_set = a.health_cmd.is_some()
+        || a.health_interval.is_some()
+        || a.health_retries.is_some()
+        || a.health_timeout.is_some()
+        || a.health_start_period.is_some();
+    if a.no_healthcheck && health_set {
+        return Err(local("--no-healthcheck conflicts with --health-* options"));
+    }
+    let health = if a.no_healthcheck {
+        Some(m::HealthConfig { test: Some(vec!["NONE".into()]), ..Default::default() })
+    } else if health_set {
+        Some(m::HealthConfig {
+            test: a.health_cmd.as_ref().map(|c| vec!["CMD-SHELL".into(), c.clone()]),
+            interval: a.health_interval.map(nanos),
+            timeout: a.health_timeout.map(nanos),
+            retries: a.health_retries,
+            start_period: a.health_start_period.map(nanos),
+            start_interval: None,
+        })
+    } else {
+        None
+    };
+    let mounts: Vec<m::Mount> =
+        a.mount.iter().map(|s| parse_mount(s)).collect::<Result<_, _>>().map_err(local)?;
+    let restart = if a.restart_condition.is_some()
+        || a.restart_delay.is_some()
+        || a.restart_max_attempts.is_some()
+        || a.restart_window.is_some()
+    {
+        let condition = match a.restart_condition.as_deref() {
+            None => None,
+            Some("none") => Some(m::TaskSpecRestartPolicyConditionEnum::NONE),
+            Some("on-failure") => Some(m::TaskSpecRestartPolicyConditionEnum::ON_FAILURE),
+            Some("any") => Some(m::TaskSpecRestartPolicyConditionEnum::ANY),
+            Some(o) => return Err(local(format!("invalid restart condition: {o}"))),
+        };
+        Some(m::TaskSpecRestartPolicy {
+            condition,
+            delay: a.restart_delay.map(nanos),
+            max_attempts: a.restart_max_attempts,
+            window: a.restart_window.map(nanos),
+        })
+    } else {
+        None
+    };
+    let networks: Vec<m::NetworkAttachmentConfig> = a
+        .network
+        .iter()
+        .map(|n| m::NetworkAttachmentConfig { target: Some(n.clone()), ..Default::default() })
+        .collect();
+    Ok(m::ServiceSpec {
+        name: a.name.clone(),
+        labels: kv_map(&a.label),
+        mode: Some(mode),
+        task_template: Some(m::TaskSpec {
+            container_spec: Some(m::TaskSpecContainerSpec {
+                image: Some(a.image.clone()),
+                labels: kv_map(&a.container_label),
+                command: a.entrypoint.as_ref().map(|e| e.split_whitespace().map(String::from).collect()),
+                args: (!a.args.is_empty()).then(|| a.args.clone()),
+                hostname: a.hostname.clone(),
+                env: (!a.env.is_empty()).then(|| a.env.clone()),
+                dir: a.workdir.clone(),
+                user: a.user.clone(),
+                read_only: a.read_only.then_some(true),
+                mounts: (!mounts.is_empty()).then_some(mounts),
+                stop_signal: a.stop_signal.clone(),
+                stop_grace_period: a.stop_grace_period.map(nanos),
+                health_check: health,
+                ..Default::default()
+            }),
+            resources: Some(m::TaskSpecResources {
+                limits: Some(m::Limit {
+                    nano_cpus: cpus(a.limit_cpu),
+                    memory_bytes: mem(&a.limit_memory)?,
+                    pids: None,
+                }),
+                reservations: Some(m::ResourceObject {
+                    nano_cpus: cpus(a.reserve_cpu),
+                    memory_bytes: mem(&a.reserve_memory)?,
+                    generic_resources: None,
+                }),
+                ..Default::default()
+            }),
+            restart_policy: restart,
+            placement: Some(m::TaskSpecPlacement {
+                constraints: (!a.constraint.is_empty()).then(|| a.constraint.clone()),
+                preferences: (!preferences.is_empty()).then_some(preferences),
+                max_replicas: a.replicas_max_per_node,
+                platforms: None,
+            }),
+            networks: (!networks.is_empty()).then_some(networks),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+async fn create(client: &Client, a: CreateArgs) -> Result<(), CliError> {
+    let spec = spec_of(&a)?;
+    let resp = client.post("/services/create", &spec).await?;
+    let v: Value = serde_json::from_slice(&resp).map_err(|e| local(e.to_string()))?;
+    let id = v["ID"].as_str().unwrap_or_default().to_owned();
+    println!("{id}");
+    if !a.detach && !a.quiet {
+        converge(client, &id).await?;
+    } else if !a.detach {
+        wait_converged(client, &id).await?;
+    }
+    Ok(())
+}
+
+/// The numbered task states of docker's progress bars.
+fn state_number(s: &str) -> u32 {
+    match s {
+        "new" => 1,
+        "allocated" => 2,
+        "pending" => 3,
+        "assigned" => 4,
+        "accepted" => 5,
+        "preparing" => 6,
+        "ready" => 7,
+        "starting" => 8,
+        "running" => 9,
+        _ => 0,
+    }
+}
+
+/// One progress snapshot: the lines to show, and whether it converged.
+pub fn progress_lines(service: &Value, tasks: &[Value], nodes: &[String]) -> (Vec<String>, bool) {
+    let global = service["Spec"]["Mode"]["Global"].is_object();
+    let replicas = service["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64().unwrap_or(0);
+    let live: Vec<&Value> =
+        tasks.iter().filter(|t| t["DesiredState"] == "running" || t["DesiredState"] == "ready").collect();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let keys: Vec<String> =
+        if global { nodes.to_vec() } else { (1..=replicas).map(|s| s.to_string()).collect() };
+    let total = keys.len();
+    let mut running = 0;
+    for (i, key) in keys.iter().enumerate() {
+        let t = live.iter().find(|t| {
+            if global {
+                t["NodeID"].as_str() == Some(key.as_str())
+            } else {
+                t["Slot"].as_u64().map(|s| s.to_string()).as_deref() == Some(key.as_str())
+            }
+        });
+        let label = if global { key[..key.len().min(12)].to_owned() } else { format!("{}/{total}", i + 1) };
+        let (state, err) = t.map_or((String::new(), String::new()), |t| {
+            (
+                t["Status"]["State"].as_str().unwrap_or("").to_owned(),
+                t["Status"]["Err"].as_str().unwrap_or("").to_owned(),
+            )
+        });
+        if state == "running" {
+            running += 1;
+        }
+        rows.push((label, state, err));
+    }
+    let mut lines = vec![format!("overall progress: {running} out of {total} tasks")];
+    if total <= 20 {
+        for (label, state, err) in rows {
+            if !err.is_empty() {
+                lines.push(format!("{label}: {err}"));
+            } else if state.is_empty() {
+                lines.push(format!("{label}:   "));
+            } else {
+                let n = state_number(&state) as usize;
+                let filled = (n * 100 / 9) / 2;
+                lines.push(format!(
+                    "{label}: {state:<9} [{}>{}] ",
+                    "=".repeat(filled),
+                    " ".repeat(50 - filled.min(50))
+                ));
+            }
+        }
+    }
+    (lines, running == total)
+}
+
+async fn snapshot(client: &Client, id: &str) -> Result<(Value, Vec<Value>, Vec<String>), CliError> {
+    let service: Value = client.get(&format!("/services/{id}")).await?;
+    let q = filters_query(&[format!("service={id}"), "_up-to-date=true".into()])?;
+    let tasks: Vec<Value> = client.get(&format!("/tasks{q}")).await?;
+    let nodes = if service["Spec"]["Mode"]["Global"].is_object() {
+        let mut ids: Vec<String> = tasks
+            .iter()
+            .filter(|t| t["DesiredState"] == "running")
+            .filter_map(|t| t["NodeID"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    } else {
+        Vec::new()
+    };
+    Ok((service, tasks, nodes))
+}
+
+async fn wait_converged(client: &Client, id: &str) -> Result<(), CliError> {
+    loop {
+        let (s, t, n) = snapshot(client, id).await?;
+        if progress_lines(&s, &t, &n).1 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// docker's convergence display: redrawn in place on a terminal, the final
+/// state once otherwise.
+async fn converge(client: &Client, id: &str) -> Result<(), CliError> {
+    let tty = std::io::stdout().is_terminal();
+    let mut shown = 0usize;
+    loop {
+        let (s, t, n) = snapshot(client, id).await?;
+        let (lines, done) = progress_lines(&s, &t, &n);
+        if tty {
+            if shown > 0 {
+                print!("\x1b[{shown}A");
+            }
+            for l in &lines {
+                println!("\x1b[2K{l}");
+            }
+            shown = lines.len();
+        } else if done {
+            for l in &lines {
+                println!("{l}");
+            }
+        }
+        if done {
+            println!("verify: Service {id} converged");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn mode_of(s: &Value) -> &'static str {
+    if s["Spec"]["Mode"]["Global"].is_object() { "global" } else { "replicated" }
+}
+
+async fn ls(client: &Client, quiet: bool, filter: &[String]) -> Result<(), CliError> {
+    let q = filters_query(filter)?;
+    let sep = if q.is_empty() { "?" } else { "&" };
+    let mut services: Vec<Value> = client.get(&format!("/services{q}{sep}status=true")).await?;
+    services.sort_by(|a, b| {
+        natural_cmp(a["Spec"]["Name"].as_str().unwrap_or(""), b["Spec"]["Name"].as_str().unwrap_or(""))
+    });
+    if quiet {
+        for s in &services {
+            println!("{}", s["ID"].as_str().unwrap_or("").chars().take(12).collect::<String>());
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let running = s["ServiceStatus"]["RunningTasks"].as_u64().unwrap_or(0);
+            let desired = s["ServiceStatus"]["DesiredTasks"].as_u64().unwrap_or(0);
+            let max = s["Spec"]["TaskTemplate"]["Placement"]["MaxReplicas"].as_u64().unwrap_or(0);
+            let replicas = if max > 0 {
+                format!("{running}/{desired} (max {max} per node)")
+            } else {
+                format!("{running}/{desired}")
+            };
+            let image = s["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].as_str().unwrap_or("");
+            vec![
+                s["ID"].as_str().unwrap_or("").chars().take(12).collect(),
+                s["Spec"]["Name"].as_str().unwrap_or("").to_owned(),
+                mode_of(s).to_owned(),
+                replicas,
+                image.split('@').next().unwrap_or("").to_owned(),
+                String::new(),
+            ]
+        })
+        .collect();
+    print!("{}", table::render(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], &rows));
+    Ok(())
+}
+
+/// `service ps` / `node ps` rows: by name (natural), newest first; later
+/// rows of the same name get ` \_ `.
+pub async fn print_tasks(
+    client: &Client,
+    mut tasks: Vec<Value>,
+    quiet: bool,
+    no_trunc: bool,
+) -> Result<(), CliError> {
+    let mut services: HashMap<String, String> = HashMap::new();
+    let mut nodes: HashMap<String, String> = HashMap::new();
+    for t in &tasks {
+        let sid = t["ServiceID"].as_str().unwrap_or("").to_owned();
+        if !services.contains_key(&sid) {
+            let s: Value = client.get(&format!("/services/{sid}")).await.unwrap_or_default();
+            services.insert(sid.clone(), s["Spec"]["Name"].as_str().unwrap_or(&sid).to_owned());
+        }
+        let nid = t["NodeID"].as_str().unwrap_or("").to_owned();
+        if !nid.is_empty() && !nodes.contains_key(&nid) {
+            let n: Value = client.get(&format!("/nodes/{nid}")).await.unwrap_or_default();
+            nodes.insert(nid.clone(), n["Description"]["Hostname"].as_str().unwrap_or(&nid).to_owned());
+        }
+    }
+    let name_of = |t: &Value| {
+        let svc = services.get(t["ServiceID"].as_str().unwrap_or("")).cloned().unwrap_or_default();
+        match t["Slot"].as_u64() {
+            Some(slot) if slot > 0 => format!("{svc}.{slot}"),
+            _ => format!("{svc}.{}", t["NodeID"].as_str().unwrap_or("")),
+        }
+    };
+    tasks.sort_by(|a, b| {
+        natural_cmp(&name_of(a), &name_of(b))
+            .then_with(|| b["CreatedAt"].as_str().unwrap_or("").cmp(a["CreatedAt"].as_str().unwrap_or("")))
+    });
+    if quiet {
+        for t in &tasks {
+            println!("{}", t["ID"].as_str().unwrap_or(""));
+        }
+        return Ok(());
+    }
+    let now = crate::manager::now_nanos();
+    let mut prev = String::new();
+    let mut rows = Vec::new();
+    for t in &tasks {
+        let name = name_of(t);
+        let shown = if name == prev { format!(" \\_ {name}") } else { name.clone() };
+        prev = name;
+        let id = t["ID"].as_str().unwrap_or("");
+        let image = t["Spec"]["ContainerSpec"]["Image"].as_str().unwrap_or("");
+        let state = t["Status"]["State"].as_str().unwrap_or("");
+        let ts = t["Status"]["Timestamp"].as_str().and_then(parse_rfc3339).unwrap_or(now);
+        let ago = Duration::from_nanos(u64::try_from(now - ts).unwrap_or(0));
+        let err = t["Status"]["Err"].as_str().unwrap_or("");
+        let err = if err.is_empty() {
+            String::new()
+        } else if no_trunc || err.chars().count() <= 30 {
+            format!("\"{err}\"")
+        } else {
+            format!("\"{}…\"", err.chars().take(29).collect::<String>())
+        };
+        rows.push(vec![
+            if no_trunc { id.to_owned() } else { id.chars().take(12).collect() },
+            shown,
+            if no_trunc { image.to_owned() } else { image.split('@').next().unwrap_or("").to_owned() },
+            nodes.get(t["NodeID"].as_str().unwrap_or("")).cloned().unwrap_or_default(),
+            pretty(t["DesiredState"].as_str().unwrap_or("")),
+            format!("{} {} ago", pretty(state), human_duration(ago).to_lowercase()),
+            err,
+            String::new(),
+        ]);
+    }
+    print!(
+        "{}",
+        table::render(
+            &["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| i64::try_from(t.unix_timestamp_nanos()).ok())
+}
+
+async fn ps(
+    client: &Client,
+    quiet: bool,
+    no_trunc: bool,
+    filter: &[String],
+    services: &[String],
+) -> Result<(), CliError> {
+    let mut all = Vec::new();
+    for s in services {
+        let svc: Value =
+            client.get(&format!("/services/{s}")).await.map_err(|e| match e.daemon_message() {
+                Some(m) if m.contains("not found") => CliError::Daemon(format!("no such service: {s}")),
+                _ => e,
+            })?;
+        let id = svc["ID"].as_str().unwrap_or("").to_owned();
+        let mut f = filter.to_vec();
+        f.push(format!("service={id}"));
+        let tasks: Vec<Value> = client.get(&format!("/tasks{}", filters_query(&f)?)).await?;
+        all.extend(tasks);
+    }
+    print_tasks(client, all, quiet, no_trunc).await
+}
+
+async fn inspect(client: &Client, pretty_out: bool, services: &[String]) -> Result<(), CliError> {
+    let mut raws = Vec::new();
+    for s in services {
+        let raw = client.get_raw(&format!("/services/{s}")).await.map_err(|e| match e.daemon_message() {
+            Some(m) if m.contains("not found") => CliError::Daemon(format!("no such service: {s}")),
+            _ => e,
+        })?;
+        raws.push(raw);
+    }
+    if pretty_out {
+        for raw in &raws {
+            let v: Value = serde_json::from_slice(raw).map_err(|e| local(e.to_string()))?;
+            print!("{}", pretty_service(&v));
+        }
+        return Ok(());
+    }
+    let joined: Vec<String> = raws.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+    println!("{}", indent_json(&format!("[{}]", joined.join(","))));
+    Ok(())
+}
+
+/// `service inspect --pretty`.
+pub fn pretty_service(v: &Value) -> String {
+    let spec = &v["Spec"];
+    let c = &spec["TaskTemplate"]["ContainerSpec"];
+    let mut out = String::new();
+    out.push('\n');
+    out.push_str(&format!("ID:\t\t{}\n", v["ID"].as_str().unwrap_or("")));
+    out.push_str(&format!("Name:\t\t{}\n", spec["Name"].as_str().unwrap_or("")));
+    if mode_of(v) == "global" {
+        out.push_str("Service Mode:\tGlobal\n");
+    } else {
+        out.push_str("Service Mode:\tReplicated\n");
+        out.push_str(&format!(
+            " Replicas:\t{}\n",
+            spec["Mode"]["Replicated"]["Replicas"].as_u64().unwrap_or(0)
+        ));
+    }
+    if let Some(cons) = spec["TaskTemplate"]["Placement"]["Constraints"].as_array() {
+        out.push_str("Placement:\n Constraints:\t[");
+        out.push_str(&cons.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "));
+        out.push_str("]\n");
+    } else {
+        out.push_str("Placement:\n");
+    }
+    out.push_str("ContainerSpec:\n");
+    out.push_str(&format!(" Image:\t\t{}\n", c["Image"].as_str().unwrap_or("")));
+    if let Some(args) = c["Args"].as_array() {
+        out.push_str(&format!(
+            " Args:\t\t{}\n",
+            args.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")
+        ));
+    }
+    if let Some(env) = c["Env"].as_array() {
+        out.push_str(" Env:\t\t");
+        out.push_str(&env.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "));
+        out.push('\n');
+    }
+    out.push_str("Resources:\n");
+    if let Some(nets) = spec["TaskTemplate"]["Networks"].as_array() {
+        out.push_str("Networks:");
+        for n in nets {
+            out.push_str(&format!(" {}", n["Target"].as_str().unwrap_or("")));
+        }
+        out.push('\n');
+    }
+    out.push_str("Endpoint Mode:\tvip\n");
+    out
+}
+
+async fn rm(client: &Client, services: &[String]) -> Result<(), CliError> {
+    let mut errors = Vec::new();
+    for s in services {
+        match client.delete(&format!("/services/{s}")).await {
+            Ok(_) => println!("{s}"),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(CliError::Daemon(errors.join("\n"))) }
+}
+
+async fn scale(client: &Client, detach: bool, scales: &[String]) -> Result<(), CliError> {
+    let mut errors = Vec::new();
+    let mut parsed = Vec::new();
+    for s in scales {
+        let Some((name, n)) = s.split_once('=') else {
+            return Err(local(format!(
+                "invalid scale specifier '{s}'.\nSee 'swarm-agent service scale --help'."
+            )));
+        };
+        let n: i64 = n
+            .parse()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| local(format!("invalid replicas value {n}: invalid syntax")))?;
+        parsed.push((name.to_owned(), n));
+    }
+    let mut converge_ids = Vec::new();
+    for (name, n) in parsed {
+        let svc: Value = match client.get(&format!("/services/{name}")).await {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        if mode_of(&svc) == "global" {
+            errors.push(format!("{name}: scale can only be used with replicated or replicated-job mode"));
+            continue;
+        }
+        let mut spec: m::ServiceSpec =
+            serde_json::from_value(svc["Spec"].clone()).map_err(|e| local(e.to_string()))?;
+        if let Some(mode) = spec.mode.as_mut() {
+            mode.replicated = Some(m::ServiceSpecModeReplicated { replicas: Some(n) });
+        }
+        let id = svc["ID"].as_str().unwrap_or("").to_owned();
+        let version = svc["Version"]["Index"].as_u64().unwrap_or(0);
+        match client.post(&format!("/services/{id}/update?version={version}"), &spec).await {
+            Ok(_) => {
+                println!("{name} scaled to {n}");
+                converge_ids.push(id);
+            }
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    }
+    if !detach {
+        for id in converge_ids {
+            converge(client, &id).await?;
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(CliError::Daemon(errors.join("\n"))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_like_dockers() {
+        assert_eq!(parse_bytes("512m"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn progress_shows_dockers_bars() {
+        let svc = serde_json::json!({"Spec": {"Mode": {"Replicated": {"Replicas": 2}}}});
+        let tasks = vec![
+            serde_json::json!({"Slot": 1, "DesiredState": "running", "Status": {"State": "running"}}),
+            serde_json::json!({"Slot": 2, "DesiredState": "running", "Status": {"State": "preparing"}}),
+        ];
+        let (lines, done) = progress_lines(&svc, &tasks, &[]);
+        assert!(!done);
+        assert_eq!(lines[0], "overall progress: 1 out of 2 tasks");
+        assert_eq!(lines[1], format!("1/2: running   [{}>] ", "=".repeat(50)));
+        assert_eq!(lines[2], format!("2/2: preparing [{}>{}] ", "=".repeat(33), " ".repeat(17)));
+    }
+
+    #[test]
+    fn mounts() {
+        let mnt = parse_mount("type=tmpfs,target=/t,tmpfs-size=1m").unwrap();
+        assert_eq!(mnt.typ, Some(m::MountType::TMPFS));
+        assert_eq!(mnt.tmpfs_options.unwrap().size_bytes, Some(1 << 20));
+        assert!(parse_mount("type=bind,source=/x").unwrap_err().contains("target"));
+        assert!(parse_mount("type=nfs,target=/x").unwrap_err().contains("invalid mount type"));
+    }
+}
