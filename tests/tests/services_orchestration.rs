@@ -262,3 +262,27 @@ fn restart_conditions_attempts_and_history_limit() {
     })
     .unwrap();
 }
+
+#[test]
+fn images_come_from_the_managers_and_missing_ones_reject_the_task() {
+    let tb = cluster(2, 1, &[], &[]);
+    let (m, w) = (tb.host(0), tb.host(1));
+    import_busybox(m);
+    assert_eq!(docker(w, &["images", "-q"]).unwrap(), "", "the worker starts without images");
+    docker(
+        m,
+        &["service", "create", "-d", "--name", "far", "--constraint", "node.role==worker", "busybox", "sleep", "100000"],
+    )
+    .unwrap();
+    wait_replicas(&tb, "far", "1/1", LONG);
+    let id = |h| docker(h, &["image", "inspect", "--format", "{{.Id}}", "busybox"]).unwrap();
+    assert_eq!(id(w), id(m), "the worker got the manager's image, same digest");
+
+    docker(m, &["service", "create", "-d", "--name", "ghost", "nosuchimage:1"]).unwrap();
+    poll::until("the task to be rejected", LONG, || {
+        let rows = service_ps(m, "ghost");
+        let rejected = rows.iter().any(|r| r[5].starts_with("Rejected") && r[6] == "\"No such image: nosuchimage:1\"");
+        if rejected { Ok(()) } else { Err(format!("{rows:?}")) }
+    })
+    .unwrap();
+}

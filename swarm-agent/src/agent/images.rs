@@ -96,6 +96,11 @@ fn hex(d: &[u8]) -> String {
     })
 }
 
+/// The SHA-256 of `data`, in hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(ring::digest::digest(&SHA256, data).as_ref())
+}
+
 /// `No such image: <ref>`, docker's text.
 pub fn no_such_image(r: &str) -> ApiError {
     ApiError::not_found(format!("No such image: {r}"))
@@ -156,6 +161,18 @@ impl ImageStore {
 
     pub fn layer_tar(&self, diff_id: &str) -> PathBuf {
         self.root.join("layers").join(format!("{}.tar", diff_id.trim_start_matches("sha256:")))
+    }
+
+    /// The stored config of image `id`.
+    pub fn config_file(&self, id: &str) -> PathBuf {
+        self.config_path(id)
+    }
+
+    /// Stores an image whose layers are already here; tags it.
+    pub fn add_image(&self, config: &[u8], tags: &[String]) -> Result<String, ApiError> {
+        let id = self.add_config(config)?;
+        self.tag_id(&id, tags)?;
+        Ok(id)
     }
 
     fn config_path(&self, id: &str) -> PathBuf {

@@ -3,6 +3,7 @@
 //! the dispatcher, the worker that runs assigned tasks, the executor and
 //! the image store.
 
+pub mod distribution;
 pub mod exec;
 pub mod images;
 pub mod overlay;

@@ -28,10 +28,13 @@ use crate::{
     rpc::messages::{Assignment, AttachResponse},
 };
 
-/// Network plumbing the worker needs from the node.
-pub trait Networks: Send + Sync + 'static {
+/// What the worker needs from the node: endpoints on overlay networks,
+/// and images it lacks (from the managers, or a registry).
+pub trait NodeServices: Send + Sync + 'static {
     fn attach<'a>(&'a self, a: &'a AttachResponse, netns: &'a Path) -> BoxFuture<'a, Result<(), String>>;
     fn detach<'a>(&'a self, endpoint_id: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Fetches `reference` into the image store; `Ok(false)` if nobody has it.
+    fn fetch_image<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<bool, String>>;
 }
 
 /// What the worker does about one task.
@@ -80,7 +83,7 @@ struct Controller {
 pub struct Worker {
     exec: Arc<dyn Executor>,
     images: Arc<ImageStore>,
-    net: Arc<dyn Networks>,
+    net: Arc<dyn NodeServices>,
     netns_dir: PathBuf,
     node_id: String,
     controllers: Mutex<BTreeMap<String, Controller>>,
@@ -103,7 +106,7 @@ impl Worker {
     pub fn new(
         exec: Arc<dyn Executor>,
         images: Arc<ImageStore>,
-        net: Arc<dyn Networks>,
+        net: Arc<dyn NodeServices>,
         netns_dir: PathBuf,
         node_id: String,
     ) -> Arc<Worker> {
@@ -367,7 +370,14 @@ impl Worker {
     async fn prepare(&self, a: &Assignment, cid: &str) -> Result<(), Step> {
         let spec = a.task.spec.container_spec.clone().unwrap_or_default();
         let image_ref = spec.image.clone().unwrap_or_default();
-        let image = self.images.resolve(&image_ref).map_err(|e| Step::Fatal(e.message))?;
+        let image = match self.images.resolve(&image_ref) {
+            Ok(i) => i,
+            Err(missing) => match self.net.fetch_image(&image_ref).await {
+                Ok(true) => self.images.resolve(&image_ref).map_err(|e| Step::Fatal(e.message))?,
+                Ok(false) => return Err(Step::Fatal(missing.message)),
+                Err(e) => return Err(Step::Retry(e)),
+            },
+        };
         let netns = self.netns_path(cid);
         make_netns(&netns).await.map_err(Step::Retry)?;
         let mut hosts = Vec::new();

@@ -72,6 +72,8 @@ pub struct ManagerConfig {
     /// Snapshot settings to use while the store does not have the cluster yet.
     pub snapshots: raft::SnapshotSettings,
     pub ca: RootCa,
+    /// This manager's image store, served to nodes that lack an image.
+    pub images: Option<Arc<crate::agent::images::ImageStore>>,
 }
 
 pub struct Manager {
@@ -284,6 +286,8 @@ impl Manager {
             .route(path::ATTACH, post(h_attach))
             .route(path::DETACH, post(h_detach))
             .route(path::SESSION, post(services::h_session))
+            .route(path::IMAGE_MANIFEST, post(services::h_image_manifest))
+            .route(path::IMAGE_LAYER, post(services::h_image_layer))
             .layer(DefaultBodyLimit::max(rpc::limits::BODY_LIMIT))
             .with_state(self)
     }

@@ -290,3 +290,32 @@ pub(super) async fn h_session(
 pub(super) fn status_channel() -> (mpsc::Sender<StatusBatch>, mpsc::Receiver<StatusBatch>) {
     mpsc::channel(1024)
 }
+
+fn image_store(m: &Manager) -> Result<&Arc<crate::agent::images::ImageStore>, ApiError> {
+    m.cfg.images.as_ref().ok_or_else(|| ApiError::not_found("this manager keeps no images"))
+}
+
+pub(super) async fn h_image_manifest(
+    State(m): State<Arc<Manager>>,
+    caller: Caller,
+    Json(req): Json<crate::agent::distribution::ManifestRequest>,
+) -> Result<Json<crate::agent::distribution::ImageManifest>, ApiError> {
+    m.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+    let store = image_store(&m)?.clone();
+    tokio::task::spawn_blocking(move || crate::agent::distribution::describe(&store, &req.reference))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map(Json)
+}
+
+pub(super) async fn h_image_layer(
+    State(m): State<Arc<Manager>>,
+    caller: Caller,
+    Json(req): Json<crate::agent::distribution::LayerRequest>,
+) -> Result<Vec<u8>, ApiError> {
+    m.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+    let store = image_store(&m)?.clone();
+    tokio::task::spawn_blocking(move || crate::agent::distribution::read_layer(&store, &req))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+}

@@ -554,6 +554,7 @@ impl SwarmNode {
             timing: self.options.timing,
             snapshots: local.snapshots,
             ca,
+            images: self.options.runtime.as_ref().map(|r| r.images.clone()),
         };
         let mgr = Manager::start(cfg, listener, server_tls, self.rpc.clone()).await?;
         *self.manager.lock().await = Some(mgr.clone());
@@ -958,7 +959,7 @@ impl NodeLink {
     }
 }
 
-impl crate::agent::worker::Networks for NodeLink {
+impl crate::agent::worker::NodeServices for NodeLink {
     fn attach<'a>(
         &'a self,
         a: &'a AttachResponse,
@@ -970,6 +971,29 @@ impl crate::agent::worker::Networks for NodeLink {
                 return Ok(());
             }
             node.overlay.connect(a, netns).await.map(|_| ()).map_err(|e| e.message)
+        })
+    }
+
+    fn fetch_image<'a>(&'a self, reference: &'a str) -> futures::future::BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let node = self.node().map_err(|e| e.message)?;
+            let Some(rt) = node.options.runtime.clone() else { return Ok(false) };
+            let mut last = None;
+            for addr in node.local().managers {
+                let source = ManagerImages { rpc: node.rpc.clone(), addr: addr.clone() };
+                match crate::agent::distribution::fetch(&rt.images, &source, reference).await {
+                    Ok(true) => {
+                        tracing::info!(image = reference, manager = %addr, "image fetched from a manager");
+                        return Ok(true);
+                    }
+                    Ok(false) => {}
+                    Err(e) => last = Some(e.message),
+                }
+            }
+            match last {
+                Some(e) => Err(e),
+                None => Ok(false),
+            }
         })
     }
 
@@ -990,6 +1014,41 @@ impl crate::agent::session::Dispatcher for NodeLink {
         req: crate::rpc::messages::SessionRequest,
     ) -> futures::future::BoxFuture<'_, Result<crate::rpc::messages::SessionResponse, ApiError>> {
         Box::pin(async move { self.node()?.call_managers(path::SESSION, &req).await })
+    }
+}
+
+/// A manager as a source of images.
+struct ManagerImages {
+    rpc: RpcClient,
+    addr: String,
+}
+
+impl crate::agent::distribution::Source for ManagerImages {
+    fn manifest<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<crate::agent::distribution::ImageManifest>, ApiError>>
+    {
+        Box::pin(async move {
+            let req = crate::agent::distribution::ManifestRequest { reference: reference.to_owned() };
+            match self.rpc.call(&self.addr, path::IMAGE_MANIFEST, &req, RPC_TIMEOUT, None).await {
+                Ok(m) => Ok(Some(m)),
+                Err(rpc::RpcError::Api(e)) if e.kind == crate::error::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into_api(&self.addr)),
+            }
+        })
+    }
+
+    fn layer(
+        &self,
+        req: crate::agent::distribution::LayerRequest,
+    ) -> futures::future::BoxFuture<'_, Result<bytes::Bytes, ApiError>> {
+        Box::pin(async move {
+            self.rpc
+                .call_raw(&self.addr, path::IMAGE_LAYER, &req, RPC_TIMEOUT * 6)
+                .await
+                .map_err(|e| e.into_api(&self.addr))
+        })
     }
 }
 

@@ -37,6 +37,8 @@ pub mod path {
     pub const ATTACH: &str = "/network/attach";
     pub const DETACH: &str = "/network/detach";
     pub const SESSION: &str = "/dispatcher/session";
+    pub const IMAGE_MANIFEST: &str = "/images/manifest";
+    pub const IMAGE_LAYER: &str = "/images/layer";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

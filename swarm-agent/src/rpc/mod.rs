@@ -293,6 +293,20 @@ impl RpcClient {
         self.send(addr, path, "application/octet-stream", headers, body, timeout).await
     }
 
+    /// Calls `path` on `addr` with a JSON request; the answer is raw bytes
+    /// (image layers).
+    pub async fn call_raw<Q: Serialize>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Q,
+        timeout: Duration,
+    ) -> Result<Bytes, RpcError> {
+        let body =
+            serde_json::to_vec(req).map_err(|e| RpcError::Transport(format!("encoding request: {e}")))?;
+        self.send_raw(addr, path, "application/json", &[], Bytes::from(body), timeout).await
+    }
+
     async fn send<R: DeserializeOwned>(
         &self,
         addr: &str,
@@ -302,6 +316,20 @@ impl RpcClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<R, RpcError> {
+        let bytes = self.send_raw(addr, path, content_type, headers, body, timeout).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| RpcError::Transport(format!("bad response from {addr}: {e}")))
+    }
+
+    async fn send_raw(
+        &self,
+        addr: &str,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RpcError> {
         let fut = async {
             let conn = self.connection(addr).await?;
             let mut sender = conn.sender.clone();
@@ -351,8 +379,7 @@ impl RpcClient {
                 .map_err(|e| RpcError::Lost(format!("reading response from {addr}: {e}")))?
                 .to_bytes();
             if status.is_success() {
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| RpcError::Transport(format!("bad response from {addr}: {e}")))
+                Ok(bytes)
             } else if status == hyper::StatusCode::PAYLOAD_TOO_LARGE {
                 Err(RpcError::TooLarge(format!("{addr} refused a {path} request as too large")))
             } else {
