@@ -271,7 +271,18 @@ fn images_come_from_the_managers_and_missing_ones_reject_the_task() {
     assert_eq!(docker(w, &["images", "-q"]).unwrap(), "", "the worker starts without images");
     docker(
         m,
-        &["service", "create", "-d", "--name", "far", "--constraint", "node.role==worker", "busybox", "sleep", "100000"],
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "far",
+            "--constraint",
+            "node.role==worker",
+            "busybox",
+            "sleep",
+            "100000",
+        ],
     )
     .unwrap();
     wait_replicas(&tb, "far", "1/1", LONG);
@@ -281,7 +292,8 @@ fn images_come_from_the_managers_and_missing_ones_reject_the_task() {
     docker(m, &["service", "create", "-d", "--name", "ghost", "nosuchimage:1"]).unwrap();
     poll::until("the task to be rejected", LONG, || {
         let rows = service_ps(m, "ghost");
-        let rejected = rows.iter().any(|r| r[5].starts_with("Rejected") && r[6] == "\"No such image: nosuchimage:1\"");
+        let rejected =
+            rows.iter().any(|r| r[5].starts_with("Rejected") && r[6] == "\"No such image: nosuchimage:1\"");
         if rejected { Ok(()) } else { Err(format!("{rows:?}")) }
     })
     .unwrap();

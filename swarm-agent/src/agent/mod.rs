@@ -7,6 +7,7 @@ pub mod distribution;
 pub mod exec;
 pub mod images;
 pub mod overlay;
+pub mod registry;
 pub mod runtime;
 pub mod session;
 pub mod worker;

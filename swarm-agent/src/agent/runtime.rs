@@ -10,6 +10,8 @@ pub struct Runtime {
     pub exec: Arc<Runc>,
     /// Where task network namespaces are bound.
     pub netns_dir: PathBuf,
+    /// Registries pulled from over plain HTTP (`host:port`).
+    pub insecure_registries: Vec<String>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -23,7 +25,11 @@ pub const CGROUP_PARENT: &str = "swarm-agent";
 
 impl Runtime {
     /// Under `data_root`: `images/`, `containers/`, `runc/`, `netns/`.
-    pub fn open(data_root: &Path, cgroup_parent: &str) -> std::io::Result<Runtime> {
+    pub fn open(
+        data_root: &Path,
+        cgroup_parent: &str,
+        insecure_registries: Vec<String>,
+    ) -> std::io::Result<Runtime> {
         let shim = std::env::current_exe()?;
         Ok(Runtime {
             images: Arc::new(ImageStore::open(data_root.join("images"))?),
@@ -34,6 +40,7 @@ impl Runtime {
                 cgroup_parent.to_owned(),
             )?),
             netns_dir: data_root.join("netns"),
+            insecure_registries,
         })
     }
 }

@@ -80,10 +80,14 @@ pub(super) async fn create(
             Some(t) if !image.contains('@') => format!("{image}:{t}"),
             _ => image.clone(),
         };
-        crate::agent::images::normalize(&reference)?;
-        return Err(ApiError::not_found(format!(
-            "pull access denied for {image}: pulling from registries is not supported yet; `docker load` or `docker import` the image"
-        )));
+        let familiar = crate::agent::images::normalize(&reference)?;
+        let parsed = crate::util::reference::parse(&reference).map_err(ApiError::invalid)?;
+        let id = crate::agent::registry::pull(&rt.images, &reference, &rt.insecure_registries).await?;
+        return Ok(stream_lines(vec![
+            json!({ "status": format!("Pulling from {}", parsed.path), "id": parsed.tag.clone().unwrap_or_else(|| "latest".into()) }),
+            json!({ "status": format!("Digest: {id}") }),
+            json!({ "status": format!("Status: Downloaded newer image for {familiar}") }),
+        ]));
     }
     Err(ApiError::invalid("either fromSrc or fromImage must be given"))
 }

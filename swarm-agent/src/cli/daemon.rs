@@ -29,6 +29,9 @@ pub struct DaemonArgs {
     /// cgroup under which task containers get theirs
     #[arg(long, env = "SWARM_CGROUP_PARENT", default_value = crate::agent::runtime::CGROUP_PARENT)]
     pub cgroup_parent: String,
+    /// A registry (host:port) to pull from over plain HTTP
+    #[arg(long = "insecure-registry", env = "SWARM_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
 }
 
 pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitCode {
@@ -60,7 +63,11 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
     }
     let pid_file = data_root.join("swarm-agent.pid");
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
-    let runtime = match crate::agent::runtime::Runtime::open(&data_root, &args.cgroup_parent) {
+    let runtime = match crate::agent::runtime::Runtime::open(
+        &data_root,
+        &args.cgroup_parent,
+        args.insecure_registries.clone(),
+    ) {
         Ok(r) => std::sync::Arc::new(r),
         Err(e) => {
             eprintln!("Error: opening the image store and executor under {}: {e}", data_root.display());

@@ -990,6 +990,16 @@ impl crate::agent::worker::NodeServices for NodeLink {
                     Err(e) => last = Some(e.message),
                 }
             }
+            let domain = crate::util::reference::parse(reference).map(|r| r.domain).unwrap_or_default();
+            if crate::agent::registry::allowed(&domain, &rt.insecure_registries) {
+                return match crate::agent::registry::pull(&rt.images, reference, &rt.insecure_registries)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind == crate::error::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e.message),
+                };
+            }
             match last {
                 Some(e) => Err(e),
                 None => Ok(false),
