@@ -48,7 +48,9 @@ fn start_registry(h: &Host) -> Registry {
         .expect("docker-registry (apt-get install docker-registry)");
     let r = Registry(child);
     poll::until("the registry to listen", Duration::from_secs(20), || {
-        h.run("/bin/busybox", ["wget", "-O", "-", &format!("http://{REGISTRY}/v2/")]).map(|_| ()).map_err(|e| e.to_string())
+        h.run("/bin/busybox", ["wget", "-O", "-", &format!("http://{REGISTRY}/v2/")])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
     .unwrap();
     r
@@ -76,10 +78,14 @@ fn images_are_pulled_from_a_registry() {
     .unwrap();
 
     let out = docker(w1, &["pull", &format!("{REGISTRY}/tools/busybox:v1")]).unwrap();
-    assert!(out.contains(&format!("Status: Downloaded newer image for {REGISTRY}/tools/busybox:v1")), "{out}");
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {REGISTRY}/tools/busybox:v1")),
+        "{out}"
+    );
     let images = parse_table(&docker(w1, &["images"]).unwrap());
     assert_eq!(images[0][0..2], [format!("{REGISTRY}/tools/busybox"), "v1".to_owned()], "{images:?}");
-    let id = |h| docker(h, &["image", "inspect", "--format", "{{.Id}}", &format!("{REGISTRY}/tools/busybox:v1")]);
+    let id =
+        |h| docker(h, &["image", "inspect", "--format", "{{.Id}}", &format!("{REGISTRY}/tools/busybox:v1")]);
     assert_eq!(
         id(w1).unwrap(),
         docker(m, &["image", "inspect", "--format", "{{.Id}}", "busybox:latest"]).unwrap(),
@@ -91,8 +97,16 @@ fn images_are_pulled_from_a_registry() {
     docker(
         m,
         &[
-            "service", "create", "-d", "--name", "pulled", "--constraint", "node.hostname==node3",
-            &format!("{REGISTRY}/tools/busybox:v1"), "sleep", "100000",
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "pulled",
+            "--constraint",
+            "node.hostname==node3",
+            &format!("{REGISTRY}/tools/busybox:v1"),
+            "sleep",
+            "100000",
         ],
     )
     .unwrap();

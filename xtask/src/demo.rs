@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: a three-host swarm in network namespaces on this
 //! machine — init on node1, a second manager and a worker joined with the
 //! tokens init printed — with an attachable overlay network and one endpoint
-//! namespace ("app") per host attached to it, left running until
+//! namespace ("app") per host attached to it, the busybox image and a
+//! replicated service running across the hosts, left running until
 //! `cargo xtask demo --down`.
 
 use std::path::PathBuf;
@@ -100,6 +101,45 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let out = first.host.run_in(&first.netns, "ping", ["-c", "3", &last.ip.to_string()])?;
     print!("{out}");
+
+    // Services: the busybox image on node1 only (managers ship it to the
+    // nodes that need it), a replicated service over all hosts.
+    let image = swarm_tests::image::busybox_rootfs(&target_dir()).map_err(anyhow::Error::msg)?;
+    step("node1: swarm-agent image import (busybox, as docker import)");
+    let mut c = h[0].command("docker")?;
+    c.args(["import", "--change", "CMD [\"sh\"]", &image.display().to_string(), "busybox:latest"]);
+    print!("{}", swarm_tests::cmd::run(&mut c)?);
+    let replicas = h.len().to_string();
+    step(&format!(
+        "node1: swarm-agent service create --name web --replicas {replicas} --network demo-net busybox httpd -f -p 8080 -h /var/www"
+    ));
+    print!(
+        "{}",
+        agent(
+            &h[0],
+            &[
+                "service",
+                "create",
+                "--name",
+                "web",
+                "--replicas",
+                &replicas,
+                "--network",
+                "demo-net",
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "8080",
+                "-h",
+                "/var/www",
+            ]
+        )?
+    );
+    step("node1: swarm-agent service ls");
+    print!("{}", agent(&h[0], &["service", "ls"])?);
+    step("node1: swarm-agent service ps web");
+    print!("{}", agent(&h[0], &["service", "ps", "web"])?);
     println!();
     println!("The swarm is running. Each host is a network namespace; run commands in one with:");
     println!("  cargo xtask testbed exec --name {NAME} node1 -- {} node ls", bin.display());
@@ -109,6 +149,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bin.display()
     );
     println!("Inside an app namespace:      nsenter --net={} ping {}", first.netns.display(), last.ip);
+    println!(
+        "Scale the service:           cargo xtask testbed exec --name {NAME} node1 -- docker service scale web=6"
+    );
     println!("Cut a host off the network:  cargo xtask testbed cut --name {NAME} node3");
     println!("Remove everything:           cargo xtask demo --down");
     Ok(())

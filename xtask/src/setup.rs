@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the test container image"),
     ("iperf3", "overlay benchmarks"),
     ("runc", "the OCI runtime that runs tasks"),
+    ("docker-registry", "a real registry server for the pull tests"),
+    ("skopeo", "pushes the test image into that registry"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -28,7 +30,16 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker(llvm_major)?;
     nextest();
+    busybox_image()?;
     step("setup complete");
+    Ok(())
+}
+
+/// The busybox image tests and the demo load (`docker import` of a rootfs
+/// made from busybox-static).
+fn busybox_image() -> anyhow::Result<()> {
+    let tar = swarm_tests::image::busybox_rootfs(&crate::target_dir()).map_err(anyhow::Error::msg)?;
+    step(&format!("busybox image: {}", tar.display()));
     Ok(())
 }
 

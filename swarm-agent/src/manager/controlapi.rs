@@ -207,6 +207,21 @@ pub fn validate_spec(state: &ClusterState, spec: &m::ServiceSpec) -> Result<Vec<
     Ok(networks)
 }
 
+/// The image as docker's daemon records it when it cannot ask a registry
+/// for a digest: the familiar name with a tag (`busybox` → `busybox:latest`).
+pub fn normalize_image(spec: &mut m::ServiceSpec) {
+    let c = spec.task_template.as_mut().and_then(|t| t.container_spec.as_mut());
+    if let Some(c) = c
+        && let Some(img) = c.image.as_mut()
+        && let Ok(r) = reference::parse(img)
+    {
+        *img = match (&r.tag, &r.digest) {
+            (Some(_), Some(d)) => format!("{}@{d}", r.familiar()),
+            _ => r.familiar(),
+        };
+    }
+}
+
 /// A new service object for a checked spec.
 pub fn new_service(id: String, spec: m::ServiceSpec, networks: Vec<String>, now: Nanos) -> Service {
     Service {

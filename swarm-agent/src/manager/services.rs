@@ -113,6 +113,7 @@ impl Manager {
             spec.name = Some(self.state.read(|s| controlapi::random_name(s, &mut rand::rng())));
         }
         let networks = self.state.read(|s| controlapi::validate_spec(s, &spec))?;
+        controlapi::normalize_image(&mut spec);
         let id = ids::new_id();
         let service = controlapi::new_service(id.clone(), spec, networks, now_nanos());
         self.propose(Command::CreateService { service: Box::new(service) }).await?;
@@ -123,8 +124,9 @@ impl Manager {
         &self,
         id: &str,
         version: u64,
-        spec: bollard_stubs::models::ServiceSpec,
+        mut spec: bollard_stubs::models::ServiceSpec,
     ) -> Result<ControlResponse, ApiError> {
+        controlapi::normalize_image(&mut spec);
         let id = self.state.read(|s| -> Result<String, ApiError> {
             let svc = s.resolve_service(id)?;
             controlapi::check_update(svc, &spec)?;
