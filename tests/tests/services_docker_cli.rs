@@ -167,6 +167,50 @@ fn replicated_service_runs_heals_and_scales() {
     .unwrap();
     let ts = docker(th, &["logs", "-t", "--tail", "2", &tc]).unwrap();
     assert!(ts.len() > 31 && ts.ends_with(" one\n") && ts.starts_with("20"), "{ts:?}");
+    // docker service logs, from the manager: the task's lines with
+    // docker's `name.slot.id@node |` prefix, or raw.
+    let out = m.command("docker").unwrap().args(["service", "logs", "talk"]).output().unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let line = o.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        line.starts_with("talk.1.") && line.contains(&format!("@{}", th.name)) && line.ends_with("| one"),
+        "{o:?}"
+    );
+    assert!(e.trim_end().ends_with("| two"), "{e:?}");
+    assert_eq!(docker(m, &["service", "logs", "--raw", "talk"]).unwrap(), "one\n");
+    // Ours prints the same.
+    assert_eq!(swarm_tests::swarm::agent(m, &["service", "logs", "talk"]).unwrap(), o);
+    // Following: a line written later arrives.
+    let follow = m
+        .command(swarm_tests::agent_bin())
+        .unwrap()
+        .args(["service", "logs", "-f", "--raw", "talk"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut follow = Kill(follow);
+    docker(th, &["exec", &tc, "sh", "-c", "echo later > /proc/1/fd/1"]).unwrap();
+    let mut got = String::new();
+    let mut out = std::io::BufReader::new(follow.0.stdout.take().unwrap());
+    while !got.contains("later") {
+        let mut l = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut l).unwrap() == 0 {
+            break;
+        }
+        got.push_str(&l);
+    }
+    assert_eq!(got, "one\nlater\n");
+    drop(follow);
     docker(m, &["service", "rm", "talk"]).unwrap();
 
     // docker kill on its node: replaced (after the 5 s restart delay), the

@@ -307,7 +307,7 @@ pub(super) async fn logs(
     }
     let timestamps = flag(&q, "timestamps");
     let tail = q.get("tail").filter(|t| t.as_str() != "all").and_then(|t| t.parse::<usize>().ok());
-    let path = rt.exec.log_path(&c.config.id);
+    let path = Executor::log_path(rt.exec.as_ref(), &c.config.id);
     let (lines, mut offset) = read_log(&path, stdout, stderr, tail);
     let first: Vec<u8> = lines.iter().flat_map(|l| render_line(l, timestamps)).collect();
     let headers = [("content-type", "application/vnd.docker.multiplexed-stream")];

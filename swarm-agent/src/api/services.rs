@@ -302,3 +302,93 @@ pub(super) async fn task_inspect(State(e): S, UrlPath(id): UrlPath<String>) -> R
         _ => Err(unexpected()),
     }
 }
+
+/// `GET /services/{id}/logs`.
+pub(super) async fn service_logs(
+    State(e): S,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::response::Response, ApiError> {
+    let v = get_view(&e, id).await?;
+    logs(e, Some(v.service.id.clone()), None, &q).await
+}
+
+/// `GET /tasks/{id}/logs`.
+pub(super) async fn task_logs(
+    State(e): S,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::response::Response, ApiError> {
+    let ControlResponse::Task { task, .. } = control(&e, ControlRequest::GetTask { id }).await? else {
+        return Err(unexpected());
+    };
+    logs(e, None, Some(task.id.clone()), &q).await
+}
+
+/// One line as docker's `WriteLogStream` writes it: `[time ][details ]log`,
+/// details being the task's context (`key=value,…`, sorted by key).
+pub fn log_line(l: &crate::manager::logs::LogMsg, timestamps: bool, details: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    if timestamps {
+        out.extend_from_slice(l.time.as_bytes());
+        out.push(b' ');
+    }
+    if details {
+        out.extend_from_slice(
+            format!(
+                "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={} ",
+                l.node_id, l.service_id, l.task_id
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(l.log.as_bytes());
+    super::containers::frame(if l.stream == "stderr" { 2 } else { 1 }, &out)
+}
+
+async fn logs(
+    e: std::sync::Arc<crate::daemon::Engine>,
+    service: Option<String>,
+    task: Option<String>,
+    q: &HashMap<String, String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let (stdout, stderr) = (flag(q, "stdout"), flag(q, "stderr"));
+    if !stdout && !stderr {
+        return Err(ApiError::invalid("You must choose at least one stream"));
+    }
+    let (timestamps, details, follow) = (flag(q, "timestamps"), flag(q, "details"), flag(q, "follow"));
+    let tail = q.get("tail").filter(|t| t.as_str() != "all").and_then(|t| t.parse::<usize>().ok());
+    let ControlResponse::LogSubscribed { id } =
+        control(&e, ControlRequest::LogSubscribe { service, task, tail, follow }).await?
+    else {
+        return Err(unexpected());
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok(ControlResponse::LogLines { lines, finished }) =
+                control(&e, ControlRequest::LogPoll { id: id.clone() }).await
+            else {
+                return;
+            };
+            let out: Vec<u8> = lines
+                .iter()
+                .filter(|l| (l.stream == "stdout" && stdout) || (l.stream == "stderr" && stderr))
+                .flat_map(|l| log_line(l, timestamps, details))
+                .collect();
+            if !out.is_empty() && tx.send(Ok(bytes::Bytes::from(out))).await.is_err() {
+                return;
+            }
+            if finished {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    Ok((
+        [("content-type", "application/vnd.docker.multiplexed-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}

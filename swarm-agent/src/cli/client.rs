@@ -106,6 +106,41 @@ impl Client {
         Ok((status, bytes))
     }
 
+    /// GET whose body is read as it arrives (`logs -f`); `each` gets every chunk.
+    pub async fn get_stream(&self, path: &str, mut each: impl FnMut(&[u8])) -> Result<(), CliError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| self.unreachable(e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/v{}{path}", crate::api::API_VERSION))
+            .header("Host", "docker")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| CliError::local(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(CliError::Daemon(
+                v["message"]
+                    .as_str()
+                    .map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_owned),
+            ));
+        }
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.unreachable(e))?;
+            if let Some(d) = frame.data_ref() {
+                each(d);
+            }
+        }
+        Ok(())
+    }
+
     /// A request whose error responses become [`CliError::Daemon`].
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, CliError> {
         let (status, bytes) = self.request(method, path, body).await?;

@@ -56,6 +56,23 @@ pub enum ServiceCmd {
         #[arg(required = true)]
         services: Vec<String>,
     },
+    /// Fetch the logs of a service or task
+    Logs {
+        /// Follow log output
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of lines to show from the end of the logs
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        /// Show timestamps
+        #[arg(short, long)]
+        timestamps: bool,
+        /// Do not neatly format logs
+        #[arg(long)]
+        raw: bool,
+        #[arg(value_name = "SERVICE|TASK")]
+        target: String,
+    },
     /// Scale one or multiple replicated services
     Scale {
         /// Exit immediately instead of waiting for the service to converge
@@ -186,6 +203,9 @@ pub async fn run(client: &Client, cmd: ServiceCmd) -> Result<(), CliError> {
         ServiceCmd::Inspect { pretty, services } => inspect(client, pretty, &services).await,
         ServiceCmd::Rm { services } => rm(client, &services).await,
         ServiceCmd::Scale { detach, scales } => scale(client, detach, &scales).await,
+        ServiceCmd::Logs { follow, tail, timestamps, raw, target } => {
+            logs(client, follow, &tail, timestamps, raw, &target).await
+        }
     }
 }
 
@@ -819,6 +839,103 @@ async fn scale(client: &Client, detach: bool, scales: &[String]) -> Result<(), C
     if errors.is_empty() { Ok(()) } else { Err(CliError::Daemon(errors.join("\n"))) }
 }
 
+/// Splits docker's multiplexed stream into (stream, payload) frames.
+#[derive(Default)]
+struct Demux {
+    buf: Vec<u8>,
+}
+
+impl Demux {
+    fn push(&mut self, data: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        while self.buf.len() >= 8 {
+            let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
+            if self.buf.len() < 8 + len {
+                break;
+            }
+            let payload = self.buf[8..8 + len].to_vec();
+            out.push((self.buf[0], payload));
+            self.buf.drain(..8 + len);
+        }
+        out
+    }
+}
+
+/// `task.slot.shortid@node    | line`, as docker's CLI prefixes service logs.
+fn format_log_line(line: &str, timestamps: bool, names: &HashMap<String, (String, String)>) -> String {
+    let (ts, rest) = if timestamps { line.split_once(' ').unwrap_or(("", line)) } else { ("", line) };
+    let (details, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+    let attrs: HashMap<&str, &str> = details.split(',').filter_map(|kv| kv.split_once('=')).collect();
+    let task = attrs.get("com.docker.swarm.task.id").copied().unwrap_or("");
+    let (name, node) = names.get(task).cloned().unwrap_or_default();
+    let short: String = task.chars().take(12).collect();
+    let ts = if timestamps { format!("{ts} ") } else { String::new() };
+    format!("{ts}{name}.{short}@{node}    | {msg}")
+}
+
+async fn logs(
+    client: &Client,
+    follow: bool,
+    tail: &str,
+    timestamps: bool,
+    raw: bool,
+    target: &str,
+) -> Result<(), CliError> {
+    let not_found = |e: CliError| match e.daemon_message() {
+        Some(m) if m.contains("not found") => CliError::Daemon(format!("no such task or service: {target}")),
+        _ => e,
+    };
+    let (kind, id) = if let Ok(s) = client.get::<Value>(&format!("/services/{target}")).await {
+        ("services", s["ID"].as_str().unwrap_or("").to_owned())
+    } else {
+        let t: Value = client.get(&format!("/tasks/{target}")).await.map_err(not_found)?;
+        ("tasks", t["ID"].as_str().unwrap_or("").to_owned())
+    };
+    // Names of the tasks and nodes for the prefixes.
+    let mut names: HashMap<String, (String, String)> = HashMap::new();
+    if !raw {
+        let filter = if kind == "services" { format!("service={id}") } else { format!("id={id}") };
+        let tasks: Vec<Value> = client.get(&format!("/tasks{}", filters_query(&[filter])?)).await?;
+        let mut nodes: HashMap<String, String> = HashMap::new();
+        for t in &tasks {
+            let nid = t["NodeID"].as_str().unwrap_or("").to_owned();
+            if !nodes.contains_key(&nid) {
+                let n: Value = client.get(&format!("/nodes/{nid}")).await.unwrap_or_default();
+                nodes.insert(nid.clone(), n["Description"]["Hostname"].as_str().unwrap_or(&nid).to_owned());
+            }
+            let name = t["Name"].as_str().unwrap_or("").to_owned();
+            names.insert(t["ID"].as_str().unwrap_or("").to_owned(), (name, nodes[&nid].clone()));
+        }
+    }
+    let q = format!(
+        "/{kind}/{id}/logs?stdout=1&stderr=1&tail={tail}&details={}&follow={}&timestamps={}",
+        u8::from(!raw),
+        u8::from(follow),
+        u8::from(timestamps)
+    );
+    let mut demux = Demux::default();
+    let mut pending: HashMap<u8, Vec<u8>> = HashMap::new();
+    client
+        .get_stream(&q, |chunk| {
+            for (stream, payload) in demux.push(chunk) {
+                let buf = pending.entry(stream).or_default();
+                buf.extend_from_slice(&payload);
+                while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    let shown = if raw { text } else { format_log_line(&text, timestamps, &names) };
+                    if stream == 2 {
+                        eprintln!("{shown}");
+                    } else {
+                        println!("{shown}");
+                    }
+                }
+            }
+        })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -844,6 +961,19 @@ mod tests {
         assert_eq!(lines[0], "overall progress: 1 out of 2 tasks");
         assert_eq!(lines[1], format!("1/2: running   [{}>] ", "=".repeat(50)));
         assert_eq!(lines[2], format!("2/2: preparing [{}>{}] ", "=".repeat(33), " ".repeat(17)));
+    }
+
+    #[test]
+    fn log_lines_get_dockers_prefix() {
+        let names = HashMap::from([(
+            "abcdefghijklmnopqrstuvwxy".to_owned(),
+            ("web.1".to_owned(), "node2".to_owned()),
+        )]);
+        let line = "com.docker.swarm.node.id=n,com.docker.swarm.service.id=s,com.docker.swarm.task.id=abcdefghijklmnopqrstuvwxy hello world";
+        assert_eq!(format_log_line(line, false, &names), "web.1.abcdefghijkl@node2    | hello world");
+        let mut d = Demux::default();
+        assert_eq!(d.push(&[1, 0, 0, 0, 0, 0, 0, 2, b'h']), vec![]);
+        assert_eq!(d.push(b"i"), vec![(1, b"hi".to_vec())]);
     }
 
     #[test]

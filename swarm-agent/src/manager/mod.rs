@@ -6,6 +6,7 @@
 pub mod allocator;
 pub mod controlapi;
 pub mod dispatcher;
+pub mod logs;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
@@ -100,6 +101,8 @@ pub struct Manager {
     /// Task status updates from node sessions, for the leader's batcher.
     status_tx: tokio::sync::mpsc::Sender<services::StatusBatch>,
     status_rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<services::StatusBatch>>,
+    /// `service logs` subscriptions (the leader's).
+    logs: logs::Broker,
 }
 
 /// What the leader has picked for networks not yet committed.
@@ -186,6 +189,7 @@ impl Manager {
             membership_change: tokio::sync::Mutex::new(()),
             status_tx,
             status_rx: tokio::sync::Mutex::new(status_rx),
+            logs: logs::Broker::default(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
@@ -287,6 +291,8 @@ impl Manager {
             .route(path::DETACH, post(h_detach))
             .route(path::SESSION, post(services::h_session))
             .route(path::IMAGE_MANIFEST, post(services::h_image_manifest))
+            .route(path::LOG_WORK, post(logs::h_log_work))
+            .route(path::LOG_PUBLISH, post(logs::h_log_publish))
             .route(path::IMAGE_LAYER, post(services::h_image_layer))
             .layer(DefaultBodyLimit::max(rpc::limits::BODY_LIMIT))
             .with_state(self)
@@ -944,6 +950,13 @@ impl Manager {
             ControlRequest::RemoveService { id } => self.remove_service(&id).await,
             ControlRequest::ListTasks => Ok(self.list_tasks()),
             ControlRequest::GetTask { id } => self.get_task(&id),
+            ControlRequest::LogSubscribe { service, task, tail, follow } => {
+                Ok(ControlResponse::LogSubscribed { id: self.log_subscribe(service, task, tail, follow)? })
+            }
+            ControlRequest::LogPoll { id } => {
+                let (lines, finished) = self.log_poll(&id).await?;
+                Ok(ControlResponse::LogLines { lines, finished })
+            }
             ControlRequest::UpdateNode { id, version, spec } => {
                 let id = self.state.read(|s| s.resolve_node(&id).map(|n| n.id.clone()))?;
                 self.propose(Command::UpdateNodeSpec { id, version, spec, now: now_nanos() }).await?;

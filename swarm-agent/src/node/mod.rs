@@ -789,7 +789,8 @@ impl SwarmNode {
                     tokio::select! {
                         () = me.run_agent() => {}
                         () = crate::agent::session::assignments(link.clone(), w.clone()) => {}
-                        () = crate::agent::session::statuses(link, w) => {}
+                        () = crate::agent::session::statuses(link.clone(), w.clone()) => {}
+                        () = crate::agent::session::logs(link, w) => {}
                     }
                 }
                 None => me.run_agent().await,
@@ -1024,6 +1025,25 @@ impl crate::agent::session::Dispatcher for NodeLink {
         req: crate::rpc::messages::SessionRequest,
     ) -> futures::future::BoxFuture<'_, Result<crate::rpc::messages::SessionResponse, ApiError>> {
         Box::pin(async move { self.node()?.call_managers(path::SESSION, &req).await })
+    }
+
+    fn log_work(
+        &self,
+        req: crate::manager::logs::WorkRequest,
+    ) -> futures::future::BoxFuture<'_, Result<crate::manager::logs::WorkResponse, ApiError>> {
+        Box::pin(async move { self.node()?.call_managers(path::LOG_WORK, &req).await })
+    }
+
+    fn log_publish(
+        &self,
+        req: crate::manager::logs::PublishRequest,
+    ) -> futures::future::BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move {
+            self.node()?
+                .call_managers::<_, crate::manager::logs::WorkResponse>(path::LOG_PUBLISH, &req)
+                .await
+                .map(|_| ())
+        })
     }
 }
 

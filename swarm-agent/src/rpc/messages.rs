@@ -39,6 +39,8 @@ pub mod path {
     pub const SESSION: &str = "/dispatcher/session";
     pub const IMAGE_MANIFEST: &str = "/images/manifest";
     pub const IMAGE_LAYER: &str = "/images/layer";
+    pub const LOG_WORK: &str = "/logs/work";
+    pub const LOG_PUBLISH: &str = "/logs/publish";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,21 +132,63 @@ pub struct NodeView {
 pub enum ControlRequest {
     GetSwarm,
     ListNodes,
-    GetNode { id: String },
-    UpdateNode { id: String, version: u64, spec: NodeSpec },
-    RemoveNode { id: String, force: bool },
-    UpdateSwarm { version: u64, spec: ClusterSpec, rotate_worker_token: bool, rotate_manager_token: bool },
+    GetNode {
+        id: String,
+    },
+    UpdateNode {
+        id: String,
+        version: u64,
+        spec: NodeSpec,
+    },
+    RemoveNode {
+        id: String,
+        force: bool,
+    },
+    UpdateSwarm {
+        version: u64,
+        spec: ClusterSpec,
+        rotate_worker_token: bool,
+        rotate_manager_token: bool,
+    },
     ListNetworks,
-    GetNetwork { id: String },
-    CreateNetwork { spec: NetworkSpec },
-    RemoveNetwork { id: String },
+    GetNetwork {
+        id: String,
+    },
+    CreateNetwork {
+        spec: NetworkSpec,
+    },
+    RemoveNetwork {
+        id: String,
+    },
     ListServices,
-    GetService { id: String },
-    CreateService { spec: Box<bollard_stubs::models::ServiceSpec> },
-    UpdateService { id: String, version: u64, spec: Box<bollard_stubs::models::ServiceSpec> },
-    RemoveService { id: String },
+    GetService {
+        id: String,
+    },
+    CreateService {
+        spec: Box<bollard_stubs::models::ServiceSpec>,
+    },
+    UpdateService {
+        id: String,
+        version: u64,
+        spec: Box<bollard_stubs::models::ServiceSpec>,
+    },
+    RemoveService {
+        id: String,
+    },
     ListTasks,
-    GetTask { id: String },
+    GetTask {
+        id: String,
+    },
+    /// `service logs`: subscribe to the logs of a service's tasks (or one task).
+    LogSubscribe {
+        service: Option<String>,
+        task: Option<String>,
+        tail: Option<usize>,
+        follow: bool,
+    },
+    LogPoll {
+        id: String,
+    },
 }
 
 impl ControlRequest {
@@ -161,6 +205,8 @@ impl ControlRequest {
                 | ControlRequest::GetService { .. }
                 | ControlRequest::ListTasks
                 | ControlRequest::GetTask { .. }
+                | ControlRequest::LogSubscribe { .. }
+                | ControlRequest::LogPoll { .. }
         )
     }
 }
@@ -250,6 +296,13 @@ pub enum ControlResponse {
     Task {
         task: Box<Task>,
         service_name: String,
+    },
+    LogSubscribed {
+        id: String,
+    },
+    LogLines {
+        lines: Vec<crate::manager::logs::LogMsg>,
+        finished: bool,
     },
 }
 

@@ -136,6 +136,8 @@ pub trait Executor: Send + Sync + 'static {
     ) -> ExecResult<tokio::process::Child>;
     /// Removes a stopped container and everything it had on disk.
     fn remove(&self, id: &str) -> BoxFuture<'_, ExecResult<()>>;
+    /// Where the container's output is logged (docker's json-file lines).
+    fn log_path(&self, id: &str) -> PathBuf;
     /// The containers this node has (also those from before a restart).
     fn list(&self) -> Vec<Container>;
     fn inspect(&self, id: &str) -> Option<Container>;

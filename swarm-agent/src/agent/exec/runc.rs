@@ -66,11 +66,6 @@ impl Runc {
         Files { dir: self.dir(id) }
     }
 
-    /// The container's output, as the shim logged it.
-    pub fn log_path(&self, id: &str) -> PathBuf {
-        self.dir(id).join("container.log")
-    }
-
     fn read_config(&self, id: &str) -> Option<ContainerConfig> {
         serde_json::from_slice(&fs::read(self.dir(id).join("meta.json")).ok()?).ok()
     }
@@ -366,6 +361,10 @@ impl Executor for Runc {
     fn remove(&self, id: &str) -> BoxFuture<'_, ExecResult<()>> {
         let id = id.to_owned();
         async move { self.remove_inner(&id).await }.boxed()
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("container.log")
     }
 
     fn list(&self) -> Vec<Container> {

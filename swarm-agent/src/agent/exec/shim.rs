@@ -190,6 +190,26 @@ fn reap(pid: i32) -> i64 {
     }
 }
 
+/// The whole lines of a `container.log` from byte `offset` on, and the
+/// offset after them.
+pub fn read_lines(path: &Path, offset: u64) -> (Vec<LogLine>, u64) {
+    use std::io::{Read, Seek};
+    let Ok(mut f) = fs::File::open(path) else { return (Vec::new(), offset) };
+    if f.seek(std::io::SeekFrom::Start(offset)).is_err() {
+        return (Vec::new(), offset);
+    }
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_err() {
+        return (Vec::new(), offset);
+    }
+    let end = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let lines = String::from_utf8_lossy(&buf[..end])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
+        .collect();
+    (lines, offset + end as u64)
+}
+
 /// The shim's files for a bundle directory.
 pub struct Files {
     pub dir: PathBuf,
