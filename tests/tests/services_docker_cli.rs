@@ -120,10 +120,10 @@ fn replicated_service_runs_heals_and_scales() {
     // docker exec, with and without stdin; the exit code comes back.
     let host_name = docker(h0, &["exec", c0, "cat", "/etc/hostname"]).unwrap();
     assert_eq!(host_name.trim(), &c0[..12], "a task's hostname is its short container ID");
-    let mut c = h0.command("docker").unwrap();
-    c.args(["exec", "-i", c0, "sh", "-c", "tr a-z A-Z; exit 7"]);
-    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
+    let mut cmd = h0.command("docker").unwrap();
+    cmd.args(["exec", "-i", c0, "sh", "-c", "tr a-z A-Z; exit 7"]);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"shout\n").unwrap();
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
