@@ -18,6 +18,16 @@ pub enum DebugCmd {
         #[arg(long)]
         objects: bool,
     },
+    /// Times the reconcilers placing a service's tasks on simulated nodes
+    /// (no Raft, no network: the pure scheduling cost).
+    BenchScheduler {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        tasks: i64,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// The underlay XDP program that counts VXLAN frames per VNI.
     Xdp {
         /// Root of this agent's pinned eBPF objects (on a bpffs).
@@ -61,7 +71,53 @@ pub fn run(cmd: DebugCmd) -> anyhow::Result<()> {
     match cmd {
         DebugCmd::Xdp { bpffs, cmd } => xdp(&PinLayout::new(bpffs), cmd),
         DebugCmd::Store { .. } => Ok(()),
+        DebugCmd::BenchScheduler { nodes, tasks, runs } => {
+            bench_scheduler(nodes, tasks, runs);
+            Ok(())
+        }
     }
+}
+
+/// Prints the median time of one `plan` round that creates, allocates and
+/// schedules `tasks` tasks onto `nodes` nodes, and checks the spread.
+fn bench_scheduler(nodes: usize, tasks: i64, runs: usize) {
+    use crate::manager::orchestrator::{plan, testutil};
+    let mut times = Vec::new();
+    let mut spread = (0, 0);
+    for _ in 0..runs.max(1) {
+        let mut s = testutil::cluster();
+        for i in 0..nodes {
+            testutil::add_node(&mut s, &format!("node{i:05}"));
+        }
+        testutil::add_service(&mut s, "svc", testutil::spec("bench", Some(tasks)));
+        let mut n = 0u64;
+        let mut new_id = || {
+            n += 1;
+            format!("task{n:021}")
+        };
+        let t = std::time::Instant::now();
+        let (cmds, _) = plan(&s, 1, &mut new_id);
+        times.push(t.elapsed());
+        let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+        for c in &cmds {
+            if let crate::manager::store::state::Command::PutTasks { tasks, .. } = c {
+                for t in tasks {
+                    *per_node.entry(t.node_id.clone()).or_default() += 1;
+                }
+            }
+        }
+        spread =
+            (per_node.values().copied().min().unwrap_or(0), per_node.values().copied().max().unwrap_or(0));
+    }
+    times.sort();
+    println!(
+        "scheduled {tasks} tasks onto {nodes} nodes: median {:.1} ms (min {:.1}, max {:.1}); tasks per node {}..{}",
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3,
+        spread.0,
+        spread.1
+    );
 }
 
 fn xdp(pins: &PinLayout, cmd: XdpCmd) -> anyhow::Result<()> {

@@ -148,14 +148,16 @@ pub fn plan(
     w.into_commands()
 }
 
-#[cfg(test)]
 pub mod testutil {
-    //! Builders for reconciler tests.
+    //! Synthetic cluster states, for reconciler tests and the scheduling
+    //! benchmark (`swarm-agent debug bench-scheduler`).
     use std::collections::HashMap;
 
     use bollard_stubs::models as m;
 
-    use super::*;
+    use super::{
+        Availability, ClusterState, Meta, Nanos, Node, NodeState, Service, Task, TaskState, TaskStatus, plan,
+    };
     use crate::{
         ca::Role,
         manager::store::{

@@ -163,6 +163,7 @@ fn label_of(node: &Node, descriptor: &str) -> String {
     descriptor.strip_prefix("node.labels.").and_then(|l| node.spec.labels.get(l).cloned()).unwrap_or_default()
 }
 
+#[allow(clippy::single_match_else)]
 pub fn schedule(w: &mut Working<'_>) {
     let mut pending: Vec<Task> =
         w.tasks().filter(|t| t.status.state == TaskState::Pending && t.is_runnable()).cloned().collect();
@@ -193,8 +194,52 @@ pub fn schedule(w: &mut Working<'_>) {
         }
     }
     let nodes: Vec<&Node> = w.state.nodes.values().collect();
+    // Tasks that need nothing that changes as tasks are placed (no
+    // reservations, per-node maximum or spread) take the best node from an
+    // ordered set, kept per service version: O(log n) per task.
+    let mut fast: Option<((String, u64), FastSet)> = None;
+    let mut needs_cache: Option<((String, u64), Needs)> = None;
     for mut t in pending {
-        let needs = Needs::of(&t.spec);
+        let key = (t.service_id.clone(), t.spec_version);
+        if needs_cache.as_ref().is_none_or(|(k, _)| *k != key) {
+            needs_cache = Some((key.clone(), Needs::of(&t.spec)));
+        }
+        let needs = &needs_cache.as_ref().expect("just set").1;
+        if t.node_id.is_empty()
+            && needs.cpu == 0
+            && needs.memory == 0
+            && needs.max_per_node == 0
+            && needs.spread.is_empty()
+        {
+            if fast.as_ref().is_none_or(|(k, _)| *k != key) {
+                fast = Some((key.clone(), FastSet::build(&nodes, &loads, needs, &t.service_id)));
+            }
+            let set = &mut fast.as_mut().expect("just set").1;
+            match set.order.pop_first() {
+                Some((flaky, svc, total, idx)) => {
+                    let n = nodes[idx];
+                    t.node_id.clone_from(&n.id);
+                    t.status.state = TaskState::Assigned;
+                    t.status.message = ASSIGNED_MESSAGE.into();
+                    t.status.err.clear();
+                    t.status.timestamp = w.now;
+                    if let Some(load) = loads.get_mut(&n.id) {
+                        add_load(load, &t);
+                    }
+                    set.order.insert((flaky, svc + 1, total + 1, idx));
+                    w.put(t);
+                }
+                None => {
+                    let err = explain(&set.failed);
+                    if t.status.err != err {
+                        t.status.err = err;
+                        w.put(t);
+                    }
+                }
+            }
+            continue;
+        }
+        fast = None;
         let mut failed: BTreeMap<Filter, usize> = BTreeMap::new();
         let candidates: Vec<&Node> = nodes
             .iter()
@@ -202,7 +247,7 @@ pub fn schedule(w: &mut Working<'_>) {
             .filter(|n| t.node_id.is_empty() || n.id == t.node_id)
             .filter(|n| {
                 let load = &loads[&n.id];
-                match Filter::ALL.into_iter().find(|f| !f.passes(n, load, &needs, &t.service_id)) {
+                match Filter::ALL.into_iter().find(|f| !f.passes(n, load, needs, &t.service_id)) {
                     Some(f) => {
                         *failed.entry(f).or_default() += 1;
                         false
@@ -258,6 +303,36 @@ pub fn schedule(w: &mut Working<'_>) {
                 w.put(t);
             }
         }
+    }
+}
+
+/// The nodes a service version may use, best first.
+struct FastSet {
+    order: std::collections::BTreeSet<(bool, usize, usize, usize)>,
+    failed: BTreeMap<Filter, usize>,
+}
+
+impl FastSet {
+    #[allow(clippy::single_match_else)]
+    fn build(nodes: &[&Node], loads: &BTreeMap<String, Load>, needs: &Needs, service: &str) -> FastSet {
+        let mut order = std::collections::BTreeSet::new();
+        let mut failed: BTreeMap<Filter, usize> = BTreeMap::new();
+        for (idx, n) in nodes.iter().enumerate() {
+            let load = &loads[&n.id];
+            match Filter::ALL.into_iter().find(|f| !f.passes(n, load, needs, service)) {
+                Some(f) => *failed.entry(f).or_default() += 1,
+                None => {
+                    let flaky = load.recent_failures.get(service).copied().unwrap_or(0) >= MAX_FAILURES;
+                    order.insert((
+                        flaky,
+                        load.per_service.get(service).copied().unwrap_or(0),
+                        load.tasks,
+                        idx,
+                    ));
+                }
+            }
+        }
+        FastSet { order, failed }
     }
 }
 
