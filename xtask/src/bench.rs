@@ -23,6 +23,8 @@ pub enum Which {
     Overlay(crate::bench_overlay::Args),
     /// Raft write cost as the store grows, and 50 MB snapshot build/install.
     Store(crate::bench_store::Args),
+    /// Services: create, scale, heal, reschedule, agent memory, scheduling.
+    Services(crate::bench_services::Args),
 }
 
 pub fn run(which: &Which) -> anyhow::Result<()> {
@@ -30,6 +32,7 @@ pub fn run(which: &Which) -> anyhow::Result<()> {
         Which::ControlPlane(a) => control_plane(a),
         Which::Overlay(a) => crate::bench_overlay::run(a),
         Which::Store(a) => crate::bench_store::run(a),
+        Which::Services(a) => crate::bench_services::run(a),
     }
 }
 

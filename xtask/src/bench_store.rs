@@ -44,7 +44,12 @@ pub struct Args {
 }
 
 /// One HTTP/1.1 request on the agent's API socket; (status, body).
-fn http(sock: &Path, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<(u16, Vec<u8>)> {
+pub(crate) fn http(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut s = UnixStream::connect(sock).with_context(|| format!("connecting to {}", sock.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = body.unwrap_or_default();
@@ -80,7 +85,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-fn sock(h: &Host) -> PathBuf {
+pub(crate) fn sock(h: &Host) -> PathBuf {
     h.state_dir().join("docker.sock")
 }
 

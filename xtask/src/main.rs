@@ -8,10 +8,12 @@
 //! - `bench control-plane`: init/join/failover/Down-detection times.
 //! - `bench overlay`: overlay throughput/latency vs the underlay and vxlan+bridge.
 //! - `bench store`: Raft write cost as the store grows; 50 MB snapshots.
+//! - `bench services`: service create/scale/heal/reschedule times, agent RSS, scheduling.
 //! - `chaos`: the fault suite's long form (kills and partitions under a writer).
 
 mod bench;
 mod bench_overlay;
+mod bench_services;
 mod bench_store;
 mod build_ebpf;
 mod chaos;

@@ -50,6 +50,18 @@ impl Liveness {
         gone
     }
 
+    /// The leader's own check ran late (its process was starved or paused):
+    /// heartbeats that arrived meanwhile may not have been seen yet, so no
+    /// node is judged on the stalled interval. Deadlines that fell inside it
+    /// move to `now` plus one period.
+    pub fn stalled(&mut self, now: Instant, period: Duration) {
+        for d in self.deadlines.values_mut() {
+            if *d < now + period {
+                *d = now + period;
+            }
+        }
+    }
+
     /// Stops tracking a node (removed from the swarm).
     pub fn forget(&mut self, node: &str) {
         self.deadlines.remove(node);
@@ -111,9 +123,29 @@ pub fn own_statuses(
     statuses.into_iter().filter(|(id, _)| state.tasks.get(id).is_some_and(|t| t.node_id == node_id)).collect()
 }
 
+/// Whether the check after `last` ran so late (at `now`: more than a
+/// heartbeat period) that the leader itself was stalled.
+pub fn is_stall(last: Instant, now: Instant, period: Duration) -> bool {
+    now.saturating_duration_since(last) > (check_interval(period) * 3).max(period)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_leader_does_not_expire_nodes_on_the_stall() {
+        let t0 = Instant::now();
+        let p = Duration::from_millis(500);
+        let mut l = Liveness::default();
+        l.heartbeat("a", t0, p);
+        let late = t0 + Duration::from_secs(5);
+        assert!(is_stall(t0, late, p));
+        assert!(!is_stall(t0, t0 + Duration::from_millis(300), p));
+        l.stalled(late, p);
+        assert!(l.expired(late).is_empty(), "judged after the stall, not during it");
+        assert_eq!(l.expired(late + p), ["a"], "still expires if no heartbeat comes after");
+    }
 
     const P: Duration = Duration::from_secs(5);
 

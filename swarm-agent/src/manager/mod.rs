@@ -516,6 +516,7 @@ impl Manager {
         self.liveness().start(nodes, Instant::now(), period);
         let mut changes = self.state.subscribe();
         let mut tick = tokio::time::interval(dispatcher::check_interval(period));
+        let mut last_check = Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconcile = tokio::time::interval(Duration::from_secs(1));
         let mut keys = tokio::time::interval(
@@ -524,7 +525,15 @@ impl Manager {
         );
         loop {
             tokio::select! {
-                _ = tick.tick() => self.expire_nodes().await,
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if dispatcher::is_stall(last_check, now, period) {
+                        tracing::warn!("the leader's liveness check ran {:?} late; not judging nodes on it", now - last_check);
+                        self.liveness().stalled(now, period);
+                    }
+                    last_check = now;
+                    self.expire_nodes().await;
+                }
                 _ = reconcile.tick() => self.reconcile_roles().await,
                 _ = keys.tick() => self.rotate_gossip_keys().await,
                 r = changes.changed() => {

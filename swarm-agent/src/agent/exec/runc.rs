@@ -288,7 +288,8 @@ fn is_mountpoint(p: &Path) -> bool {
 impl Executor for Runc {
     fn prepare(&self, cfg: ContainerConfig) -> BoxFuture<'_, ExecResult<()>> {
         async move {
-            let r = self.prepare_sync(&cfg);
+            // Mounting and writing the bundle block: off the async threads.
+            let r = tokio::task::block_in_place(|| self.prepare_sync(&cfg));
             if r.is_err() {
                 let _ = self.remove_inner(&cfg.id).await;
             }
