@@ -722,11 +722,25 @@ fn remove_cgroups(name: &str, problems: &mut Vec<String>) {
             }
             dirs.push(d);
         }
+        // Whatever still runs in them (a container whose namespace is gone)
+        // is stopped first.
+        for d in &dirs {
+            if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+                let pids: Vec<i32> = procs.lines().filter_map(|p| p.trim().parse().ok()).collect();
+                if !pids.is_empty() {
+                    kill_and_wait(&pids, problems);
+                }
+            }
+        }
         for d in dirs.iter().rev() {
-            if let Err(e) = fs::remove_dir(d)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                problems.push(format!("removing cgroup {}: {e}", d.display()));
+            // A killed container's processes leave their cgroup once reaped.
+            let r = crate::poll::until("a cgroup to empty", Duration::from_secs(10), || match fs::remove_dir(d) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("removing cgroup {}: {e}", d.display())),
+            });
+            if let Err(e) = r {
+                problems.push(e);
             }
         }
     }
