@@ -734,11 +734,14 @@ fn remove_cgroups(name: &str, problems: &mut Vec<String>) {
         }
         for d in dirs.iter().rev() {
             // A killed container's processes leave their cgroup once reaped.
-            let r = crate::poll::until("a cgroup to empty", Duration::from_secs(10), || match fs::remove_dir(d) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("removing cgroup {}: {e}", d.display())),
-            });
+            let r =
+                crate::poll::until("a cgroup to empty", Duration::from_secs(10), || {
+                    match fs::remove_dir(d) {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(format!("removing cgroup {}: {e}", d.display())),
+                    }
+                });
             if let Err(e) = r {
                 problems.push(e);
             }
