@@ -82,6 +82,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/images/{*rest}", get(images::by_name).post(images::by_name).delete(images::by_name))
         .fallback(not_found)
         .layer(axum::middleware::map_response(explain_too_large))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::extract::DefaultBodyLimit::max(API_BODY_LIMIT))
         .with_state(engine)
 }
@@ -89,6 +90,32 @@ pub fn router(engine: Arc<Engine>) -> Router {
 /// The largest request body the API reads (Docker's gRPC limit; objects
 /// themselves are limited further, see `store::limits`).
 pub const API_BODY_LIMIT: usize = 4 << 20;
+
+/// A request that says it is larger than the limit is read to its end
+/// (discarding it, up to 16× the limit) and answered 413: answering while the
+/// client still writes would reset the connection before it reads the answer.
+async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let len = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match len {
+        Some(n) if n > API_BODY_LIMIT => {
+            use http_body_util::BodyExt as _;
+            let mut body = req.into_body();
+            let mut read = 0usize;
+            while read <= API_BODY_LIMIT * 16 {
+                match body.frame().await {
+                    Some(Ok(f)) => read += f.data_ref().map_or(0, bytes::Bytes::len),
+                    _ => break,
+                }
+            }
+            explain_too_large(StatusCode::PAYLOAD_TOO_LARGE.into_response()).await
+        }
+        _ => next.run(req).await,
+    }
+}
 
 /// axum answers an oversized body with a plain-text 413; clients print
 /// Docker's `{"message": …}`.
