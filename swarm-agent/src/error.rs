@@ -96,3 +96,15 @@ pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible tha
 pub const UNKNOWN_OUTCOME: &str = "The swarm lost its leader before the request was confirmed: the request may or may not have been applied. Check the swarm's state before retrying.";
 pub const INVALID_JOIN_SECRET: &str = "A valid join token is necessary to join this cluster";
 pub const PENDING: &str = "This node is joining a swarm; try again when it has joined.";
+
+/// An error with its causes, `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -120,7 +120,9 @@ fn drained_and_down_nodes_lose_their_tasks() {
 
 #[test]
 fn agent_killed_with_running_tasks_re_adopts_them() {
-    let tb = cluster(2, 1, &[], &[]);
+    // The containers are made with runc; the agents come back with their
+    // default runtime (crun where usable) and still drive them with runc.
+    let tb = cluster(2, 1, &[("SWARM_RUNTIME", "runc")], &[]);
     for h in tb.hosts() {
         import_busybox(h);
     }
@@ -155,6 +157,10 @@ fn agent_killed_with_running_tasks_re_adopts_them() {
         })
         .collect();
     assert!(pids.iter().all(|p| *p > 0), "{pids:?}");
+    for r in &before {
+        let rt = docker(tb.host(r.host), &["inspect", "--format", "{{.HostConfig.Runtime}}", &r.id]).unwrap();
+        assert_eq!(rt.trim(), "runc");
+    }
     // Kill both agents (the worker's and the manager's): the containers run on.
     kill9(w);
     kill9(m);
@@ -164,9 +170,11 @@ fn agent_killed_with_running_tasks_re_adopts_them() {
             "container process {pid} died with its agent"
         );
     }
-    let _d1 = start_daemon(m, &[]);
-    let _d2 = start_daemon(w, &[]);
+    let _d1 = start_daemon(m, &[("SWARM_RUNTIME", "auto")]);
+    let _d2 = start_daemon(w, &[("SWARM_RUNTIME", "auto")]);
     wait_replicas(&tb, "keep", "2/2", LONG);
+    let default = docker(m, &["info", "--format", "{{.DefaultRuntime}}"]).unwrap();
+    assert!(["runc", "crun"].contains(&default.trim()), "{default}");
     assert_eq!(running_containers(&tb), before, "the same containers, re-adopted");
     let tasks_after: Vec<String> = service_ps(m, "keep").iter().map(|r| r[0].clone()).collect();
     assert_eq!(tasks_after, tasks_before, "no task was replaced");
@@ -181,6 +189,12 @@ fn agent_killed_with_running_tasks_re_adopts_them() {
         if failed && running == 2 { Ok(()) } else { Err(format!("{rows:?}")) }
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", daemon_log(tb.host(victim.host))));
+    // Its replacement runs on the node's default runtime now.
+    let now = running_containers(&tb);
+    let new = now.iter().find(|r| !before.contains(r)).expect("a new container");
+    let rt = docker(tb.host(new.host), &["inspect", "--format", "{{.HostConfig.Runtime}}", &new.id]).unwrap();
+    let default = docker(tb.host(new.host), &["info", "--format", "{{.DefaultRuntime}}"]).unwrap();
+    assert_eq!(rt.trim(), default.trim());
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! request to the state: create → every replica running, scale 2 → 20, a
 //! task's process killed → its replacement running (restart delay 0 and the
 //! default 5 s), a node cut off → its tasks running elsewhere (heartbeat
-//! 500 ms), agent RSS idle and with 100 tasks, and scheduling 10 000 tasks
-//! onto 1 000 simulated nodes.
+//! 500 ms), a worker agent's RSS idle and with 100 tasks of its own, and
+//! scheduling 10 000 tasks onto 1 000 simulated nodes.
 
 use std::time::{Duration, Instant};
 
@@ -84,12 +84,15 @@ fn wait_running(h: &Host, service: &str, n: usize, timeout: Duration) -> anyhow:
     }
 }
 
+/// Removes the service and waits until its tasks are gone (their
+/// containers stopped: `sleep` ignores SIGTERM, so after the 10 s grace).
 fn remove(h: &Host, service: &str) -> anyhow::Result<()> {
+    let id = get(h, &format!("/services/{service}"))?["ID"].as_str().context("service ID")?.to_owned();
     http(&sock(h), "DELETE", &format!("/services/{service}"), None)?;
     poll::until("the service's containers to go", Duration::from_secs(60), || {
         let all: Vec<Value> =
             get(h, "/tasks").map_err(|e| e.to_string())?.as_array().cloned().unwrap_or_default();
-        if all.iter().any(|t| t["ServiceID"] == service) { Err("tasks left".to_string()) } else { Ok(()) }
+        if all.iter().any(|t| t["ServiceID"] == id.as_str()) { Err("tasks left".to_string()) } else { Ok(()) }
     })
     .map_err(anyhow::Error::msg)
 }
@@ -116,6 +119,34 @@ fn rss_mb(pid: i32) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
+}
+
+/// The proportional set size (shared pages split among their users) of
+/// the shims of `host`'s containers (processes running `swarm-agent shim`
+/// with a bundle in the host's state directory).
+fn shim_pss_mb(host: &Host) -> f64 {
+    let want = host.state_dir().display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0.0 };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("\0shim\0") && c.contains(&want)
+            })
+        })
+        .map(|pid| {
+            let r = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+            let kb: f64 = r
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            kb / 1024.0
+        })
+        .sum()
 }
 
 fn cluster() -> anyhow::Result<Testbed> {
@@ -176,19 +207,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             post(m, "/services/create", &spec(&name, n, None))?;
             wait_running(m, &name, usize::try_from(n)?, Duration::from_secs(300))?;
             v.push(t.elapsed());
-            if n == 100 && run == 0 {
-                let with = rss_mb(daemon_pid(tb.host(1)));
-                rows.push((
-                    "worker agent RSS, idle → ~33 tasks".into(),
-                    format!("{idle:.0} MB → {with:.0} MB"),
-                    "dockerd+containerd 150-178 MB".into(),
-                    "< 50 MB idle".into(),
-                ));
-            }
             remove(m, &name)?;
         }
         rows.push((format!("create → {n} running"), fmt(median(v)), docker_fig.into(), target.into()));
     }
+    // RSS: 100 tasks on one worker.
+    let worker = get(tb.host(1), "/info")?["Swarm"]["NodeID"].as_str().context("worker node ID")?.to_owned();
+    let mut rss_spec = spec("rss", 100, None);
+    rss_spec["TaskTemplate"]["Placement"] = json!({"Constraints": [format!("node.id=={worker}")]});
+    post(m, "/services/create", &rss_spec)?;
+    wait_running(m, "rss", 100, Duration::from_secs(300))?;
+    let with = rss_mb(daemon_pid(tb.host(1)));
+    let shims = shim_pss_mb(tb.host(1));
+    remove(m, "rss")?;
+    rows.push((
+        "worker agent RSS, idle → 100 tasks".into(),
+        format!("{idle:.0} MB → {with:.0} MB (shims: {:.2} MB PSS each)", shims / 100.0),
+        "dockerd+containerd 150-178 MB".into(),
+        "< 50 MB idle".into(),
+    ));
     let mut v = Vec::new();
     for run in 0..args.runs {
         let name = format!("s{run}");

@@ -17,7 +17,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "unshare/nsenter for the testbed's UTS namespaces"),
     ("busybox-static", "the test container image"),
     ("iperf3", "overlay benchmarks"),
-    ("runc", "the OCI runtime that runs tasks"),
+    ("runc", "the OCI runtime that runs tasks where crun cannot"),
+    ("crun", "the OCI runtime the agent prefers (a third of runc's CPU per container)"),
     ("docker-registry", "a real registry server for the pull tests"),
     ("skopeo", "pushes the test image into that registry"),
 ];
@@ -25,6 +26,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
+    cgroup_controllers();
     docker_cli()?;
     let llvm_major = nightly_llvm_major()?;
     rust_src()?;
@@ -68,6 +70,35 @@ fn apt_packages() -> anyhow::Result<()> {
         "apt-get install",
     )?;
     Ok(())
+}
+
+/// crun refuses a cgroup v1 host whose unified (v2) hierarchy still holds
+/// controllers (this machine's v1 layout leaves hugetlb there), and the
+/// agent then falls back to runc. Each such controller gets a v1 hierarchy
+/// of its own, as systemd's hybrid layout has it, so that tests run tasks on
+/// crun. Not fatal: the agent works with runc either way.
+fn cgroup_controllers() {
+    let Ok(left) = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers") else {
+        step("cgroups: no v1 host with a unified hierarchy; nothing to do");
+        return;
+    };
+    if left.trim().is_empty() {
+        step("cgroups: every controller has a v1 hierarchy");
+        return;
+    }
+    for c in left.split_whitespace() {
+        let dir = format!("/sys/fs/cgroup/{c}");
+        step(&format!(
+            "cgroups: mounting the {c} controller at {dir} (crun refuses it on the unified hierarchy)"
+        ));
+        let made = std::fs::create_dir_all(&dir).map_err(|e| e.to_string()).and_then(|()| {
+            run_ok(Command::new("mount").args(["-t", "cgroup", "-o", c, "cgroup", &dir]), "mount")
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = made {
+            step(&format!("cgroups: could not ({e}); tasks will run on runc"));
+        }
+    }
 }
 
 /// The compatibility tests drive the agent with docker's own CLI: the

@@ -211,7 +211,7 @@ impl ImageStore {
             let unpack = tmp_dir.path().join("rootfs");
             fs::create_dir_all(&unpack).map_err(io_err("unpacking a layer"))?;
             unpack_layer(File::open(&tmp_tar).map_err(io_err("unpacking a layer"))?, &unpack)
-                .map_err(|e| ApiError::invalid(format!("unpacking a layer: {}", with_cause(&e))))?;
+                .map_err(|e| ApiError::invalid(format!("unpacking a layer: {}", crate::error::chain(&e))))?;
             fs::rename(&tmp_tar, self.layer_tar(&diff_id)).map_err(io_err("storing a layer"))?;
             fs::rename(&unpack, &dir).map_err(io_err("storing a layer"))?;
         }
@@ -448,18 +448,6 @@ impl ImageStore {
         }
         Ok(out)
     }
-}
-
-/// An error with its causes, `a: b: c`.
-fn with_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -29,11 +29,13 @@ impl Runtime {
         data_root: &Path,
         cgroup_parent: &str,
         insecure_registries: Vec<String>,
+        oci_runtime: String,
     ) -> std::io::Result<Runtime> {
         let shim = std::env::current_exe()?;
         Ok(Runtime {
             images: Arc::new(ImageStore::open(data_root.join("images"))?),
             exec: Arc::new(Runc::new(
+                oci_runtime,
                 data_root.join("containers"),
                 data_root.join("runc"),
                 shim,

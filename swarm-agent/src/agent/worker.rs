@@ -26,6 +26,7 @@ use crate::{
     },
     manager::store::task::{TaskState, TaskStatus},
     rpc::messages::{Assignment, AttachResponse},
+    util::fs::is_mount_point,
 };
 
 /// What the worker needs from the node: endpoints on overlay networks,
@@ -446,6 +447,7 @@ impl Worker {
             service_id: a.task.service_id.clone(),
             node_id: self.node_id.clone(),
             endpoints: a.attachments.iter().map(|att| att.endpoint.id.clone()).collect(),
+            runtime: String::new(),
         };
         self.exec
             .prepare(cfg)
@@ -594,35 +596,20 @@ fn merge_env(image: &[String], task: &[String]) -> Vec<String> {
 
 /// A new network namespace bound at `path` with `lo` up (kept if it exists).
 async fn make_netns(path: &Path) -> Result<(), String> {
-    if is_mounted(path) {
+    if is_mount_point(path) {
         return Ok(());
     }
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
     }
-    std::fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-    let out = tokio::process::Command::new("unshare")
-        .arg(format!("--net={}", path.display()))
-        .args(["ip", "link", "set", "lo", "up"])
-        .output()
-        .await
-        .map_err(|e| format!("unshare: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let _ = std::fs::remove_file(path);
-        Err(format!("making a network namespace: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let want = path.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))
+    crate::datapath::netlink::create_netns(path).await.map_err(|e| {
+        remove_netns(path);
+        format!("making a network namespace: {}", crate::error::chain(&e))
+    })
 }
 
 fn remove_netns(path: &Path) {
-    if is_mounted(path) {
+    if is_mount_point(path) {
         let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
     }
     let _ = std::fs::remove_file(path);

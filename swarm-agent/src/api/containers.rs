@@ -196,6 +196,7 @@ pub(super) async fn inspect(State(e): S, UrlPath(id): UrlPath<String>) -> Result
             "NetworkMode": "default",
             "Memory": c.config.memory,
             "NanoCpus": c.config.nano_cpus,
+            "Runtime": if c.config.runtime.is_empty() { "runc" } else { c.config.runtime.as_str() },
         },
         "NetworkSettings": {"Networks": {}},
         "Mounts": [],

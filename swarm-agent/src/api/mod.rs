@@ -308,13 +308,24 @@ async fn info(State(e): S) -> Json<m::SystemInfo> {
     let swarm = swarm_info(&e).await;
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let d = crate::node::describe();
+    let rt = e.options().runtime;
+    let containers =
+        rt.as_ref().map(|r| crate::agent::exec::Executor::list(r.exec.as_ref())).unwrap_or_default();
+    let count = |f: fn(&crate::agent::exec::ContainerState) -> bool| {
+        i64::try_from(containers.iter().filter(|c| f(&c.state)).count()).unwrap_or(i64::MAX)
+    };
+    let oci = rt.as_ref().map(|r| r.exec.runtime().to_owned());
     Json(m::SystemInfo {
         id: Some(swarm.node_id.clone().unwrap_or_default()),
-        containers: Some(0),
-        containers_running: Some(0),
+        containers: Some(count(|_| true)),
+        containers_running: Some(count(|s| matches!(s, crate::agent::exec::ContainerState::Running { .. }))),
         containers_paused: Some(0),
-        containers_stopped: Some(0),
-        images: Some(0),
+        containers_stopped: Some(count(|s| !matches!(s, crate::agent::exec::ContainerState::Running { .. }))),
+        images: Some(rt.as_ref().map_or(0, |r| i64::try_from(r.images.list().len()).unwrap_or(i64::MAX))),
+        default_runtime: oci.clone(),
+        runtimes: oci.map(|o| {
+            std::iter::once((o.clone(), m::Runtime { path: Some(o), ..Default::default() })).collect()
+        }),
         name: Some(hostname),
         server_version: Some(env!("CARGO_PKG_VERSION").into()),
         operating_system: Some("swarm-agent".into()),

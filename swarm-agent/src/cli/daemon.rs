@@ -29,6 +29,10 @@ pub struct DaemonArgs {
     /// cgroup under which task containers get theirs
     #[arg(long, env = "SWARM_CGROUP_PARENT", default_value = crate::agent::runtime::CGROUP_PARENT)]
     pub cgroup_parent: String,
+    /// The OCI runtime for task containers: auto (crun where installed and
+    /// usable, else runc), runc, crun, or a path
+    #[arg(long, env = "SWARM_RUNTIME", default_value = "auto")]
+    pub runtime: String,
     /// A registry (host:port) to pull from over plain HTTP
     #[arg(long = "insecure-registry", env = "SWARM_INSECURE_REGISTRIES", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
@@ -63,10 +67,19 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
     }
     let pid_file = data_root.join("swarm-agent.pid");
     let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
+    let oci = match crate::agent::exec::runc::pick_runtime(&args.runtime) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(runtime = %oci, "task containers run with {oci}");
     let runtime = match crate::agent::runtime::Runtime::open(
         &data_root,
         &args.cgroup_parent,
         args.insecure_registries.clone(),
+        oci,
     ) {
         Ok(r) => std::sync::Arc::new(r),
         Err(e) => {

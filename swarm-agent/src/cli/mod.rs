@@ -66,6 +66,8 @@ pub enum Cmd {
     /// A container's shim (started by the daemon, not by people)
     #[command(hide = true)]
     Shim {
+        #[arg(long, default_value = "runc")]
+        runtime: String,
         #[arg(long)]
         runc_root: PathBuf,
         #[arg(long)]
@@ -96,8 +98,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The shim waits for any child: it must not share the process with an
     // async runtime that waits for its own.
-    if let Cmd::Shim { runc_root, bundle, id } = &cli.cmd {
-        let code = crate::agent::exec::shim::run(runc_root, bundle, id);
+    if let Cmd::Shim { runtime, runc_root, bundle, id } = &cli.cmd {
+        let code = crate::agent::exec::shim::run(runtime, runc_root, bundle, id);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

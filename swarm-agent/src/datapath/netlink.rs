@@ -63,6 +63,49 @@ pub fn handle(netns: Option<&Path>) -> Result<Handle, DatapathError> {
     Ok(handle)
 }
 
+/// A new network namespace bound at `path` (an empty file is made there),
+/// with `lo` up. Made in-process: a short-lived thread unshares its network
+/// namespace and bind-mounts it, then exits.
+pub async fn create_netns(path: &Path) -> Result<(), DatapathError> {
+    File::create(path).map_err(io_err("creating", path))?;
+    let at = path.to_owned();
+    let made = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &at,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    })
+    .join();
+    let made = match made {
+        Ok(r) => r.map_err(|e| DatapathError::Io {
+            op: "making a network namespace at",
+            path: path.to_owned(),
+            source: e.into(),
+        }),
+        Err(_) => {
+            Err(DatapathError::Netlink { op: "making a network namespace", detail: "thread panicked".into() })
+        }
+    };
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    let inner = handle(Some(path))?;
+    let lo = link_by_name(&inner, "lo")
+        .await?
+        .ok_or_else(|| DatapathError::Netlink { op: "finding", detail: "lo".into() })?;
+    inner
+        .link()
+        .set(LinkUnspec::new_with_index(lo.header.index).up().build())
+        .execute()
+        .await
+        .map_err(nl_err("bringing lo up"))
+}
+
 /// The link called `name`, if any.
 pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, DatapathError> {
     match h.link().get().match_name(name.to_owned()).execute().try_next().await {

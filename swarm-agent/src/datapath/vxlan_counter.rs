@@ -142,7 +142,7 @@ pub fn attach_pinned(pins: &PinLayout, iface: &str, mode: AttachMode) -> Result<
                 fd_link.pin(&link_path).map_err(|e| DatapathError::Pin {
                     op: "pinning link at",
                     path: link_path.clone(),
-                    detail: error_chain(&e),
+                    detail: crate::error::chain(&e),
                 })?;
                 return Ok(m);
             }
@@ -202,23 +202,11 @@ pub fn pinned_stats(pins: &PinLayout) -> Result<VxlanStats, DatapathError> {
         let data = MapData::from_pin(&path).map_err(|e| DatapathError::Pin {
             op: "opening pinned map",
             path: path.clone(),
-            detail: error_chain(&e),
+            detail: crate::error::chain(&e),
         })?;
         Map::from_map_data(data).map_err(|source| DatapathError::Map { map: name, source })
     };
     read_stats(&open(MAP_VXLAN_VNI_STATS)?, &open(MAP_XDP_RX_CLASS_STATS)?)
-}
-
-/// An error and its sources, `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn if_index(iface: &str) -> Result<u32, DatapathError> {

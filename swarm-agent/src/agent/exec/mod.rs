@@ -51,6 +51,9 @@ pub struct ContainerConfig {
     /// The task's endpoints (released when the container goes).
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// The OCI runtime binary (set by the executor; empty before).
+    #[serde(default)]
+    pub runtime: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! The per-container shim: `swarm-agent shim --runc-root R --bundle DIR --id ID`.
+//! The per-container shim: `swarm-agent shim --runtime BIN --runc-root R --bundle DIR --id ID`.
 //!
 //! The agent starts it in a process group of its own, so it (and the
 //! container) outlive an agent that is killed. It is the container's
@@ -7,11 +7,14 @@
 //! It leaves files the agent reads:
 //!
 //! ```text
-//! DIR/started        pid and start time, once `runc start` returned
+//! DIR/started        pid and start time, once `<runtime> run --detach` returned
 //! DIR/start-error    why the container could not start
 //! DIR/exit           exit code and end time (128+N for signal N)
 //! DIR/container.log  {"log": "...\n", "stream": "stdout", "time": "..."} per line
 //! ```
+//!
+//! Once `started` or `start-error` is written it also writes a line to its
+//! stdout, which the agent waits on.
 
 use std::{
     fs,
@@ -64,19 +67,23 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-fn runc(root: &Path, bundle: &Path) -> Command {
-    let mut c = Command::new("runc");
-    c.arg("--root").arg(root).arg("--log").arg(bundle.join("runc.log"));
+fn runc(runtime: &str, root: &Path, bundle: &Path) -> Command {
+    let mut c = Command::new(runtime);
+    c.arg("--root").arg(root).arg(format!("--log={}", bundle.join("runc.log").display()));
     c
 }
 
 fn runc_error(bundle: &Path, fallback: &str) -> String {
     let log = fs::read_to_string(bundle.join("runc.log")).unwrap_or_default();
+    // runc logs `time=… level=error msg="…"`, crun the bare message.
     let last = log
         .lines()
         .rev()
         .find(|l| l.contains("level=error") || l.contains("\"level\":\"error\""))
-        .map(|l| l.split("msg=").nth(1).unwrap_or(l).trim_matches('"').to_owned());
+        .map(|l| l.split("msg=").nth(1).unwrap_or(l).trim_matches('"').to_owned())
+        .or_else(|| {
+            log.lines().rev().find(|l| !l.trim().is_empty() && !l.contains("level=")).map(str::to_owned)
+        });
     last.unwrap_or_else(|| fallback.to_owned())
 }
 
@@ -110,17 +117,26 @@ fn pump(
 }
 
 /// Runs the shim; returns its exit code.
-pub fn run(runc_root: &Path, bundle: &Path, id: &str) -> i32 {
-    match run_inner(runc_root, bundle, id) {
+pub fn run(runtime: &str, runc_root: &Path, bundle: &Path, id: &str) -> i32 {
+    match run_inner(runtime, runc_root, bundle, id) {
         Ok(()) => 0,
         Err(e) => {
             let _ = write_atomic(&bundle.join("start-error"), e.as_bytes());
+            tell_agent();
             1
         }
     }
 }
 
-fn run_inner(runc_root: &Path, bundle: &Path, id: &str) -> Result<(), String> {
+/// One line on stdout: the agent's cue to read `started`/`start-error`.
+/// An agent that is gone (a closed pipe) is no error.
+fn tell_agent() {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn run_inner(runtime: &str, runc_root: &Path, bundle: &Path, id: &str) -> Result<(), String> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("becoming a subreaper: {e}"))?;
     let log = fs::OpenOptions::new()
         .create(true)
@@ -132,8 +148,10 @@ fn run_inner(runc_root: &Path, bundle: &Path, id: &str) -> Result<(), String> {
     let (err_r, err_w) = std::io::pipe().map_err(|e| e.to_string())?;
     let pumps = [pump(out_r, "stdout", log.clone()), pump(err_r, "stderr", log)];
     let pid_file = bundle.join("pid");
-    let created = runc(runc_root, bundle)
-        .arg("create")
+    // One runtime process (`run --detach`), not two (`create`, `start`).
+    let ran = runc(runtime, runc_root, bundle)
+        .arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(bundle)
         .arg("--pid-file")
@@ -143,22 +161,20 @@ fn run_inner(runc_root: &Path, bundle: &Path, id: &str) -> Result<(), String> {
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         .status()
-        .map_err(|e| format!("running runc: {e}"))?;
-    if !created.success() {
-        return Err(runc_error(bundle, "runc create failed"));
+        .map_err(|e| format!("running {runtime}: {e}"))?;
+    if !ran.success() {
+        let _ =
+            runc(runtime, runc_root, bundle).args(["delete", "--force", id]).stdin(Stdio::null()).status();
+        return Err(runc_error(bundle, &format!("{runtime} run failed")));
     }
     let pid: i32 = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| "runc wrote no pid".to_owned())?;
-    let started = runc(runc_root, bundle).arg("start").arg(id).stdin(Stdio::null()).status();
-    if !started.is_ok_and(|s| s.success()) {
-        let _ = runc(runc_root, bundle).args(["delete", "--force", id]).status();
-        return Err(runc_error(bundle, "runc start failed"));
-    }
+        .ok_or_else(|| format!("{runtime} wrote no pid"))?;
     let s = Started { pid: i64::from(pid), at: now_nanos() };
     write_atomic(&bundle.join("started"), &serde_json::to_vec(&s).unwrap_or_default())
         .map_err(|e| e.to_string())?;
+    tell_agent();
     let code = reap(pid);
     // Output still buffered in the pipes is written before the exit is;
     // a daemonized grandchild that keeps them open is not waited for long.
@@ -172,7 +188,7 @@ fn run_inner(runc_root: &Path, bundle: &Path, id: &str) -> Result<(), String> {
     let _ = rx.recv_timeout(Duration::from_secs(2));
     let e = Exited { code, at: now_nanos() };
     let _ = write_atomic(&bundle.join("exit"), &serde_json::to_vec(&e).unwrap_or_default());
-    let _ = runc(runc_root, bundle).args(["delete", "--force", id]).stdin(Stdio::null()).status();
+    let _ = runc(runtime, runc_root, bundle).args(["delete", "--force", id]).stdin(Stdio::null()).status();
     Ok(())
 }
 

@@ -195,6 +195,7 @@ mod tests {
             service_id: "s".into(),
             node_id: "n".into(),
             endpoints: vec![],
+            runtime: "runc".into(),
         }
     }
 
