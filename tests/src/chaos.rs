@@ -1,14 +1,16 @@
 //! The fault suite: three managers and two workers on the testbed, a writer
-//! that logs every acknowledged write, a ping between endpoints on the two
+//! that logs every acknowledged write, a service writer that creates,
+//! scales and removes services (real tasks), a ping between endpoints on the two
 //! workers through the overlay, hostile bytes sent to 2377, 7946 and 4789,
 //! and faults — the leader killed with SIGKILL and restarted (and a worker's
 //! agent with it), the leader or a follower cut off and healed, a follower
 //! left far behind, a worker promoted into a big state — then a checker that
-//! looks for every acknowledged write in each manager's own copy of the
-//! store. Used by `cargo xtask chaos` (long form) and by the short form in
+//! looks for every acknowledged write (and the state every acknowledged
+//! service change left) in each manager's own copy of the store. Used by `cargo xtask chaos` (long form) and by the short form in
 //! the test suite.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -19,6 +21,7 @@ use std::{
 use crate::{
     overlay::{Endpoint, connect},
     poll,
+    services::import_busybox,
     swarm::{DaemonProcess, FAST_RAFT, agent, cluster, daemon_log, kill9, node_ls, start_daemon, stderr},
     testbed::{Host, Testbed},
 };
@@ -53,6 +56,11 @@ pub struct Report {
     pub misreported: usize,
     /// Longest time without an acknowledged write.
     pub longest_unavailable: Duration,
+    /// Service creates, scales and removes the swarm said were done.
+    pub service_changes: usize,
+    /// Services whose state in some manager's copy is not what the last
+    /// acknowledged change left: must be empty.
+    pub services_lost: Vec<String>,
     /// Pings between the workers' endpoints: sent, answered.
     pub pings: (u64, u64),
     /// Hostile packets and connections sent at the managers.
@@ -73,6 +81,8 @@ impl std::fmt::Display for Report {
         writeln!(f, "refused, no leader:        {}", self.refused)?;
         writeln!(f, "refused but applied:       {}", self.misreported)?;
         writeln!(f, "longest unavailability:    {:.2}s", self.longest_unavailable.as_secs_f64())?;
+        writeln!(f, "service changes acked:     {}", self.service_changes)?;
+        writeln!(f, "service changes lost:      {}", self.services_lost.len())?;
         writeln!(
             f,
             "traffic lost:              {} of {} pings (20 ms apart, worker to worker, agents killed too)",
@@ -165,6 +175,104 @@ fn writer(hosts: &[Host], log: &Mutex<Log>, stop: &AtomicBool) {
     }
 }
 
+/// What the service writer's acknowledged changes left: name → replicas,
+/// `None` once removed. The change in flight when it stopped is in doubt.
+#[derive(Default)]
+struct ServiceLog {
+    expected: BTreeMap<String, Option<u64>>,
+    acked: usize,
+    in_doubt: Option<String>,
+}
+
+/// Services `svc-N` through whichever manager answers, until `stop`: each
+/// is created with 1 replica, scaled to 3, then to 2, and every other one
+/// removed. A change without a clear answer is retried (each is
+/// idempotent: a create that finds the name taken, a remove that finds it
+/// gone, a scale to the same count are done).
+fn service_writer(hosts: &[Host], log: &Mutex<ServiceLog>, stop: &AtomicBool) {
+    let mut n = 0usize;
+    let mut step = 0usize;
+    let mut at = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let name = format!("svc-{n}");
+        let (args, result): (Vec<String>, Option<u64>) = match step {
+            0 => (
+                [
+                    "service",
+                    "create",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--stop-grace-period",
+                    "1s",
+                    "busybox",
+                    "sleep",
+                    "100000",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+                Some(1),
+            ),
+            1 => (["service", "scale", "-d", &format!("{name}=3")].map(str::to_owned).to_vec(), Some(3)),
+            2 => (["service", "scale", "-d", &format!("{name}=2")].map(str::to_owned).to_vec(), Some(2)),
+            _ => (["service", "rm", &name].map(str::to_owned).to_vec(), None),
+        };
+        log.lock().unwrap().in_doubt = Some(name.clone());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let done = match agent(&hosts[at % hosts.len()], &refs) {
+            Ok(_) => true,
+            Err(e) => {
+                let msg = stderr(&e);
+                (step == 0 && msg.contains("already exists"))
+                    || (step == 3 && msg.contains("no such service"))
+            }
+        };
+        if !done {
+            at += 1;
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let mut l = log.lock().unwrap();
+        l.expected.insert(name, result);
+        l.acked += 1;
+        l.in_doubt = None;
+        drop(l);
+        step = match step {
+            2 if n.is_multiple_of(2) => {
+                n += 1;
+                0
+            }
+            3 => {
+                n += 1;
+                0
+            }
+            s => s + 1,
+        };
+    }
+}
+
+/// Services whose state in `copies` differs from what `log` expects.
+fn services_lost(log: &ServiceLog, copies: &[BTreeMap<String, Option<u64>>]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for (name, want) in &log.expected {
+        if log.in_doubt.as_ref() == Some(name) {
+            continue;
+        }
+        for c in copies {
+            let have = c.get(name);
+            let ok = match want {
+                Some(r) => have == Some(&Some(*r)),
+                None => have.is_none(),
+            };
+            if !ok {
+                lost.push(format!("{name}: want {want:?}, a copy has {have:?}"));
+                break;
+            }
+        }
+    }
+    lost
+}
+
 /// The index of the host that leads, as the live managers see it.
 fn leader(hosts: &[Host], alive: &[bool]) -> Result<usize, String> {
     poll::until("a leader", Duration::from_secs(30), || {
@@ -205,6 +313,13 @@ fn all_reachable(h: &Host) -> Result<(), String> {
 
 /// One manager's own copy: (applied index, digest, network names).
 fn copy_of(h: &Host) -> Result<(u64, String, Vec<String>), String> {
+    copy_with_services(h).map(|(a, s, n, _)| (a, s, n))
+}
+
+type Copy = (u64, String, Vec<String>, BTreeMap<String, Option<u64>>);
+
+/// One manager's own copy: applied index, digest, network names, services.
+fn copy_with_services(h: &Host) -> Result<Copy, String> {
     let out = agent(h, &["debug", "store", "--objects"]).map_err(|e| e.to_string())?;
     let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
     let names = v["network_names"]
@@ -213,7 +328,11 @@ fn copy_of(h: &Host) -> Result<(u64, String, Vec<String>), String> {
         .iter()
         .filter_map(|n| n.as_str().map(str::to_owned))
         .collect();
-    Ok((v["applied"].as_u64().unwrap_or(0), v["sha256"].as_str().unwrap_or("").to_owned(), names))
+    let services = v["service_replicas"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, r)| (k.clone(), r.as_u64())).collect())
+        .unwrap_or_default();
+    Ok((v["applied"].as_u64().unwrap_or(0), v["sha256"].as_str().unwrap_or("").to_owned(), names, services))
 }
 
 /// Sends garbage at every manager until `stop`: TCP to 2377 and 7946, UDP
@@ -293,17 +412,22 @@ impl Drop for Ping {
 }
 
 /// Every manager's own copy, once they agree.
-fn identical(managers: &[Host], timeout: Duration) -> Result<Vec<(u64, String, Vec<String>)>, String> {
+fn identical(managers: &[Host], timeout: Duration) -> Result<Vec<Copy>, String> {
     poll::until("identical copies on every manager", timeout, || {
-        let c: Vec<_> = managers.iter().map(copy_of).collect::<Result<_, _>>()?;
+        let c: Vec<Copy> = managers.iter().map(copy_with_services).collect::<Result<_, _>>()?;
         if c.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1) {
             Ok(c)
         } else {
             let seen: Vec<String> = managers
                 .iter()
                 .zip(&c)
-                .map(|(h, (applied, sha, names))| {
-                    format!("{}: applied {applied}, {} networks, {sha:.12}", h.name, names.len())
+                .map(|(h, (applied, sha, names, services))| {
+                    format!(
+                        "{}: applied {applied}, {} networks, {} services, {sha:.12}",
+                        h.name,
+                        names.len(),
+                        services.len()
+                    )
                 })
                 .collect();
             Err(format!("copies differ: {seen:?}"))
@@ -343,11 +467,20 @@ pub fn run(faults: Faults, progress_out: &dyn Fn(&str)) -> Result<Report, String
     poll::until("the workers' endpoints to reach each other", Duration::from_secs(30), || ep4.ping(ep5.ip))?;
     let ping = Ping::start(&ep4, ep5.ip);
 
+    for h in &hosts {
+        import_busybox(h);
+    }
+
     let log = Arc::new(Mutex::new(Log::default()));
+    let service_log = Arc::new(Mutex::new(ServiceLog::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let w = {
         let (hosts, log, stop) = (managers.clone(), log.clone(), stop.clone());
         std::thread::spawn(move || writer(&hosts, &log, &stop))
+    };
+    let sw = {
+        let (hosts, log, stop) = (managers.clone(), service_log.clone(), stop.clone());
+        std::thread::spawn(move || service_writer(&hosts, &log, &stop))
     };
     let hostile_thread = {
         let (from, to, stop) = (hosts[4].clone(), managers.clone(), stop.clone());
@@ -417,6 +550,7 @@ pub fn run(faults: Faults, progress_out: &dyn Fn(&str)) -> Result<Report, String
     })();
     stop.store(true, Ordering::Relaxed);
     let _ = w.join();
+    let _ = sw.join();
     let hostile_sent = hostile_thread.join().unwrap_or(0);
     let cycles = result
         .map_err(|e| format!("{e}\n{}", hosts.iter().map(daemon_log).collect::<Vec<_>>().join("\n")))?;
@@ -437,10 +571,13 @@ pub fn run(faults: Faults, progress_out: &dyn Fn(&str)) -> Result<Report, String
     let l = log.lock().unwrap();
     let mut lost = Vec::new();
     for name in &l.acked {
-        if copies.iter().any(|(_, _, names)| !names.contains(name)) {
+        if copies.iter().any(|(_, _, names, _)| !names.contains(name)) {
             lost.push(name.clone());
         }
     }
+    let sl = service_log.lock().unwrap();
+    let service_copies: Vec<BTreeMap<String, Option<u64>>> = copies.iter().map(|c| c.3.clone()).collect();
+    let services_lost = services_lost(&sl, &service_copies);
     let report = Report {
         cycles,
         acknowledged: l.acked.len(),
@@ -449,6 +586,8 @@ pub fn run(faults: Faults, progress_out: &dyn Fn(&str)) -> Result<Report, String
         refused: l.refused,
         misreported: l.misreported,
         longest_unavailable: l.longest_gap,
+        service_changes: sl.acked,
+        services_lost,
         pings,
         hostile: hostile_sent,
         catch_up,
@@ -457,4 +596,25 @@ pub fn run(faults: Faults, progress_out: &dyn Fn(&str)) -> Result<Report, String
     };
     drop(daemons);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_change_missing_from_any_copy_is_lost_except_the_one_in_doubt() {
+        let log = ServiceLog {
+            expected: [("a".to_owned(), Some(2)), ("b".to_owned(), None), ("c".to_owned(), Some(3))].into(),
+            acked: 5,
+            in_doubt: Some("c".into()),
+        };
+        let good: BTreeMap<String, Option<u64>> = [("a".to_owned(), Some(2))].into();
+        assert!(services_lost(&log, &[good.clone(), good.clone()]).is_empty());
+        let stale: BTreeMap<String, Option<u64>> =
+            [("a".to_owned(), Some(3)), ("b".to_owned(), Some(1))].into();
+        let lost = services_lost(&log, &[good, stale]);
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        assert!(lost[0].starts_with("a:") && lost[1].starts_with("b:"), "{lost:?}");
+    }
 }

@@ -1,7 +1,8 @@
 //! What the orchestrators do with real nodes and containers, through the
 //! stock docker CLI: global services (and a node joining later), drain and
 //! a node going Down, restart conditions and attempts, the task history
-//! limit, and an agent killed with running tasks. Needs root, runc, docker.
+//! limit, an agent killed with running tasks, and managers joining a
+//! cluster that runs hundreds of tasks. Needs root, runc or crun, docker.
 
 use std::time::Duration;
 
@@ -311,4 +312,115 @@ fn images_come_from_the_managers_and_missing_ones_reject_the_task() {
         if rejected { Ok(()) } else { Err(format!("{rows:?}")) }
     })
     .unwrap();
+}
+
+/// `(applied index, digest)` of `h`'s own copy of the store.
+fn store_copy(h: &swarm_tests::testbed::Host) -> Result<(u64, String, u64), String> {
+    let out = agent(h, &["debug", "store"]).map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    Ok((
+        v["applied"].as_u64().unwrap_or(0),
+        v["sha256"].as_str().unwrap_or("").to_owned(),
+        v["tasks"].as_u64().unwrap_or(0),
+    ))
+}
+
+#[test]
+fn managers_joining_a_cluster_with_hundreds_of_tasks_catch_up() {
+    let tb = cluster(3, 1, &[], &[]);
+    for h in tb.hosts() {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "300",
+            "--name",
+            "big",
+            "--stop-grace-period",
+            "1s",
+            "busybox",
+            "sleep",
+            "100000",
+        ],
+    )
+    .unwrap();
+    wait_replicas(&tb, "big", "300/300", Duration::from_secs(180));
+    agent(m, &["node", "promote", "node2", "node3"]).unwrap();
+    let copies = poll::until("identical copies on the three managers", LONG, || {
+        let c: Vec<_> = tb.hosts().iter().map(store_copy).collect::<Result<_, _>>()?;
+        if c.windows(2).all(|w| w[0] == w[1]) { Ok(c) } else { Err(format!("{c:?}")) }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", daemon_log(tb.host(2))));
+    assert!(copies[0].2 >= 300, "{copies:?}");
+    // The new managers serve the services API from their copy and forward
+    // changes: scale through one, see it converge from the other.
+    let (m2, m3) = (tb.host(1), tb.host(2));
+    assert_eq!(replicas(m2, "big").as_deref(), Some("300/300"));
+    let ps = docker(m3, &["service", "ps", "-q", "big"]).unwrap();
+    assert_eq!(ps.lines().count(), 300, "{ps}");
+    docker(m3, &["service", "scale", "-d", "big=310"]).unwrap();
+    poll::until("big to show 310/310 on node2", Duration::from_secs(120), || {
+        let r = replicas(m2, "big");
+        if r.as_deref() == Some("310/310") { Ok(()) } else { Err(format!("{r:?}")) }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", daemon_log(m2)));
+}
+
+#[test]
+fn engine_labels_place_tasks_and_bad_ones_stop_the_daemon() {
+    use swarm_tests::swarm::agent_env;
+    let tb = Testbed::up(3).expect("testbed");
+    agent(tb.host(0), &["init"]).unwrap();
+    let wt = token(tb.host(0), "worker");
+    agent_env(
+        tb.host(1),
+        &[("SWARM_ENGINE_LABELS", "storage=ssd,zone=a")],
+        &["join", "--token", &wt, "198.18.0.1:2377"],
+    )
+    .unwrap();
+    agent(tb.host(2), &["join", "--token", &wt, "198.18.0.1:2377"]).unwrap();
+    for h in tb.hosts() {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    let labels =
+        docker(m, &["node", "inspect", "--format", "{{json .Description.Engine.Labels}}", "node2"]).unwrap();
+    assert_eq!(labels.trim(), r#"{"storage":"ssd","zone":"a"}"#);
+    let info = docker(tb.host(1), &["info", "--format", "{{json .Labels}}"]).unwrap();
+    assert_eq!(info.trim(), r#"["storage=ssd","zone=a"]"#);
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "3",
+            "--name",
+            "ssd",
+            "--constraint",
+            "engine.labels.storage==ssd",
+            "busybox",
+            "sleep",
+            "100000",
+        ],
+    )
+    .unwrap();
+    wait_replicas(&tb, "ssd", "3/3", LONG);
+    let nodes: Vec<String> = service_ps(m, "ssd").iter().map(|r| r[3].clone()).collect();
+    assert_eq!(nodes, ["node2", "node2", "node2"]);
+
+    // A label without '=' is refused at start, with docker's words.
+    let mut c = tb.host(2).command(swarm_tests::agent_bin()).unwrap();
+    c.args(["daemon", "--label", "nonsense"]).env("SWARM_DATA_ROOT", tb.host(2).state_dir().join("other"));
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad attribute format: nonsense"), "{out:?}");
+    assert!(!tb.host(2).state_dir().join("other").exists(), "a refused start made its data root");
 }

@@ -87,7 +87,8 @@ pub fn node(v: &NodeView, ca_pem: &str) -> m::Node {
             }),
             engine: Some(m::EngineDescription {
                 engine_version: Some(n.description.engine_version.clone()),
-                labels: None,
+                labels: (!n.description.engine_labels.is_empty())
+                    .then(|| n.description.engine_labels.clone().into_iter().collect()),
                 plugins: None,
             }),
             tls_info: Some(tls_info(ca_pem)),

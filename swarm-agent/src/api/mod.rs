@@ -322,6 +322,7 @@ async fn info(State(e): S) -> Json<m::SystemInfo> {
         containers_paused: Some(0),
         containers_stopped: Some(count(|s| !matches!(s, crate::agent::exec::ContainerState::Running { .. }))),
         images: Some(rt.as_ref().map_or(0, |r| i64::try_from(r.images.list().len()).unwrap_or(i64::MAX))),
+        labels: Some(d.engine_labels.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         default_runtime: oci.clone(),
         runtimes: oci.map(|o| {
             std::iter::once((o.clone(), m::Runtime { path: Some(o), ..Default::default() })).collect()

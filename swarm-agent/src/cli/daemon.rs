@@ -33,6 +33,9 @@ pub struct DaemonArgs {
     /// usable, else runc), runc, crun, or a path
     #[arg(long, env = "SWARM_RUNTIME", default_value = "auto")]
     pub runtime: String,
+    /// An engine label, key=value (what `engine.labels.<key>` constraints match)
+    #[arg(long = "label", env = "SWARM_ENGINE_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
     /// A registry (host:port) to pull from over plain HTTP
     #[arg(long = "insecure-registry", env = "SWARM_INSECURE_REGISTRIES", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
@@ -61,12 +64,13 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
         eprintln!("Error: the raft election timeout must be more than twice the heartbeat interval");
         return ExitCode::FAILURE;
     }
-    if let Err(e) = std::fs::create_dir_all(&data_root) {
-        eprintln!("Error: creating {}: {e}", data_root.display());
-        return ExitCode::FAILURE;
+    match crate::node::parse_engine_labels(&args.labels) {
+        Ok(l) => crate::node::set_engine_labels(l),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
     }
-    let pid_file = data_root.join("swarm-agent.pid");
-    let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
     let oci = match crate::agent::exec::runc::pick_runtime(&args.runtime) {
         Ok(r) => r,
         Err(e) => {
@@ -74,6 +78,12 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = std::fs::create_dir_all(&data_root) {
+        eprintln!("Error: creating {}: {e}", data_root.display());
+        return ExitCode::FAILURE;
+    }
+    let pid_file = data_root.join("swarm-agent.pid");
+    let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
     tracing::info!(runtime = %oci, "task containers run with {oci}");
     let runtime = match crate::agent::runtime::Runtime::open(
         &data_root,

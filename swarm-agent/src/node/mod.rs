@@ -128,6 +128,24 @@ fn tls_err(e: tls::TlsError) -> ApiError {
 }
 
 /// What this host says about itself.
+static ENGINE_LABELS: std::sync::OnceLock<std::collections::BTreeMap<String, String>> =
+    std::sync::OnceLock::new();
+
+/// Sets the engine labels this process reports (once, at daemon start).
+pub fn set_engine_labels(labels: std::collections::BTreeMap<String, String>) {
+    let _ = ENGINE_LABELS.set(labels);
+}
+
+/// Parses `key=value` engine labels (docker's wording for a bad one).
+pub fn parse_engine_labels(list: &[String]) -> Result<std::collections::BTreeMap<String, String>, String> {
+    list.iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => Err(format!("bad attribute format: {l}")),
+        })
+        .collect()
+}
+
 pub fn describe() -> NodeDescription {
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -144,6 +162,7 @@ pub fn describe() -> NodeDescription {
         engine_version: env!("CARGO_PKG_VERSION").into(),
         nano_cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as i64) * 1_000_000_000,
         memory_bytes: mem * 1024,
+        engine_labels: ENGINE_LABELS.get().cloned().unwrap_or_default(),
     }
 }
 

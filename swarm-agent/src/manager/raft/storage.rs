@@ -263,11 +263,19 @@ pub struct StoreDigest {
     pub nodes: usize,
     pub networks: usize,
     pub endpoints: usize,
+    #[serde(default)]
+    pub services: usize,
+    #[serde(default)]
+    pub tasks: usize,
     pub bytes: usize,
     pub sha256: String,
     /// Every network's name, with `debug store --objects`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_names: Option<Vec<String>>,
+    /// Every service's name and replica count (global: none), with
+    /// `debug store --objects`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_replicas: Option<std::collections::BTreeMap<String, Option<u64>>>,
 }
 
 /// A read handle on the applied state, shared with the rest of the manager.
@@ -298,9 +306,24 @@ impl StateReader {
             nodes: a.state.nodes.len(),
             networks: a.state.networks.len(),
             endpoints: a.state.endpoints.len(),
+            services: a.state.services.len(),
+            tasks: a.state.tasks.len(),
             bytes: bytes.len(),
             sha256: crate::manager::raft::network::sha256_hex(&bytes),
             network_names: with_names.then(|| a.state.networks.values().map(|n| n.name.clone()).collect()),
+            service_replicas: with_names.then(|| {
+                a.state
+                    .services
+                    .values()
+                    .map(|s| {
+                        let replicas = match s.mode() {
+                            crate::manager::store::task::Mode::Replicated { replicas, .. } => Some(replicas),
+                            crate::manager::store::task::Mode::Global => None,
+                        };
+                        (s.name().to_owned(), replicas)
+                    })
+                    .collect()
+            }),
         })
     }
 

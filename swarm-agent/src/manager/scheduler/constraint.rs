@@ -84,7 +84,12 @@ impl Constraint {
                 let inside = ip.is_some_and(|ip| net.contains(ip));
                 return inside == self.equal;
             }
-            k => k.strip_prefix("node.labels.").and_then(|l| node.spec.labels.get(l).cloned()),
+            k => match k.strip_prefix("node.labels.") {
+                Some(l) => node.spec.labels.get(l).cloned(),
+                None => k
+                    .strip_prefix("engine.labels.")
+                    .and_then(|l| node.description.engine_labels.get(l).cloned()),
+            },
         };
         match value {
             Some(v) => v.eq_ignore_ascii_case(&self.value) == self.equal,
@@ -138,6 +143,7 @@ mod tests {
         add_node(&mut s, "abc");
         let mut n = s.nodes.remove("abc").unwrap();
         n.spec.labels.insert("Zone".into(), "east".into());
+        n.description.engine_labels.insert("storage".into(), "ssd".into());
         n
     }
 
@@ -168,5 +174,8 @@ mod tests {
         assert!(m("node.ip==198.18.0.0/15"));
         assert!(!m("node.ip==10.0.0.0/8"));
         assert!(m("engine.labels.x!=y"));
+        assert!(m("engine.labels.storage==ssd"));
+        assert!(!m("engine.labels.storage!=ssd"));
+        assert!(!m("node.labels.storage==ssd"), "engine and node labels are apart");
     }
 }

@@ -160,7 +160,13 @@ fn occupies(t: &Task) -> bool {
 }
 
 fn label_of(node: &Node, descriptor: &str) -> String {
-    descriptor.strip_prefix("node.labels.").and_then(|l| node.spec.labels.get(l).cloned()).unwrap_or_default()
+    match descriptor.strip_prefix("node.labels.") {
+        Some(l) => node.spec.labels.get(l).cloned(),
+        None => descriptor
+            .strip_prefix("engine.labels.")
+            .and_then(|l| node.description.engine_labels.get(l).cloned()),
+    }
+    .unwrap_or_default()
 }
 
 #[allow(clippy::single_match_else)]

@@ -155,6 +155,10 @@ pub struct NodeDescription {
     pub engine_version: String,
     pub nano_cpus: i64,
     pub memory_bytes: i64,
+    /// The engine's labels (`swarm-agent daemon --label k=v`), what
+    /// `engine.labels.<k>` constraints match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub engine_labels: BTreeMap<String, String>,
 }
 
 /// Raft membership of a manager.
