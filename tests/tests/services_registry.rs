@@ -1,7 +1,8 @@
 //! Registry pulls, against Debian's `docker-registry` (a real registry
 //! server) running on a testbed host, with an image pushed by `skopeo`:
 //! `docker pull`, a service whose image only the registry has, and
-//! docker's errors. Needs root, runc, docker's CLI, docker-registry, skopeo.
+//! docker's errors; and `docker load` of the OCI layouts skopeo writes.
+//! Needs root, crun or runc, docker's CLI, docker-registry, skopeo.
 
 use std::{process::Stdio, time::Duration};
 
@@ -117,4 +118,44 @@ fn images_are_pulled_from_a_registry() {
     assert!(e.contains("invalid reference format"), "{e}");
     let e = stderr(&docker(w1, &["pull", &format!("{REGISTRY}/tools/nope:1")]).unwrap_err());
     assert!(e.contains("not found"), "{e}");
+}
+
+/// `docker load` of OCI layouts (what `skopeo copy … oci-archive:` and
+/// docker 25+'s `docker save` write), with plain and gzip layers: the image
+/// has the same layers (skopeo rewrites the config, so the ID differs) and
+/// runs.
+#[test]
+fn oci_layout_archives_load_and_run() {
+    let tb = cluster(1, 1, &[], &[]);
+    let h = tb.host(0);
+    import_busybox(h);
+    let layers = |r: &str| docker(h, &["image", "inspect", "--format", "{{json .RootFS.Layers}}", r]);
+    let want = layers("busybox:latest").unwrap();
+    assert!(want.contains("sha256:"), "{want}");
+    let archive = h.state_dir().join("busybox-save.tar");
+    docker(h, &["save", "-o", archive.to_str().unwrap(), "busybox:latest"]).unwrap();
+    for (tag, compress) in [("plain", false), ("gzip", true)] {
+        let oci = h.state_dir().join(format!("busybox-oci-{tag}.tar"));
+        let mut args = vec!["--insecure-policy".to_owned(), "copy".to_owned()];
+        if compress {
+            args.extend([
+                "--dest-compress".to_owned(),
+                "--dest-compress-format".to_owned(),
+                "gzip".to_owned(),
+            ]);
+        }
+        args.push(format!("docker-archive:{}", archive.display()));
+        args.push(format!("oci-archive:{}:oci/busybox:{tag}", oci.display()));
+        h.run("skopeo", &args).unwrap();
+        let out = docker(h, &["load", "-i", oci.to_str().unwrap()]).unwrap();
+        assert!(out.contains(&format!("Loaded image: oci/busybox:{tag}")), "{out}");
+        assert_eq!(layers(&format!("oci/busybox:{tag}")).unwrap(), want, "the same layers");
+        let name = format!("oci-{tag}");
+        docker(
+            h,
+            &["service", "create", "-d", "--name", &name, &format!("oci/busybox:{tag}"), "sleep", "100000"],
+        )
+        .unwrap();
+        wait_replicas(&tb, &name, "1/1", Duration::from_secs(60));
+    }
 }

@@ -256,11 +256,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // Node Down: cut a worker; time until its tasks run elsewhere.
     post(m, "/services/create", &spec("down", 6, None))?;
     let before = wait_running(m, "down", 6, Duration::from_secs(60))?;
-    let victim_node =
-        before.iter().find(|t| t["NodeID"] != before[0]["NodeID"]).unwrap_or(&before[0])["NodeID"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
+    // A worker's node (the manager must stay to move the tasks).
+    let manager_node = get(m, "/info")?["Swarm"]["NodeID"].as_str().context("manager node ID")?.to_owned();
+    let victim_node = before
+        .iter()
+        .find(|t| t["NodeID"] != manager_node.as_str())
+        .context("no task on a worker")?["NodeID"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     let host = tb
         .hosts()
         .iter()
