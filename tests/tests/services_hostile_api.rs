@@ -55,6 +55,16 @@ fn malformed_service_specs_are_refused_and_change_nothing() {
             r#"{"Name":"a","TaskTemplate":{"ContainerSpec":{"Image":"busybox"},"Networks":[{"Target":"nosuch"}]}}"#.into(),
             "network nosuch not found",
         ),
+        (format!(r#"{{"Name":"a",{image},"EndpointSpec":{{"Mode":"weird"}}}}"#), "invalid JSON"),
+        (format!(r#"{{"Name":"a",{image},"EndpointSpec":{{"Ports":[{{"TargetPort":0}}]}}}}"#), "invalid target port 0"),
+        (
+            format!(r#"{{"Name":"a",{image},"EndpointSpec":{{"Ports":[{{"TargetPort":80,"PublishedPort":70000}}]}}}}"#),
+            "invalid published port 70000",
+        ),
+        (
+            format!(r#"{{"Name":"a",{image},"EndpointSpec":{{"Ports":[{{"TargetPort":80,"Protocol":"icmp"}}]}}}}"#),
+            "invalid JSON",
+        ),
     ];
     for (body, want) in &cases {
         let (status, out) = post(&sock, "/v1.41/services/create", body.as_bytes());

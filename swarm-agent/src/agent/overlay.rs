@@ -203,7 +203,10 @@ impl Overlay {
         let gateway: Ipv4Addr =
             alloc.network.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
         let mac = crate::manager::store::ipam::mac_for(ip);
-        let host_iface = format!("swe{}", &alloc.endpoint.id[..12]);
+        // From a hash of the whole ID: a task's endpoints on two networks
+        // share the ID's first characters.
+        let host_iface =
+            format!("swe{}", &crate::manager::raft::network::sha256_hex(alloc.endpoint.id.as_bytes())[..12]);
         let link =
             EndpointLink { host_name: &host_iface, netns, ip, prefix_len: subnet.prefix, gateway, mac, mtu };
         let (host_ifindex, iface) = netlink::create_endpoint_link(&link)

@@ -218,6 +218,12 @@ impl Worker {
                         }
                         Err(Step::Retry(e)) => {
                             tracing::debug!(task = %task_id, "preparing: {e}");
+                            // Shown in `service ps` while it lasts.
+                            if st.err != e {
+                                st.err = e;
+                                st.timestamp = now();
+                                self.send(&task_id, &st);
+                            }
                             if *desired.borrow() > TaskState::Running {
                                 set(&mut st, TaskState::Shutdown, "shutdown");
                                 return;
@@ -228,6 +234,7 @@ impl Worker {
                     }
                 }
             }
+            st.err.clear();
             set(&mut st, TaskState::Ready, "prepared");
             while *desired.borrow_and_update() < TaskState::Running {
                 if desired.changed().await.is_err() {

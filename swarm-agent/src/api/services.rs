@@ -39,6 +39,17 @@ pub fn service_json(v: &ServiceView, with_status: bool) -> Value {
         "Spec": s.spec,
         "Endpoint": {"Spec": endpoint_spec},
     });
+    if !s.endpoint.ports.is_empty() {
+        out["Endpoint"]["Ports"] = json!(s.endpoint.ports);
+    }
+    if !s.endpoint.virtual_ips.is_empty() {
+        out["Endpoint"]["VirtualIPs"] = s
+            .endpoint
+            .virtual_ips
+            .iter()
+            .map(|v| json!({"NetworkID": v.network_id, "Addr": v.addr()}))
+            .collect();
+    }
     if let Some(p) = &s.previous_spec {
         out["PreviousSpec"] = json!(p);
     }

@@ -101,6 +101,12 @@ pub struct CreateArgs {
     /// Network attachments
     #[arg(long)]
     network: Vec<String>,
+    /// Publish a port as a node port
+    #[arg(short, long)]
+    publish: Vec<String>,
+    /// Endpoint mode (vip or dnsrr)
+    #[arg(long, default_value = "vip")]
+    endpoint_mode: String,
     /// Set environment variables
     #[arg(short, long)]
     env: Vec<String>,
@@ -366,10 +372,23 @@ pub fn spec_of(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
         .iter()
         .map(|n| m::NetworkAttachmentConfig { target: Some(n.clone()), ..Default::default() })
         .collect();
+    let mut ports = Vec::new();
+    for p in &a.publish {
+        ports.extend(parse_publish(p).map_err(local)?);
+    }
+    let endpoint_mode = match a.endpoint_mode.to_ascii_lowercase().as_str() {
+        "vip" => m::EndpointSpecModeEnum::VIP,
+        "dnsrr" => m::EndpointSpecModeEnum::DNSRR,
+        _ => return Err(local(format!("invalid resolution mode: {:?}", a.endpoint_mode))),
+    };
     Ok(m::ServiceSpec {
         name: a.name.clone(),
         labels: kv_map(&a.label),
         mode: Some(mode),
+        endpoint_spec: Some(m::EndpointSpec {
+            mode: Some(endpoint_mode),
+            ports: (!ports.is_empty()).then_some(ports),
+        }),
         task_template: Some(m::TaskSpec {
             container_spec: Some(m::TaskSpecContainerSpec {
                 image: Some(a.image.clone()),
@@ -412,6 +431,144 @@ pub fn spec_of(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
         }),
         ..Default::default()
     })
+}
+
+/// `-p`: docker's short form `[published:]target[/protocol]` (ranges
+/// `a-b` on both sides) or its long form
+/// `published=P,target=T,protocol=tcp|udp|sctp,mode=ingress|host`.
+pub fn parse_publish(s: &str) -> Result<Vec<m::EndpointPortConfig>, String> {
+    use m::{EndpointPortConfigProtocolEnum as P, EndpointPortConfigPublishModeEnum as M};
+    let protocol = |v: &str| match v.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(P::TCP),
+        "udp" => Ok(P::UDP),
+        "sctp" => Ok(P::SCTP),
+        _ => Err(format!("invalid protocol value '{v}'")),
+    };
+    let port = |v: &str| -> Result<i64, String> {
+        v.parse::<u16>().map(i64::from).map_err(|_| format!("invalid containerPort: {v}"))
+    };
+    if s.contains('=') {
+        let mut p = m::EndpointPortConfig {
+            protocol: Some(P::TCP),
+            publish_mode: Some(M::INGRESS),
+            ..Default::default()
+        };
+        for field in s.split(',') {
+            let (k, v) = field.split_once('=').ok_or_else(|| format!("invalid field {field}"))?;
+            match k.to_ascii_lowercase().as_str() {
+                "mode" => {
+                    p.publish_mode = Some(match v.to_ascii_lowercase().as_str() {
+                        "ingress" => M::INGRESS,
+                        "host" => M::HOST,
+                        _ => {
+                            return Err(format!(
+                                "invalid publish mode value ({v}): must be either 'ingress' or 'host'"
+                            ));
+                        }
+                    });
+                }
+                "target" => p.target_port = Some(port(v)?),
+                "published" => p.published_port = Some(port(v)?),
+                "protocol" => p.protocol = Some(protocol(v)?),
+                _ => return Err(format!("invalid field key {k}")),
+            }
+        }
+        if p.target_port.is_none() {
+            return Err("missing mandatory field 'target'".into());
+        }
+        return Ok(vec![p]);
+    }
+    let (ports, proto) = match s.split_once('/') {
+        Some((p, proto)) => (p, protocol(proto)?),
+        None => (s, P::TCP),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (published, target) = match parts.as_slice() {
+        [t] => ("", *t),
+        [p, t] => (*p, *t),
+        _ => return Err("hostip is not supported".into()),
+    };
+    let range = |v: &str| -> Result<(i64, i64), String> {
+        match v.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (port(a)?, port(b)?);
+                if b < a { Err(format!("invalid range specified for port: {v}")) } else { Ok((a, b)) }
+            }
+            None => port(v).map(|p| (p, p)),
+        }
+    };
+    let (t0, t1) = range(target)?;
+    let published_text = published;
+    let published = if published.is_empty() { None } else { Some(range(published)?) };
+    if let Some((p0, p1)) = published
+        && p1 - p0 != t1 - t0
+    {
+        return Err(format!(
+            "invalid ranges specified for container and host Ports: {target} and {published_text}"
+        ));
+    }
+    Ok((t0..=t1)
+        .map(|t| m::EndpointPortConfig {
+            protocol: Some(proto),
+            target_port: Some(t),
+            published_port: published.map(|(p0, _)| p0 + (t - t0)),
+            publish_mode: Some(M::INGRESS),
+            ..Default::default()
+        })
+        .collect())
+}
+
+/// docker's `service ls` PORTS: ingress ports, sorted by protocol and
+/// published port, consecutive ones folded into ranges (`*:30000-30001->80-81/tcp`).
+pub fn ports_column(service: &Value) -> String {
+    let mut ports: Vec<(String, u64, u64)> = service["Endpoint"]["Ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["PublishMode"].as_str().unwrap_or("ingress") == "ingress")
+        .map(|p| {
+            (
+                p["Protocol"].as_str().unwrap_or("tcp").to_owned(),
+                p["PublishedPort"].as_u64().unwrap_or(0),
+                p["TargetPort"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    ports.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    struct Range {
+        proto: String,
+        p: (u64, u64),
+        t: (u64, u64),
+    }
+    let show = |r: &Range| {
+        let span = |(a, b): (u64, u64)| if b > a { format!("{a}-{b}") } else { a.to_string() };
+        format!("*:{}->{}/{}", span(r.p), span(r.t), r.proto)
+    };
+    let mut out = Vec::new();
+    let mut cur: Option<Range> = None;
+    for (proto, published, target) in ports {
+        if let Some(r) = cur.as_mut() {
+            let is_range = r.t.1 != r.t.0;
+            let overlaps = target <= r.t.1;
+            let extends = proto == r.proto
+                && published.wrapping_sub(r.p.1) <= 1
+                && target.wrapping_sub(r.t.1) <= 1
+                && !(is_range && overlaps);
+            if extends {
+                r.p.1 = published;
+                r.t.1 = target;
+                continue;
+            }
+            if r.p.0 > 0 {
+                out.push(show(r));
+            }
+        }
+        cur = Some(Range { proto, p: (published, published), t: (target, target) });
+    }
+    if let Some(r) = cur.as_ref().filter(|r| r.p.0 > 0) {
+        out.push(show(r));
+    }
+    out.join(", ")
 }
 
 async fn create(client: &Client, a: CreateArgs) -> Result<(), CliError> {
@@ -589,7 +746,7 @@ async fn ls(client: &Client, quiet: bool, filter: &[String]) -> Result<(), CliEr
                 mode_of(s).to_owned(),
                 replicas,
                 image.split('@').next().unwrap_or("").to_owned(),
-                String::new(),
+                ports_column(s),
             ]
         })
         .collect();
@@ -772,7 +929,21 @@ pub fn pretty_service(v: &Value) -> String {
         }
         out.push('\n');
     }
-    out.push_str("Endpoint Mode:\tvip\n");
+    out.push_str(&format!("Endpoint Mode:\t{}\n", spec["EndpointSpec"]["Mode"].as_str().unwrap_or("")));
+    if let Some(ports) = v["Endpoint"]["Ports"].as_array().filter(|p| !p.is_empty()) {
+        out.push_str("Ports:");
+        for p in ports {
+            out.push_str(&format!(
+                "\n PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
+                p["PublishedPort"].as_u64().unwrap_or(0),
+                p["Protocol"].as_str().unwrap_or(""),
+                p["TargetPort"].as_u64().unwrap_or(0),
+                p["PublishMode"].as_str().unwrap_or(""),
+            ));
+        }
+        out.push_str(" \n");
+    }
+    out.push('\n');
     out
 }
 

@@ -1,6 +1,7 @@
 //! The allocator: gives each new task an address on every network its
-//! service attaches to (an endpoint in the store, so addresses never clash
-//! with attachments made by `network connect`), then moves it to PENDING.
+//! service attaches to, and on `ingress` when it publishes ports there (an
+//! endpoint in the store, so addresses never clash with attachments made by
+//! `network connect` or with virtual IPs), then moves it to PENDING.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -16,6 +17,25 @@ use crate::manager::{
 
 pub const PENDING_MESSAGE: &str = "pending task scheduling";
 
+/// The networks a service's tasks attach to: `ingress` first when the
+/// service publishes ingress ports with a virtual IP there (the routing
+/// mesh reaches them on it), then the service's own.
+fn task_networks(w: &Working<'_>, s: &crate::manager::store::task::Service) -> Vec<String> {
+    let mut out: Vec<String> = s
+        .endpoint
+        .virtual_ips
+        .iter()
+        .filter(|v| w.state.networks.get(&v.network_id).is_some_and(|n| n.ingress))
+        .map(|v| v.network_id.clone())
+        .collect();
+    for n in &s.networks {
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out
+}
+
 pub fn allocate(w: &mut Working<'_>) {
     let new: Vec<Task> =
         w.tasks().filter(|t| t.status.state == TaskState::New && t.is_runnable()).cloned().collect();
@@ -24,7 +44,7 @@ pub fn allocate(w: &mut Working<'_>) {
     }
     let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     for mut t in new {
-        let networks = w.state.services.get(&t.service_id).map(|s| s.networks.clone()).unwrap_or_default();
+        let networks = w.state.services.get(&t.service_id).map(|s| task_networks(w, s)).unwrap_or_default();
         let mut attached = Vec::new();
         let mut failed = None;
         for net_id in &networks {

@@ -184,9 +184,7 @@ pub fn validate_spec(state: &ClusterState, spec: &m::ServiceSpec) -> Result<Vec<
             return Err(invalid("TaskSpec: max replicas per node cannot be negative"));
         }
     }
-    if spec.endpoint_spec.as_ref().and_then(|e| e.ports.as_ref()).is_some_and(|p| !p.is_empty()) {
-        return Err(invalid("published ports are not supported yet (the routing mesh is the next step)"));
-    }
+    crate::manager::store::endpoint::spec_ports(spec)?;
     let attachments = task.networks.iter().flatten().chain(spec.networks.iter().flatten());
     let mut networks = Vec::new();
     for a in attachments {
@@ -231,6 +229,7 @@ pub fn new_service(id: String, spec: m::ServiceSpec, networks: Vec<String>, now:
         previous_spec: None,
         update_status: None,
         networks,
+        endpoint: crate::manager::store::endpoint::ServiceEndpoint::default(),
     }
 }
 

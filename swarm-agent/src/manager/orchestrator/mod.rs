@@ -240,6 +240,7 @@ pub mod testutil {
             previous_spec: None,
             update_status: None,
             networks: Vec::new(),
+            endpoint: crate::manager::store::endpoint::ServiceEndpoint::default(),
         };
         s.apply(2, &Command::CreateService { service: Box::new(svc) }).unwrap();
     }

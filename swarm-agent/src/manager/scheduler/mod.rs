@@ -35,10 +35,28 @@ struct Needs {
     platforms: Vec<(String, String)>,
     max_per_node: u64,
     spread: Vec<String>,
+    /// Host-mode published ports (port, protocol).
+    host_ports: Vec<HostPort>,
+}
+
+type HostPort = (i64, m::EndpointPortConfigProtocolEnum);
+
+/// The host-mode published ports a service's tasks take on their node.
+fn host_ports(svc: &crate::manager::store::task::Service) -> Vec<HostPort> {
+    use crate::manager::store::endpoint;
+    endpoint::spec_ports(&svc.spec)
+        .map(|(_, ports)| ports)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| !endpoint::is_ingress(p) && p.published_port.unwrap_or(0) > 0)
+        .map(|p| {
+            (p.published_port.unwrap_or(0), p.protocol.unwrap_or(m::EndpointPortConfigProtocolEnum::TCP))
+        })
+        .collect()
 }
 
 impl Needs {
-    fn of(spec: &m::TaskSpec) -> Needs {
+    fn of(spec: &m::TaskSpec, host_ports: Vec<HostPort>) -> Needs {
         let placement = spec.placement.as_ref();
         let reservations = spec.resources.as_ref().and_then(|r| r.reservations.as_ref());
         let list = placement.and_then(|p| p.constraints.clone()).unwrap_or_default();
@@ -78,6 +96,7 @@ impl Needs {
                         .collect()
                 })
                 .unwrap_or_default(),
+            host_ports,
         }
     }
 }
@@ -90,6 +109,7 @@ struct Load {
     cpu: i64,
     memory: i64,
     recent_failures: BTreeMap<String, usize>,
+    host_ports: std::collections::BTreeSet<HostPort>,
 }
 
 /// The filters, in swarmkit's order, with their explanations.
@@ -99,12 +119,19 @@ enum Filter {
     Resources,
     Constraints,
     Platform,
+    HostPorts,
     MaxReplicas,
 }
 
 impl Filter {
-    const ALL: [Filter; 5] =
-        [Filter::Ready, Filter::Resources, Filter::Constraints, Filter::Platform, Filter::MaxReplicas];
+    const ALL: [Filter; 6] = [
+        Filter::Ready,
+        Filter::Resources,
+        Filter::Constraints,
+        Filter::Platform,
+        Filter::HostPorts,
+        Filter::MaxReplicas,
+    ];
 
     fn explain(self, n: usize) -> String {
         let nodes = if n == 1 { "1 node".to_owned() } else { format!("{n} nodes") };
@@ -113,6 +140,7 @@ impl Filter {
             Filter::Resources => format!("insufficient resources on {nodes}"),
             Filter::Constraints => format!("scheduling constraints not satisfied on {nodes}"),
             Filter::Platform => format!("unsupported platform on {nodes}"),
+            Filter::HostPorts => format!("host-mode port already in use on {nodes}"),
             Filter::MaxReplicas => "max replicas per node limit exceed".to_owned(),
         }
     }
@@ -134,6 +162,7 @@ impl Filter {
                             && (arch.is_empty() || same_arch(arch, &node.description.arch))
                     })
             }
+            Filter::HostPorts => needs.host_ports.iter().all(|p| !load.host_ports.contains(p)),
             Filter::MaxReplicas => {
                 needs.max_per_node == 0
                     || (load.per_service.get(service_id).copied().unwrap_or(0) as u64) < needs.max_per_node
@@ -186,13 +215,20 @@ pub fn schedule(w: &mut Working<'_>) {
             &b.id,
         ))
     });
+    let ports: BTreeMap<String, Vec<HostPort>> = w
+        .state
+        .services
+        .values()
+        .map(|s| (s.id.clone(), host_ports(s)))
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
     let mut loads: BTreeMap<String, Load> =
         w.state.nodes.keys().map(|id| (id.clone(), Load::default())).collect();
     let since = w.now.saturating_sub(MONITOR_FAILURES);
     for t in w.tasks() {
         let Some(load) = loads.get_mut(&t.node_id) else { continue };
         if occupies(t) {
-            add_load(load, t);
+            add_load(load, t, &ports);
         } else if matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
             && t.status.timestamp >= since
         {
@@ -208,7 +244,8 @@ pub fn schedule(w: &mut Working<'_>) {
     for mut t in pending {
         let key = (t.service_id.clone(), t.spec_version);
         if needs_cache.as_ref().is_none_or(|(k, _)| *k != key) {
-            needs_cache = Some((key.clone(), Needs::of(&t.spec)));
+            let hp = ports.get(&t.service_id).cloned().unwrap_or_default();
+            needs_cache = Some((key.clone(), Needs::of(&t.spec, hp)));
         }
         let needs = &needs_cache.as_ref().expect("just set").1;
         if t.node_id.is_empty()
@@ -216,6 +253,7 @@ pub fn schedule(w: &mut Working<'_>) {
             && needs.memory == 0
             && needs.max_per_node == 0
             && needs.spread.is_empty()
+            && needs.host_ports.is_empty()
         {
             if fast.as_ref().is_none_or(|(k, _)| *k != key) {
                 fast = Some((key.clone(), FastSet::build(&nodes, &loads, needs, &t.service_id)));
@@ -230,7 +268,7 @@ pub fn schedule(w: &mut Working<'_>) {
                     t.status.err.clear();
                     t.status.timestamp = w.now;
                     if let Some(load) = loads.get_mut(&n.id) {
-                        add_load(load, &t);
+                        add_load(load, &t, &ports);
                     }
                     set.order.insert((flaky, svc + 1, total + 1, idx));
                     w.put(t);
@@ -299,7 +337,7 @@ pub fn schedule(w: &mut Working<'_>) {
             t.status.err.clear();
             t.status.timestamp = w.now;
             if let Some(load) = loads.get_mut(&n.id) {
-                add_load(load, &t);
+                add_load(load, &t, &ports);
             }
             w.put(t);
         } else {
@@ -342,8 +380,9 @@ impl FastSet {
     }
 }
 
-fn add_load(load: &mut Load, t: &Task) {
+fn add_load(load: &mut Load, t: &Task, ports: &BTreeMap<String, Vec<HostPort>>) {
     let needs = t.spec.resources.as_ref().and_then(|r| r.reservations.as_ref());
+    load.host_ports.extend(ports.get(&t.service_id).into_iter().flatten().copied());
     load.tasks += 1;
     *load.per_service.entry(t.service_id.clone()).or_default() += 1;
     load.cpu += needs.and_then(|r| r.nano_cpus).unwrap_or(0);

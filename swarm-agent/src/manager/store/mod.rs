@@ -1,5 +1,6 @@
 //! The replicated store: object model and state machine.
 
+pub mod endpoint;
 pub mod index;
 pub mod ipam;
 pub mod limits;

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::manager::store::{
+    endpoint,
     index::Index,
     ipam::{Cidr, check_ip},
     model::{
@@ -264,17 +265,30 @@ impl ClusterState {
             Command::CreateService { service } => {
                 let mut svc = (**service).clone();
                 svc.meta.version = index;
+                let a =
+                    endpoint::allocate(self, &svc.id, &svc.spec, &svc.networks, None, svc.meta.created_at)?;
+                self.apply_allocation(index, &a);
+                svc.endpoint = a.endpoint;
                 self.index.add_service(&svc);
                 self.services.insert(svc.id.clone(), svc);
             }
             Command::UpdateService { id, spec, now, .. } => {
+                let svc = self.services.get(id).ok_or_else(|| no_such_service(id))?;
+                let a = endpoint::allocate(self, id, spec, &svc.networks, Some(&svc.endpoint), *now)?;
+                self.apply_allocation(index, &a);
                 let svc = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, (**spec).clone()));
+                svc.endpoint = a.endpoint;
                 touch(&mut svc.meta, index, *now);
             }
             Command::RemoveService { id, now } => {
                 if let Some(svc) = self.services.remove(id) {
                     self.index.remove_service(&svc);
+                    for v in &svc.endpoint.virtual_ips {
+                        if let Some(e) = self.endpoints.remove(&v.endpoint_id) {
+                            self.index.remove_endpoint(&e);
+                        }
+                    }
                 }
                 for t in self.tasks.values_mut().filter(|t| t.service_id == *id) {
                     if t.desired_state < TaskState::Remove {
@@ -432,6 +446,7 @@ impl ClusterState {
                 for n in &service.networks {
                     self.network(n)?;
                 }
+                endpoint::allocate(self, &service.id, &service.spec, &service.networks, None, 0)?;
             }
             Command::UpdateService { id, version, spec, .. } => {
                 let svc = self.services.get(id).ok_or_else(|| no_such_service(id))?;
@@ -443,6 +458,7 @@ impl ClusterState {
                         "rpc error: code = Unimplemented desc = renaming services is not supported",
                     ));
                 }
+                endpoint::allocate(self, id, spec, &svc.networks, Some(&svc.endpoint), 0)?;
             }
             Command::RemoveService { id, .. } => {
                 self.services.get(id).ok_or_else(|| no_such_service(id))?;
@@ -464,6 +480,26 @@ impl ClusterState {
             Command::SetTaskStatus { .. } | Command::RemoveTasks { .. } => {}
         }
         Ok(())
+    }
+
+    /// Whether `ip` is taken on network `network_id` (by any endpoint).
+    pub fn address_used(&self, network_id: &str, ip: &str) -> bool {
+        self.index.address_used(network_id, ip)
+    }
+
+    /// Adds and removes the store endpoints of a service's virtual IPs.
+    fn apply_allocation(&mut self, index: u64, a: &endpoint::Allocation) {
+        for id in &a.remove {
+            if let Some(e) = self.endpoints.remove(id) {
+                self.index.remove_endpoint(&e);
+            }
+        }
+        for e in &a.add {
+            let mut e = e.clone();
+            e.meta.version = index;
+            self.index.add_endpoint(&e);
+            self.endpoints.insert(e.id.clone(), e);
+        }
     }
 
     pub fn service(&self, id: &str) -> Result<&Service, ApiError> {

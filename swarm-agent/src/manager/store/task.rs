@@ -165,6 +165,9 @@ pub struct Service {
     /// Network IDs the service's tasks attach to (resolved from the spec).
     #[serde(default)]
     pub networks: Vec<String>,
+    /// Virtual IPs and published ports (allocated by the store).
+    #[serde(default)]
+    pub endpoint: crate::manager::store::endpoint::ServiceEndpoint,
 }
 
 /// How a service runs its tasks.
