@@ -110,15 +110,20 @@ fn fmt(d: Duration) -> String {
     }
 }
 
-fn rss_mb(pid: i32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
+/// The `key:` line of a `/proc` file in kB, as MB.
+fn proc_mb(path: &str, key: &str) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kb: f64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
+}
+
+fn rss_mb(pid: i32) -> f64 {
+    proc_mb(&format!("/proc/{pid}/status"), "VmRSS:")
 }
 
 /// The proportional set size (shared pages split among their users) of
@@ -136,16 +141,7 @@ fn shim_pss_mb(host: &Host) -> f64 {
                 c.contains("\0shim\0") && c.contains(&want)
             })
         })
-        .map(|pid| {
-            let r = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-            let kb: f64 = r
-                .lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
-            kb / 1024.0
-        })
+        .map(|pid| proc_mb(&format!("/proc/{pid}/smaps_rollup"), "Pss:"))
         .sum()
 }
 
