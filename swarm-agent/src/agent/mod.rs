@@ -4,6 +4,7 @@
 //! the image store.
 
 pub mod distribution;
+pub mod dns;
 pub mod exec;
 pub mod images;
 pub mod overlay;

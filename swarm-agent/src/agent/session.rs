@@ -22,6 +22,10 @@ use crate::{
 pub trait Dispatcher: Send + Sync + 'static {
     fn call(&self, req: SessionRequest) -> BoxFuture<'_, Result<SessionResponse, ApiError>>;
     fn log_work(&self, req: WorkRequest) -> BoxFuture<'_, Result<WorkResponse, ApiError>>;
+    fn names(
+        &self,
+        req: crate::rpc::messages::NamesRequest,
+    ) -> BoxFuture<'_, Result<crate::rpc::messages::NamesResponse, ApiError>>;
     fn log_publish(&self, req: PublishRequest) -> BoxFuture<'_, Result<(), ApiError>>;
 }
 
@@ -45,6 +49,29 @@ pub async fn assignments(d: Arc<dyn Dispatcher>, worker: Arc<Worker>) {
             }
             Err(e) => {
                 tracing::debug!("assignments: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Pulls the names this node's tasks resolve into the worker's resolver, forever.
+pub async fn names(d: Arc<dyn Dispatcher>, worker: Arc<Worker>) {
+    let mut known = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let req = crate::rpc::messages::NamesRequest { known, wait_ms: POLL_WAIT.as_millis() as u64 };
+        match d.names(req).await {
+            Ok(resp) => {
+                backoff = Duration::from_millis(50);
+                if let Some(v) = resp.view {
+                    worker.resolver().set(v);
+                }
+                known = Some(resp.fingerprint);
+            }
+            Err(e) => {
+                tracing::debug!("names: {e}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }

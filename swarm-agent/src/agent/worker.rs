@@ -88,6 +88,8 @@ pub struct Worker {
     netns_dir: PathBuf,
     node_id: String,
     controllers: Mutex<BTreeMap<String, Controller>>,
+    /// The names tasks resolve (embedded DNS), from the dispatcher.
+    resolver: Arc<crate::agent::dns::Resolver>,
     report: mpsc::UnboundedSender<(String, TaskStatus)>,
     /// Status updates for the session to send.
     pub(crate) reports: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, TaskStatus)>>,
@@ -119,6 +121,7 @@ impl Worker {
             netns_dir,
             node_id,
             controllers: Mutex::new(BTreeMap::new()),
+            resolver: crate::agent::dns::Resolver::from_host(),
             report,
             reports: tokio::sync::Mutex::new(rx),
         })
@@ -137,6 +140,26 @@ impl Worker {
 
     pub fn executor(&self) -> &Arc<dyn Executor> {
         &self.exec
+    }
+
+    pub fn resolver(&self) -> &Arc<crate::agent::dns::Resolver> {
+        &self.resolver
+    }
+
+    /// The embedded DNS server of a task on overlay networks (none for a
+    /// task without any, which keeps the host's resolvers).
+    fn dns(&self, a: &Assignment, cid: &str) -> Option<crate::agent::dns::Server> {
+        let networks: Vec<String> = a.attachments.iter().map(|att| att.network.id.clone()).collect();
+        if networks.is_empty() {
+            return None;
+        }
+        match crate::agent::dns::serve(self.resolver.clone(), &self.netns_path(cid), networks) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(task = %a.task.id, "embedded DNS: {e}");
+                None
+            }
+        }
     }
 
     fn controllers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Controller>> {
@@ -193,6 +216,7 @@ impl Worker {
             self.send(&task_id, st);
         };
         let existing = self.exec.inspect(&cid).map(|c| c.state);
+        let mut dns = None;
         if let Some(ContainerState::Exited { code, .. }) = existing {
             self.finished(&task_id, &mut st, code, false);
             return;
@@ -245,6 +269,7 @@ impl Worker {
                 set(&mut st, TaskState::Shutdown, "shutdown");
                 return;
             }
+            dns = self.dns(&a, &cid);
             set(&mut st, TaskState::Starting, "starting");
             match self.exec.start(&cid).await {
                 Ok(pid) => st.pid = Some(pid),
@@ -256,7 +281,10 @@ impl Worker {
             }
         } else if let Some(ContainerState::Running { pid, .. }) = existing {
             st.pid = Some(pid);
+            dns = self.dns(&a, &cid);
         }
+        // Serves for as long as this controller runs.
+        let _dns = dns;
         let (signal, grace) = match self.exec.inspect(&cid) {
             Some(c) => (c.config.stop_signal.clone(), c.config.stop_grace),
             None => (String::new(), Duration::from_secs(10)),
@@ -455,6 +483,7 @@ impl Worker {
             node_id: self.node_id.clone(),
             endpoints: a.attachments.iter().map(|att| att.endpoint.id.clone()).collect(),
             runtime: String::new(),
+            embedded_dns: !a.attachments.is_empty(),
         };
         self.exec
             .prepare(cfg)

@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod controlapi;
 pub mod dispatcher;
 pub mod logs;
+pub mod names;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
@@ -290,6 +291,7 @@ impl Manager {
             .route(path::ATTACH, post(h_attach))
             .route(path::DETACH, post(h_detach))
             .route(path::SESSION, post(services::h_session))
+            .route(path::NAMES, post(services::h_names))
             .route(path::IMAGE_MANIFEST, post(services::h_image_manifest))
             .route(path::LOG_WORK, post(logs::h_log_work))
             .route(path::LOG_PUBLISH, post(logs::h_log_publish))

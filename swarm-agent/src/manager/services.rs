@@ -213,6 +213,37 @@ impl Manager {
         }
     }
 
+    /// The names a node's tasks resolve, by long poll.
+    async fn names(
+        &self,
+        caller: Caller,
+        req: crate::rpc::messages::NamesRequest,
+    ) -> Result<crate::rpc::messages::NamesResponse, ApiError> {
+        use crate::manager::names;
+        let node = self.caller_node(&caller, &[Role::Worker, Role::Manager])?.node_id;
+        let wait = Duration::from_millis(req.wait_ms).min(self.write_timeout() / 2);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.state.subscribe();
+        loop {
+            let view = self.state.read(|s| names::view(s, &names::node_networks(s, &node)));
+            let fp = view.fingerprint();
+            if req.known != Some(fp) || tokio::time::Instant::now() >= deadline {
+                let changed = req.known != Some(fp);
+                return Ok(crate::rpc::messages::NamesResponse {
+                    fingerprint: fp,
+                    view: changed.then_some(view),
+                });
+            }
+            if !self.is_leader() {
+                return Err(ApiError::no_leader());
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return Err(ApiError::no_leader()) },
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
     /// A node's session call: its statuses are committed (batched with other
     /// nodes'), then it gets its assignments, at once if they changed since
     /// `known`, else when they do or `wait_ms` pass.
@@ -273,6 +304,16 @@ fn split_puts(cmds: Vec<Command>) -> Vec<Command> {
         }
     }
     out
+}
+
+pub(super) async fn h_names(
+    State(m): State<Arc<Manager>>,
+    caller: Caller,
+    Json(req): Json<crate::rpc::messages::NamesRequest>,
+) -> Result<Json<crate::rpc::messages::NamesResponse>, ApiError> {
+    m.caller_node(&caller, &[Role::Worker, Role::Manager])?;
+    let (c, mm) = (caller.clone(), m.clone());
+    m.on_leader(&caller, path::NAMES, false, req, |req| async move { mm.names(c, req).await }).await.map(Json)
 }
 
 pub(super) async fn h_session(

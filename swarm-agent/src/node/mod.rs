@@ -809,6 +809,7 @@ impl SwarmNode {
                         () = me.run_agent() => {}
                         () = crate::agent::session::assignments(link.clone(), w.clone()) => {}
                         () = crate::agent::session::statuses(link.clone(), w.clone()) => {}
+                        () = crate::agent::session::names(link.clone(), w.clone()) => {}
                         () = crate::agent::session::logs(link, w) => {}
                     }
                 }
@@ -1044,6 +1045,13 @@ impl crate::agent::session::Dispatcher for NodeLink {
         req: crate::rpc::messages::SessionRequest,
     ) -> futures::future::BoxFuture<'_, Result<crate::rpc::messages::SessionResponse, ApiError>> {
         Box::pin(async move { self.node()?.call_managers(path::SESSION, &req).await })
+    }
+
+    fn names(
+        &self,
+        req: crate::rpc::messages::NamesRequest,
+    ) -> futures::future::BoxFuture<'_, Result<crate::rpc::messages::NamesResponse, ApiError>> {
+        Box::pin(async move { self.node()?.call_managers(path::NAMES, &req).await })
     }
 
     fn log_work(

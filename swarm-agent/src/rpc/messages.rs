@@ -37,6 +37,8 @@ pub mod path {
     pub const ATTACH: &str = "/network/attach";
     pub const DETACH: &str = "/network/detach";
     pub const SESSION: &str = "/dispatcher/session";
+    /// Long poll: the names this node's tasks resolve.
+    pub const NAMES: &str = "/dispatcher/names";
     pub const IMAGE_MANIFEST: &str = "/images/manifest";
     pub const IMAGE_LAYER: &str = "/images/layer";
     pub const LOG_WORK: &str = "/logs/work";
@@ -326,6 +328,21 @@ pub struct SessionRequest {
     pub known: Option<u64>,
     #[serde(default)]
     pub wait_ms: u64,
+}
+
+/// A node asks for the names of its tasks' networks: at once if they
+/// changed since `known`, else when they do or `wait_ms` pass.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamesRequest {
+    pub known: Option<u64>,
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamesResponse {
+    pub fingerprint: u64,
+    /// `None` when unchanged.
+    pub view: Option<crate::manager::names::NamesView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -54,6 +54,9 @@ pub struct ContainerConfig {
     /// The OCI runtime binary (set by the executor; empty before).
     #[serde(default)]
     pub runtime: String,
+    /// `/etc/resolv.conf` names the embedded DNS server (127.0.0.11).
+    #[serde(default)]
+    pub embedded_dns: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

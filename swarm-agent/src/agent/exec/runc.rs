@@ -203,11 +203,16 @@ impl Runc {
         }
         fs::write(dir.join("hosts"), hosts).map_err(temp)?;
         fs::write(dir.join("hostname"), format!("{}\n", cfg.hostname)).map_err(temp)?;
+        let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let mut resolv = String::new();
-        for l in fs::read_to_string("/etc/resolv.conf").unwrap_or_default().lines() {
-            if !l.trim_start().starts_with("nameserver 127.") {
-                resolv.push_str(l);
-                resolv.push('\n');
+        if cfg.embedded_dns {
+            resolv = crate::agent::dns::task_resolv_conf(&host_resolv);
+        } else {
+            for l in host_resolv.lines() {
+                if !l.trim_start().starts_with("nameserver 127.") {
+                    resolv.push_str(l);
+                    resolv.push('\n');
+                }
             }
         }
         fs::write(dir.join("resolv.conf"), resolv).map_err(temp)?;

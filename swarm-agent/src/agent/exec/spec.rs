@@ -196,6 +196,7 @@ mod tests {
             node_id: "n".into(),
             endpoints: vec![],
             runtime: "runc".into(),
+            embedded_dns: false,
         }
     }
 

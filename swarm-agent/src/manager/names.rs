@@ -1,0 +1,223 @@
+//! Service discovery data: what the embedded DNS of a node's tasks answers,
+//! per network, computed from the store (pure). Docker's records
+//! (`libnetwork` service records): `<service>` → its VIP on the network
+//! (`vip` mode) or its running tasks' addresses (`dnsrr`); `tasks.<service>`
+//! → the running tasks' addresses in both modes; the same for each network
+//! alias of the service (`--network name=N,alias=A`); a task's container
+//! name → its address; and PTR records for task addresses and VIPs
+//! (`<name>.<network>`). The ingress network has no names.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manager::store::{
+    state::ClusterState,
+    task::{Service, TaskState},
+};
+
+/// The names of one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetworkNames {
+    /// Lower-cased name → addresses.
+    pub names: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// Address → the name its PTR record gives.
+    pub ptr: BTreeMap<Ipv4Addr, String>,
+}
+
+/// The names a node's tasks can resolve, by network ID.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NamesView {
+    pub networks: BTreeMap<String, NetworkNames>,
+}
+
+impl NamesView {
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// The networks of the tasks assigned to `node_id` that want to run.
+pub fn node_networks(state: &ClusterState, node_id: &str) -> BTreeSet<String> {
+    state
+        .tasks
+        .values()
+        .filter(|t| t.node_id == node_id && t.is_runnable())
+        .flat_map(|t| t.networks.iter().map(|n| n.network_id.clone()))
+        .collect()
+}
+
+fn aliases(s: &Service, network_id: &str, state: &ClusterState) -> Vec<String> {
+    let attachments = s
+        .spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .chain(s.spec.networks.iter().flatten());
+    attachments
+        .filter(|a| {
+            a.target.as_deref().is_some_and(|t| {
+                t == network_id || state.networks.get(network_id).is_some_and(|n| n.name == t)
+            })
+        })
+        .flat_map(|a| a.aliases.clone().unwrap_or_default())
+        .collect()
+}
+
+/// The names on `networks` (ingress excluded).
+pub fn view(state: &ClusterState, networks: &BTreeSet<String>) -> NamesView {
+    let mut out = NamesView::default();
+    for net_id in networks {
+        let Some(net) = state.networks.get(net_id) else { continue };
+        if net.ingress {
+            continue;
+        }
+        let mut names = NetworkNames::default();
+        for s in state.services.values().filter(|s| s.networks.contains(net_id)) {
+            let running: Vec<(String, Ipv4Addr)> = state
+                .tasks_of(&s.id)
+                .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
+                .filter_map(|t| {
+                    let ip = t.networks.iter().find(|n| n.network_id == *net_id)?.ip.parse().ok()?;
+                    Some((t.container_name(s.name()), ip))
+                })
+                .collect();
+            let ips: Vec<Ipv4Addr> = running.iter().map(|(_, ip)| *ip).collect();
+            let vip: Option<Ipv4Addr> = s
+                .endpoint
+                .virtual_ips
+                .iter()
+                .find(|v| v.network_id == *net_id)
+                .and_then(|v| v.ip.parse().ok());
+            let service_answer = match vip {
+                Some(v) if !s.endpoint.dnsrr => vec![v],
+                _ => ips.clone(),
+            };
+            let mut service_names = vec![s.name().to_ascii_lowercase()];
+            service_names.extend(aliases(s, net_id, state).iter().map(|a| a.to_ascii_lowercase()));
+            for n in &service_names {
+                names.names.insert(n.clone(), service_answer.clone());
+                names.names.insert(format!("tasks.{n}"), ips.clone());
+            }
+            if let Some(v) = vip {
+                names.ptr.insert(v, format!("{}.{}", s.name(), net.name));
+            }
+            for (container, ip) in running {
+                names.names.insert(container.to_ascii_lowercase(), vec![ip]);
+                names.ptr.insert(ip, format!("{container}.{}", net.name));
+            }
+        }
+        out.networks.insert(net_id.clone(), names);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::{
+        orchestrator::testutil::{add_node, cluster, converge, spec},
+        store::{model::Network, state::Command, task::TaskStatus},
+    };
+    use bollard_stubs::models as m;
+
+    fn net(id: &str, subnet: &str, gateway: &str, vni: u32, ingress: bool) -> Network {
+        Network {
+            id: id.into(),
+            meta: crate::manager::store::model::Meta::default(),
+            name: format!("{id}-net"),
+            driver: "overlay".into(),
+            ingress,
+            attachable: false,
+            subnet: subnet.into(),
+            gateway: gateway.into(),
+            vni,
+            labels: BTreeMap::default(),
+            options: BTreeMap::default(),
+        }
+    }
+
+    fn running_state() -> ClusterState {
+        let mut s = cluster();
+        add_node(&mut s, "n1");
+        for n in [
+            net("ing", "10.0.0.0/24", "10.0.0.1", 4096, true),
+            net("app", "10.0.1.0/24", "10.0.1.1", 4097, false),
+        ] {
+            s.apply(1, &Command::CreateNetwork { network: Box::new(n) }).unwrap();
+        }
+        for (id, dnsrr) in [("web", false), ("rr", true)] {
+            let mut sp = spec(id, Some(2));
+            sp.endpoint_spec = Some(m::EndpointSpec {
+                mode: Some(if dnsrr { m::EndpointSpecModeEnum::DNSRR } else { m::EndpointSpecModeEnum::VIP }),
+                ports: None,
+            });
+            sp.task_template.as_mut().unwrap().networks = Some(vec![m::NetworkAttachmentConfig {
+                target: Some("app".into()),
+                aliases: Some(vec![format!("{id}-alias")]),
+                ..Default::default()
+            }]);
+            let svc = crate::manager::controlapi::new_service(id.into(), sp, vec!["app".into()], 0);
+            s.apply(2, &Command::CreateService { service: Box::new(svc) }).unwrap();
+        }
+        let mut next = 0;
+        converge(&mut s, 1, &mut next);
+        let updates: Vec<(String, TaskStatus)> = s
+            .tasks
+            .values()
+            .map(|t| {
+                let mut st = t.status.clone();
+                st.state = TaskState::Running;
+                (t.id.clone(), st)
+            })
+            .collect();
+        s.apply(9, &Command::SetTaskStatus { updates, now: 2 }).unwrap();
+        s
+    }
+
+    #[test]
+    fn vip_and_dnsrr_services_tasks_aliases_containers_and_ptr() {
+        let s = running_state();
+        let v = view(&s, &["app".to_owned(), "ing".to_owned()].into());
+        assert!(!v.networks.contains_key("ing"), "no names on ingress");
+        let n = &v.networks["app"];
+        let vip: Ipv4Addr = s.services["web"].endpoint.virtual_ips[0].ip.parse().unwrap();
+        assert_eq!(n.names["web"], [vip]);
+        assert_eq!(n.names["web-alias"], [vip]);
+        assert_eq!(n.names["tasks.web"].len(), 2);
+        assert!(!n.names["tasks.web"].contains(&vip));
+        assert_eq!(n.names["rr"].len(), 2, "dnsrr: the tasks");
+        assert_eq!(n.names["rr"], n.names["tasks.rr"]);
+        assert_eq!(n.names["tasks.rr-alias"], n.names["tasks.rr"]);
+        assert_eq!(n.ptr[&vip], "web.app-net");
+        let t = s.tasks.values().find(|t| t.service_id == "web").unwrap();
+        let name = t.container_name("web");
+        let ip: Ipv4Addr = t.networks[0].ip.parse().unwrap();
+        assert_eq!(n.names[&name.to_ascii_lowercase()], [ip]);
+        assert_eq!(n.ptr[&ip], format!("{name}.app-net"));
+    }
+
+    #[test]
+    fn stopped_tasks_leave_the_records_and_the_fingerprint_moves() {
+        let mut s = running_state();
+        let nets: BTreeSet<String> = ["app".to_owned()].into();
+        let before = view(&s, &nets);
+        let t = s.tasks.values().find(|t| t.service_id == "rr").unwrap().clone();
+        let mut st = t.status.clone();
+        st.state = TaskState::Failed;
+        s.apply(10, &Command::SetTaskStatus { updates: vec![(t.id.clone(), st)], now: 3 }).unwrap();
+        let after = view(&s, &nets);
+        assert_eq!(after.networks["app"].names["rr"].len(), 1);
+        assert!(!after.networks["app"].names.contains_key(&t.container_name("rr").to_ascii_lowercase()));
+        assert_ne!(before.fingerprint(), after.fingerprint());
+        assert_eq!(node_networks(&s, "n1"), ["app".to_owned()].into());
+    }
+}
