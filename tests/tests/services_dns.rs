@@ -116,3 +116,75 @@ fn tasks_resolve_services_tasks_aliases_and_containers_on_their_networks() {
     })
     .unwrap();
 }
+
+/// A stand-in upstream resolver on node1's underlay address: answers every
+/// A query with 198.18.0.200. Runs until the test process ends.
+fn fake_upstream(h: &swarm_tests::testbed::Host, addr: &str) {
+    let ns = std::fs::File::open(h.netns_path()).unwrap();
+    let addr = addr.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = std::net::UdpSocket::bind(&addr).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else { return };
+            if n < 12 {
+                continue;
+            }
+            let mut r = buf[..n].to_vec();
+            r[2] |= 0x80; // QR
+            r[3] |= 0x80; // RA
+            // The question's type follows its name (labels up to a 0).
+            let mut at = 12;
+            while at < n && r[at] != 0 {
+                at += 1 + usize::from(r[at]);
+            }
+            if r.get(at + 1..at + 3) == Some(&[0, 1]) {
+                r[7] = 1; // ANCOUNT = 1
+                // The name by pointer to the question, A, IN, TTL 60, 198.18.0.200.
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 0, 200]);
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    rx.recv().unwrap();
+}
+
+#[test]
+fn names_the_cluster_does_not_own_go_to_the_upstream_resolver() {
+    let tb = cluster(2, 1, &[("SWARM_DNS_UPSTREAMS", "198.18.0.1:5353")], &[]);
+    fake_upstream(tb.host(0), "198.18.0.1:5353");
+    for h in tb.hosts() {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    docker(m, &["network", "create", "--driver", "overlay", "app"]).unwrap();
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "fw",
+            "--replicas",
+            "2",
+            "--network",
+            "app",
+            "busybox",
+            "sleep",
+            "1d",
+        ],
+    )
+    .unwrap();
+    wait_replicas(&tb, "fw", "2/2", LONG);
+    for c in running_containers(&tb) {
+        let (a, out) = lookup(&tb, c.host, &c.id, "example.org");
+        assert_eq!(a, ["198.18.0.200"], "from {}: {out}", tb.host(c.host).name);
+        let (own, out) = lookup(&tb, c.host, &c.id, "fw");
+        assert_eq!(own.len(), 1, "{out}");
+        assert_ne!(own[0], "198.18.0.200", "our own names are not forwarded: {out}");
+    }
+}

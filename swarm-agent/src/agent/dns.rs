@@ -52,7 +52,12 @@ impl Resolver {
     /// left out: they are not reachable from the agent's forwarder's view).
     pub fn from_host() -> Arc<Resolver> {
         let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        Arc::new(Resolver { view: RwLock::new(NamesView::default()), upstreams: upstreams_of(&conf) })
+        Resolver::with_upstreams(upstreams_of(&conf))
+    }
+
+    /// With these upstream resolvers (`daemon --dns-upstream`).
+    pub fn with_upstreams(upstreams: Vec<SocketAddr>) -> Arc<Resolver> {
+        Arc::new(Resolver { view: RwLock::new(NamesView::default()), upstreams })
     }
 
     pub fn set(&self, view: NamesView) {

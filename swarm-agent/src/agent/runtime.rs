@@ -12,6 +12,9 @@ pub struct Runtime {
     pub netns_dir: PathBuf,
     /// Registries pulled from over plain HTTP (`host:port`).
     pub insecure_registries: Vec<String>,
+    /// Where tasks' embedded DNS forwards names it does not own (empty:
+    /// the host's `/etc/resolv.conf`).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -43,6 +46,7 @@ impl Runtime {
             )?),
             netns_dir: data_root.join("netns"),
             insecure_registries,
+            dns_upstreams: Vec::new(),
         })
     }
 }

@@ -112,6 +112,7 @@ impl Worker {
         net: Arc<dyn NodeServices>,
         netns_dir: PathBuf,
         node_id: String,
+        dns_upstreams: Vec<std::net::SocketAddr>,
     ) -> Arc<Worker> {
         let (report, rx) = mpsc::unbounded_channel();
         Arc::new(Worker {
@@ -121,7 +122,11 @@ impl Worker {
             netns_dir,
             node_id,
             controllers: Mutex::new(BTreeMap::new()),
-            resolver: crate::agent::dns::Resolver::from_host(),
+            resolver: if dns_upstreams.is_empty() {
+                crate::agent::dns::Resolver::from_host()
+            } else {
+                crate::agent::dns::Resolver::with_upstreams(dns_upstreams)
+            },
             report,
             reports: tokio::sync::Mutex::new(rx),
         })

@@ -36,6 +36,10 @@ pub struct DaemonArgs {
     /// An engine label, key=value (what `engine.labels.<key>` constraints match)
     #[arg(long = "label", env = "SWARM_ENGINE_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// A resolver (ip or ip:port) tasks' embedded DNS forwards other names to
+    /// (default: the host's /etc/resolv.conf)
+    #[arg(long = "dns-upstream", env = "SWARM_DNS_UPSTREAMS", value_delimiter = ',')]
+    pub dns_upstreams: Vec<String>,
     /// A registry (host:port) to pull from over plain HTTP
     #[arg(long = "insecure-registry", env = "SWARM_INSECURE_REGISTRIES", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
@@ -71,6 +75,19 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
             return ExitCode::FAILURE;
         }
     }
+    let mut dns_upstreams = Vec::new();
+    for u in &args.dns_upstreams {
+        let parsed = u
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .or_else(|| u.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, 53)));
+        if let Some(a) = parsed {
+            dns_upstreams.push(a);
+        } else {
+            eprintln!("Error: invalid DNS upstream {u:?}: want an IP address or IP:port");
+            return ExitCode::FAILURE;
+        }
+    }
     let oci = match crate::agent::exec::runc::pick_runtime(&args.runtime) {
         Ok(r) => r,
         Err(e) => {
@@ -91,7 +108,10 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
         args.insecure_registries.clone(),
         oci,
     ) {
-        Ok(r) => std::sync::Arc::new(r),
+        Ok(mut r) => {
+            r.dns_upstreams = dns_upstreams;
+            std::sync::Arc::new(r)
+        }
         Err(e) => {
             eprintln!("Error: opening the image store and executor under {}: {e}", data_root.display());
             return ExitCode::FAILURE;

@@ -252,6 +252,7 @@ impl SwarmNode {
                     Arc::new(NodeLink(me.clone())),
                     rt.netns_dir.clone(),
                     node_id,
+                    rt.dns_upstreams.clone(),
                 )
             });
             SwarmNode {
