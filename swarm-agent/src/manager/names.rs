@@ -130,19 +130,14 @@ mod tests {
     use bollard_stubs::models as m;
 
     fn net(id: &str, subnet: &str, gateway: &str, vni: u32, ingress: bool) -> Network {
-        Network {
-            id: id.into(),
-            meta: crate::manager::store::model::Meta::default(),
-            name: format!("{id}-net"),
-            driver: "overlay".into(),
-            ingress,
-            attachable: false,
-            subnet: subnet.into(),
-            gateway: gateway.into(),
+        crate::manager::orchestrator::testutil::network(
+            id,
+            &format!("{id}-net"),
+            subnet,
+            gateway,
             vni,
-            labels: BTreeMap::default(),
-            options: BTreeMap::default(),
-        }
+            ingress,
+        )
     }
 
     fn running_state() -> ClusterState {

@@ -221,18 +221,35 @@ impl Manager {
     ) -> Result<crate::rpc::messages::NamesResponse, ApiError> {
         use crate::manager::names;
         let node = self.caller_node(&caller, &[Role::Worker, Role::Manager])?.node_id;
-        let wait = Duration::from_millis(req.wait_ms).min(self.write_timeout() / 2);
+        let (fingerprint, view) = self
+            .long_poll(
+                req.known,
+                req.wait_ms,
+                |s| names::view(s, &names::node_networks(s, &node)).fingerprint(),
+                |s| names::view(s, &names::node_networks(s, &node)),
+            )
+            .await?;
+        Ok(crate::rpc::messages::NamesResponse { fingerprint, view })
+    }
+
+    /// A long poll on the store: at once if `fingerprint` differs from
+    /// `known`, else when it changes or `wait_ms` pass; `value` only when it
+    /// changed.
+    async fn long_poll<T>(
+        &self,
+        known: Option<u64>,
+        wait_ms: u64,
+        fingerprint: impl Fn(&crate::manager::store::state::ClusterState) -> u64,
+        value: impl Fn(&crate::manager::store::state::ClusterState) -> T,
+    ) -> Result<(u64, Option<T>), ApiError> {
+        let wait = Duration::from_millis(wait_ms).min(self.write_timeout() / 2);
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.state.subscribe();
         loop {
-            let view = self.state.read(|s| names::view(s, &names::node_networks(s, &node)));
-            let fp = view.fingerprint();
-            if req.known != Some(fp) || tokio::time::Instant::now() >= deadline {
-                let changed = req.known != Some(fp);
-                return Ok(crate::rpc::messages::NamesResponse {
-                    fingerprint: fp,
-                    view: changed.then_some(view),
-                });
+            let fp = self.state.read(&fingerprint);
+            if known != Some(fp) || tokio::time::Instant::now() >= deadline {
+                let changed = known != Some(fp);
+                return Ok((fp, changed.then(|| self.state.read(&value))));
             }
             if !self.is_leader() {
                 return Err(ApiError::no_leader());
@@ -256,24 +273,15 @@ impl Manager {
             self.status_tx.send((statuses, tx)).await.map_err(|_| ApiError::no_leader())?;
             rx.await.map_err(|_| ApiError::no_leader())??;
         }
-        let wait = Duration::from_millis(req.wait_ms).min(self.write_timeout() / 2);
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut changes = self.state.subscribe();
-        loop {
-            let fp = self.state.read(|s| dispatcher::fingerprint(s, &node));
-            if req.known != Some(fp) || tokio::time::Instant::now() >= deadline {
-                let changed = req.known != Some(fp);
-                let assignments = changed.then(|| self.state.read(|s| dispatcher::assignments(s, &node)));
-                return Ok(SessionResponse { fingerprint: fp, assignments });
-            }
-            if !self.is_leader() {
-                return Err(ApiError::no_leader());
-            }
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { return Err(ApiError::no_leader()) },
-                () = tokio::time::sleep_until(deadline) => {}
-            }
-        }
+        let (fingerprint, assignments) = self
+            .long_poll(
+                req.known,
+                req.wait_ms,
+                |s| dispatcher::fingerprint(s, &node),
+                |s| dispatcher::assignments(s, &node),
+            )
+            .await?;
+        Ok(SessionResponse { fingerprint, assignments })
     }
 }
 

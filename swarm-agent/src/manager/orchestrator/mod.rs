@@ -161,7 +161,7 @@ pub mod testutil {
     use crate::{
         ca::Role,
         manager::store::{
-            model::{Cluster, ClusterSpec, NodeDescription, NodeSpec, NodeStatus},
+            model::{Cluster, ClusterSpec, Network, NodeDescription, NodeSpec, NodeStatus},
             state::Command,
         },
     };
@@ -183,6 +183,23 @@ pub mod testutil {
             gossip_keys_rotated_at: 0,
         });
         s
+    }
+
+    /// An overlay network `id` called `name`.
+    pub fn network(id: &str, name: &str, subnet: &str, gateway: &str, vni: u32, ingress: bool) -> Network {
+        Network {
+            id: id.into(),
+            meta: Meta::default(),
+            name: name.into(),
+            driver: "overlay".into(),
+            ingress,
+            attachable: false,
+            subnet: subnet.into(),
+            gateway: gateway.into(),
+            vni,
+            labels: std::collections::BTreeMap::default(),
+            options: std::collections::BTreeMap::default(),
+        }
     }
 
     pub fn add_node(s: &mut ClusterState, id: &str) {

@@ -270,19 +270,7 @@ mod tests {
     };
 
     fn net(id: &str, subnet: &str, gateway: &str, vni: u32, ingress: bool) -> Network {
-        Network {
-            id: id.into(),
-            meta: Meta::default(),
-            name: id.into(),
-            driver: "overlay".into(),
-            ingress,
-            attachable: false,
-            subnet: subnet.into(),
-            gateway: gateway.into(),
-            vni,
-            labels: std::collections::BTreeMap::default(),
-            options: std::collections::BTreeMap::default(),
-        }
+        crate::manager::orchestrator::testutil::network(id, id, subnet, gateway, vni, ingress)
     }
 
     fn state() -> ClusterState {
