@@ -10,6 +10,7 @@
 //! the `aya::Pod` impls user space needs to read and write maps.
 #![cfg_attr(not(test), no_std)]
 
+pub mod lb;
 pub mod names;
 pub mod overlay;
 pub mod stats;

@@ -46,6 +46,15 @@ pub const MAP_OVERLAY_DROPS: &str = "OVERLAY_DROPS";
 /// `PERCPU_ARRAY` indexed by [`crate::overlay::Event`] → [`crate::stats::Counter`].
 pub const MAP_OVERLAY_EVENTS: &str = "OVERLAY_EVENTS";
 
+/// `HASH` [`crate::lb::FrontendKey`] → [`crate::lb::Frontend`]: service VIPs
+/// and published ports.
+pub const MAP_SERVICE_FRONTENDS: &str = "SERVICE_FRONTENDS";
+/// `HASH` [`crate::lb::BackendKey`] → [`crate::lb::Backend`].
+pub const MAP_SERVICE_BACKENDS: &str = "SERVICE_BACKENDS";
+/// `LRU_HASH` [`crate::lb::FlowKey`] → [`crate::lb::Flow`]: the translation
+/// of each flow, both directions.
+pub const MAP_SERVICE_FLOWS: &str = "SERVICE_FLOWS";
+
 /// Every program name, for checks that the object has them all.
 pub const ALL_PROGRAMS: &[&str] =
     &[PROG_XDP_VXLAN_COUNT, PROG_TC_FROM_ENDPOINT, PROG_TC_FROM_UNDERLAY, PROG_XDP_UNDERLAY];
@@ -61,4 +70,7 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_OVERLAY_HOSTS,
     MAP_OVERLAY_DROPS,
     MAP_OVERLAY_EVENTS,
+    MAP_SERVICE_FRONTENDS,
+    MAP_SERVICE_BACKENDS,
+    MAP_SERVICE_FLOWS,
 ];

@@ -79,13 +79,26 @@ pub enum Event {
     DeliveredLocally = 2,
     /// An ARP request from an endpoint answered from the endpoint table.
     ArpReplied = 3,
+    /// A new flow to a service frontend was given a backend.
+    NewFlow = 4,
+    /// A reply's source turned back into its frontend's address.
+    ReverseTranslated = 5,
+    /// A reply of a published-port flow sent out to its outside client.
+    SentToClient = 6,
 }
 
-pub const EVENT_COUNT: u32 = 4;
+pub const EVENT_COUNT: u32 = 7;
 
 impl Event {
-    pub const ALL: [Event; EVENT_COUNT as usize] =
-        [Event::Encapsulated, Event::Decapsulated, Event::DeliveredLocally, Event::ArpReplied];
+    pub const ALL: [Event; EVENT_COUNT as usize] = [
+        Event::Encapsulated,
+        Event::Decapsulated,
+        Event::DeliveredLocally,
+        Event::ArpReplied,
+        Event::NewFlow,
+        Event::ReverseTranslated,
+        Event::SentToClient,
+    ];
 
     #[must_use]
     pub const fn index(self) -> u32 {
@@ -99,6 +112,9 @@ impl Event {
             Event::Decapsulated => "decapsulated",
             Event::DeliveredLocally => "delivered-locally",
             Event::ArpReplied => "arp-replied",
+            Event::NewFlow => "new-flow",
+            Event::ReverseTranslated => "reverse-translated",
+            Event::SentToClient => "sent-to-client",
         }
     }
 }
@@ -181,9 +197,14 @@ pub enum DropReason {
     AdjustRoomFailed = 11,
     /// The datapath has no host configuration yet.
     NotConfigured = 12,
+    /// To a service frontend that has no running backend.
+    NoBackend = 13,
+    /// To a service frontend: a fragment, IP options or a truncated L4
+    /// header (never rewritten).
+    MalformedServicePacket = 14,
 }
 
-pub const DROP_REASON_COUNT: u32 = 13;
+pub const DROP_REASON_COUNT: u32 = 15;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASON_COUNT as usize] = [
@@ -200,6 +221,8 @@ impl DropReason {
         DropReason::ArpUnknownTarget,
         DropReason::AdjustRoomFailed,
         DropReason::NotConfigured,
+        DropReason::NoBackend,
+        DropReason::MalformedServicePacket,
     ];
 
     #[must_use]
@@ -223,6 +246,8 @@ impl DropReason {
             DropReason::ArpUnknownTarget => "arp-unknown-target",
             DropReason::AdjustRoomFailed => "adjust-room-failed",
             DropReason::NotConfigured => "not-configured",
+            DropReason::NoBackend => "no-backend",
+            DropReason::MalformedServicePacket => "malformed-service-packet",
         }
     }
 }

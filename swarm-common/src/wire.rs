@@ -19,6 +19,11 @@ pub const ARP_REQUEST: u16 = 1;
 pub const ARP_REPLY: u16 = 2;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// Offsets of the checksum field in the TCP and UDP headers.
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
 /// VXLAN flags byte: the I flag, "VNI is valid" (RFC 7348 §5).
 pub const VXLAN_FLAG_I: u8 = 0x08;
 /// IPv4 `frag_off` bits: more-fragments flag and the offset field.

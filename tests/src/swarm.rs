@@ -50,12 +50,24 @@ pub fn token(manager: &Host, role: &str) -> String {
 /// A cluster: `init` on host 0 (with `init_args`), then `managers - 1` more
 /// managers and the rest as workers. `env` goes to every daemon.
 pub fn cluster(hosts: usize, managers: usize, env: &[(&str, &str)], init_args: &[&str]) -> Testbed {
-    let tb = Testbed::up(hosts).expect("testbed");
+    cluster_with_outsiders(hosts, managers, 0, env, init_args)
+}
+
+/// As [`cluster`], with `outsiders` more testbed hosts after the cluster's
+/// that run no agent: clients from outside the swarm.
+pub fn cluster_with_outsiders(
+    hosts: usize,
+    managers: usize,
+    outsiders: usize,
+    env: &[(&str, &str)],
+    init_args: &[&str],
+) -> Testbed {
+    let tb = Testbed::up(hosts + outsiders).expect("testbed");
     let mut args = vec!["init"];
     args.extend_from_slice(init_args);
     agent_env(tb.host(0), env, &args).expect("init");
     let (wt, mt) = (token(tb.host(0), "worker"), token(tb.host(0), "manager"));
-    for (i, h) in tb.hosts().iter().enumerate().skip(1) {
+    for (i, h) in tb.hosts().iter().enumerate().take(hosts).skip(1) {
         let t = if i < managers { &mt } else { &wt };
         agent_env(h, env, &["join", "--token", t, "198.18.0.1:2377"]).expect("join");
     }

@@ -279,7 +279,10 @@ mod tests {
         app.ptr.insert(Ipv4Addr::new(10, 0, 1, 3), "web.1.abc.app".into());
         let mut other = NetworkNames::default();
         other.names.insert("db".into(), vec![Ipv4Addr::new(10, 0, 2, 2)]);
-        NamesView { networks: [("app".to_owned(), app), ("other".to_owned(), other)].into() }
+        NamesView {
+            networks: [("app".to_owned(), app), ("other".to_owned(), other)].into(),
+            ..NamesView::default()
+        }
     }
 
     fn query(name: &str, t: TYPE) -> Vec<u8> {

@@ -17,14 +17,18 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, task::JoinHandle};
 
+use swarm_common::lb::FrontendKey;
+
 use crate::datapath::{
     DatapathError, PinLayout,
     host::HostDatapath,
     netlink::{self, EndpointLink},
 };
 use crate::{
+    datapath::balancer::Want,
     error::ApiError,
     gossip::{Gossip, GossipConfig, GossipEvent, table::EndpointRecord},
+    manager::names::Balancers,
     manager::store::{ipam::Cidr, model::Network},
     rpc::messages::{AttachResponse, GossipKey},
 };
@@ -61,6 +65,8 @@ pub struct Overlay {
     endpoints: Mutex<Vec<LocalEndpoint>>,
     /// Serializes connect/disconnect.
     op: tokio::sync::Mutex<()>,
+    /// The load balancing last asked for (applied once the datapath runs).
+    balancers: Mutex<Option<Balancers>>,
 }
 
 struct Running {
@@ -85,6 +91,7 @@ impl Overlay {
             inner: Mutex::new(None),
             endpoints: Mutex::new(endpoints),
             op: tokio::sync::Mutex::new(()),
+            balancers: Mutex::new(None),
         }
     }
 
@@ -129,7 +136,56 @@ impl Overlay {
         }
         *lock(&self.inner) =
             Some(Running { datapath, gossip, events, keys, down: std::collections::BTreeSet::new() });
+        let pending = lock(&self.balancers).clone();
+        if let Some(lb) = pending {
+            self.apply_balancers(&lb);
+        }
         Ok(())
+    }
+
+    /// What the datapath balances (from the managers): VIPs, published
+    /// ports and the ingress network, which every node joins (its tables
+    /// and gossip) to reach the tasks behind published ports.
+    pub fn set_balancers(&self, lb: &Balancers) {
+        let changed = lock(&self.balancers).as_ref() != Some(lb);
+        if changed {
+            *lock(&self.balancers) = Some(lb.clone());
+            self.apply_balancers(lb);
+        }
+    }
+
+    fn apply_balancers(&self, lb: &Balancers) {
+        let Ok((datapath, gossip)) = self.running() else { return };
+        let mut want = std::collections::BTreeMap::new();
+        for v in &lb.vips {
+            want.insert(
+                FrontendKey::vip(v.vni, v.vip.octets()),
+                Want { backend_vni: v.vni, target_port: 0, backends: v.backends.clone() },
+            );
+        }
+        let mut d = lock(&datapath);
+        if let Some(ing) = &lb.ingress {
+            for p in &lb.published {
+                want.insert(
+                    FrontendKey::published(p.port, p.protocol),
+                    Want { backend_vni: ing.vni, target_port: p.target, backends: p.backends.clone() },
+                );
+            }
+            if let Ok(subnet) = Cidr::parse(&ing.subnet)
+                && let Err(e) = d.set_network(ing.vni, subnet.network(), subnet.prefix, ing.gateway)
+            {
+                tracing::warn!("datapath: ingress network: {e}");
+            }
+            gossip.join(&ing.id);
+        }
+        if let Err(e) = d.set_balancers(&want) {
+            tracing::warn!("datapath: service frontends: {e}");
+        }
+    }
+
+    /// The ingress network's VNI, if the managers named one.
+    fn ingress_vni(&self) -> Option<u32> {
+        lock(&self.balancers).as_ref().and_then(|b| b.ingress.as_ref()).map(|i| i.vni)
     }
 
     pub fn is_running(&self) -> bool {
@@ -271,7 +327,7 @@ impl Overlay {
                 !lock(&self.endpoints).iter().any(|e| e.vni == ep.vni && e.endpoint_id != ep.endpoint_id);
             let mut d = lock(&datapath);
             d.remove_local_endpoint(&ep.host_iface, ep.host_ifindex, ep.vni, ep.ip).map_err(dp_err)?;
-            if last_in_network {
+            if last_in_network && Some(ep.vni) != self.ingress_vni() {
                 d.remove_network(ep.vni).map_err(dp_err)?;
             }
         }

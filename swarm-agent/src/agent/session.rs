@@ -66,6 +66,7 @@ pub async fn names(d: Arc<dyn Dispatcher>, worker: Arc<Worker>) {
             Ok(resp) => {
                 backoff = Duration::from_millis(50);
                 if let Some(v) = resp.view {
+                    worker.balance(&v.lb);
                     worker.resolver().set(v);
                 }
                 known = Some(resp.fingerprint);

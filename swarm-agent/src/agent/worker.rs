@@ -36,6 +36,8 @@ pub trait NodeServices: Send + Sync + 'static {
     fn detach<'a>(&'a self, endpoint_id: &'a str) -> BoxFuture<'a, Result<(), String>>;
     /// Fetches `reference` into the image store; `Ok(false)` if nobody has it.
     fn fetch_image<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<bool, String>>;
+    /// What the node's datapath load-balances (service VIPs, published ports).
+    fn balance(&self, _lb: &crate::manager::names::Balancers) {}
 }
 
 /// What the worker does about one task.
@@ -149,6 +151,11 @@ impl Worker {
 
     pub fn resolver(&self) -> &Arc<crate::agent::dns::Resolver> {
         &self.resolver
+    }
+
+    /// Hands the managers' load balancing to the node's datapath.
+    pub fn balance(&self, lb: &crate::manager::names::Balancers) {
+        self.net.balance(lb);
     }
 
     /// The embedded DNS server of a task on overlay networks (none for a

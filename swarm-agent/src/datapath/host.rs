@@ -54,6 +54,8 @@ pub struct HostDatapath {
     pub underlay_mtu: u32,
     /// Which XDP mode the underlay runs, if any.
     pub xdp: Option<XdpMode>,
+    /// The service frontends as programmed.
+    balancers: super::balancer::Applied,
 }
 
 /// The interface that has `ip`.
@@ -86,8 +88,16 @@ impl HostDatapath {
             vxlan_port,
             pad: 0,
         })?;
-        let mut dp =
-            HostDatapath { ebpf, pins, underlay: underlay.clone(), underlay_ip, underlay_mtu, xdp: None };
+        let balancers = super::balancer::read(&mut overlay::LbMaps::new(&mut ebpf))?;
+        let mut dp = HostDatapath {
+            ebpf,
+            pins,
+            underlay: underlay.clone(),
+            underlay_ip,
+            underlay_mtu,
+            xdp: None,
+            balancers,
+        };
         dp.attach_tc(PROG_TC_FROM_UNDERLAY, &underlay)?;
         let mode = match xdp {
             XdpPolicy::Off => None,
@@ -266,6 +276,22 @@ impl HostDatapath {
             self.maps().set_host(*new)?;
         }
         Ok(())
+    }
+
+    /// Makes the service frontends exactly `want`.
+    pub fn set_balancers(
+        &mut self,
+        want: &std::collections::BTreeMap<swarm_common::lb::FrontendKey, super::balancer::Want>,
+    ) -> Result<(), DatapathError> {
+        let mut maps = overlay::LbMaps::new(&mut self.ebpf);
+        super::balancer::sync(&mut maps, &mut self.balancers, want)
+    }
+
+    /// The flow table (translations of balanced flows).
+    pub fn flows(
+        &mut self,
+    ) -> Result<Vec<(swarm_common::lb::FlowKey, swarm_common::lb::Flow)>, DatapathError> {
+        overlay::LbMaps::new(&mut self.ebpf).flows()
     }
 
     pub fn drops(&mut self) -> Result<Vec<(DropReason, Counter)>, DatapathError> {

@@ -1,6 +1,7 @@
 //! The eBPF datapath: loading the embedded programs, pinning, attaching, and
 //! reading their maps. Program and map names come from `swarm_common::names`.
 
+pub mod balancer;
 pub mod bpffs;
 pub mod host;
 pub mod netlink;

@@ -7,9 +7,11 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use swarm_common::{
+    lb::{Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey},
     names::{
         MAP_OVERLAY_CONFIG, MAP_OVERLAY_DROPS, MAP_OVERLAY_ENDPOINTS, MAP_OVERLAY_EVENTS, MAP_OVERLAY_HOSTS,
-        MAP_OVERLAY_LOCAL, MAP_OVERLAY_NETWORKS,
+        MAP_OVERLAY_LOCAL, MAP_OVERLAY_NETWORKS, MAP_SERVICE_BACKENDS, MAP_SERVICE_FLOWS,
+        MAP_SERVICE_FRONTENDS,
     },
     overlay::{
         DropReason, EndpointInfo, EndpointKey, Event, HostConfig, HostKey, LocalEndpoint, NetworkInfo,
@@ -167,5 +169,67 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::M
             Ok(())
         }
         r => r,
+    }
+}
+
+/// The service load-balancing maps of a loaded object.
+pub struct LbMaps<'a> {
+    ebpf: &'a mut Ebpf,
+}
+
+impl<'a> LbMaps<'a> {
+    pub fn new(ebpf: &'a mut Ebpf) -> LbMaps<'a> {
+        LbMaps { ebpf }
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
+        self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))
+    }
+
+    pub fn frontends(&mut self) -> Result<Vec<(FrontendKey, Frontend)>, DatapathError> {
+        let m: HashMap<&mut MapData, FrontendKey, Frontend> =
+            HashMap::try_from(self.map(MAP_SERVICE_FRONTENDS)?).map_err(map_err(MAP_SERVICE_FRONTENDS))?;
+        m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(MAP_SERVICE_FRONTENDS))
+    }
+
+    pub fn set_frontend(&mut self, key: FrontendKey, fe: Frontend) -> Result<(), DatapathError> {
+        let mut m: HashMap<&mut MapData, FrontendKey, Frontend> =
+            HashMap::try_from(self.map(MAP_SERVICE_FRONTENDS)?).map_err(map_err(MAP_SERVICE_FRONTENDS))?;
+        m.insert(key, fe, 0).map_err(map_err(MAP_SERVICE_FRONTENDS))
+    }
+
+    pub fn remove_frontend(&mut self, key: FrontendKey) -> Result<(), DatapathError> {
+        let mut m: HashMap<&mut MapData, FrontendKey, Frontend> =
+            HashMap::try_from(self.map(MAP_SERVICE_FRONTENDS)?).map_err(map_err(MAP_SERVICE_FRONTENDS))?;
+        ignore_missing(m.remove(&key)).map_err(map_err(MAP_SERVICE_FRONTENDS))
+    }
+
+    pub fn backend(&mut self, key: BackendKey) -> Result<Option<Backend>, DatapathError> {
+        let m: HashMap<&mut MapData, BackendKey, Backend> =
+            HashMap::try_from(self.map(MAP_SERVICE_BACKENDS)?).map_err(map_err(MAP_SERVICE_BACKENDS))?;
+        match m.get(&key, 0) {
+            Ok(b) => Ok(Some(b)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_SERVICE_BACKENDS)(e)),
+        }
+    }
+
+    pub fn set_backend(&mut self, key: BackendKey, b: Backend) -> Result<(), DatapathError> {
+        let mut m: HashMap<&mut MapData, BackendKey, Backend> =
+            HashMap::try_from(self.map(MAP_SERVICE_BACKENDS)?).map_err(map_err(MAP_SERVICE_BACKENDS))?;
+        m.insert(key, b, 0).map_err(map_err(MAP_SERVICE_BACKENDS))
+    }
+
+    pub fn remove_backend(&mut self, key: BackendKey) -> Result<(), DatapathError> {
+        let mut m: HashMap<&mut MapData, BackendKey, Backend> =
+            HashMap::try_from(self.map(MAP_SERVICE_BACKENDS)?).map_err(map_err(MAP_SERVICE_BACKENDS))?;
+        ignore_missing(m.remove(&key)).map_err(map_err(MAP_SERVICE_BACKENDS))
+    }
+
+    /// The flow table (for inspection and tests).
+    pub fn flows(&mut self) -> Result<Vec<(FlowKey, Flow)>, DatapathError> {
+        let m: HashMap<&mut MapData, FlowKey, Flow> =
+            HashMap::try_from(self.map(MAP_SERVICE_FLOWS)?).map_err(map_err(MAP_SERVICE_FLOWS))?;
+        m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(MAP_SERVICE_FLOWS))
     }
 }

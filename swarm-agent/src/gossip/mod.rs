@@ -93,6 +93,7 @@ pub enum GossipEvent {
 enum Cmd {
     SetLocal { network: String, key: String, record: EndpointRecord },
     RemoveLocal { network: String, key: String },
+    Join(String),
     Keys(Vec<GossipKey>),
     Seeds(Vec<Ipv4Addr>),
     Down(BTreeSet<String>),
@@ -184,6 +185,11 @@ impl Gossip {
         let _ = self.cmds.send(Cmd::SetLocal { network: network.into(), key: key.into(), record });
     }
 
+    /// Stays in `network`'s table without endpoints of this node's own.
+    pub fn join(&self, network: &str) {
+        let _ = self.cmds.send(Cmd::Join(network.into()));
+    }
+
     /// Withdraws one of this node's endpoints.
     pub fn remove_local(&self, network: &str, key: &str) {
         let _ = self.cmds.send(Cmd::RemoveLocal { network: network.into(), key: key.into() });
@@ -272,6 +278,10 @@ impl Runtime {
                     }
                     Some(Cmd::RemoveLocal { network, key }) => {
                         let outs = lock(&self.shared.db).remove_local(&network, &key);
+                        self.apply(outs).await;
+                    }
+                    Some(Cmd::Join(network)) => {
+                        let outs = lock(&self.shared.db).join(&network);
                         self.apply(outs).await;
                     }
                     Some(Cmd::Keys(keys)) => {

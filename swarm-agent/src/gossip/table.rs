@@ -76,6 +76,9 @@ pub struct NetworkDb {
     incarnation: u64,
     counter: u64,
     my_networks: BTreeSet<String>,
+    /// Networks this node stays in without endpoints of its own (ingress:
+    /// every node forwards to its tasks).
+    joined: BTreeSet<String>,
     /// Other nodes' networks, with the version of their last announcement.
     node_networks: BTreeMap<String, (Version, BTreeSet<String>)>,
     /// Tables of the networks this node is in.
@@ -92,6 +95,7 @@ impl NetworkDb {
             incarnation,
             counter: 0,
             my_networks: BTreeSet::new(),
+            joined: BTreeSet::new(),
             node_networks: BTreeMap::new(),
             tables: BTreeMap::new(),
             alive: BTreeSet::new(),
@@ -145,6 +149,16 @@ impl NetworkDb {
         self.tables.get(network).map(|t| t.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Keeps this node in `network`'s table whether or not it has endpoints
+    /// there: it learns the others' endpoints.
+    pub fn join(&mut self, network: &str) -> Vec<Out> {
+        if !self.joined.insert(network.to_owned()) {
+            return Vec::new();
+        }
+        self.tables.entry(network.to_owned()).or_default();
+        if self.my_networks.insert(network.to_owned()) { self.announce() } else { Vec::new() }
+    }
+
     /// Adds or changes one of this node's endpoints; joins the network's
     /// table if this is the first.
     pub fn set_local(&mut self, network: &str, key: &str, record: EndpointRecord) -> Vec<Out> {
@@ -178,7 +192,7 @@ impl NetworkDb {
             .tables
             .get(network)
             .is_some_and(|t| t.values().any(|e| e.owner == self.me && e.value.is_some()));
-        if !still_mine && self.my_networks.remove(network) {
+        if !still_mine && !self.joined.contains(network) && self.my_networks.remove(network) {
             // Forget the table: everyone else's endpoints there go away here.
             if let Some(t) = self.tables.remove(network) {
                 for e in t.into_values() {
@@ -394,6 +408,31 @@ mod tests {
         );
         assert!(!ch.contains_key("c"), "c has no endpoint in net1");
         assert!(dbs["c"].entries("net1").is_empty());
+    }
+
+    #[test]
+    fn a_joined_node_learns_endpoints_without_having_any() {
+        let mut dbs = cluster(&["a", "b", "c"]);
+        let out = dbs.get_mut("a").unwrap().set_local("ingress", "ea", rec(2, 1));
+        run(&mut dbs, out.into_iter().map(|o| ("a".into(), o)).collect());
+        let out = dbs.get_mut("c").unwrap().join("ingress");
+        let ch = run(&mut dbs, out.into_iter().map(|o| ("c".into(), o)).collect());
+        assert_eq!(
+            ch["c"],
+            vec![Out::Upsert { network: "ingress".into(), key: "ea".into(), record: rec(2, 1) }]
+        );
+        // Later endpoints reach it too, and it stays after one of its own leaves.
+        let out = dbs.get_mut("c").unwrap().set_local("ingress", "ec", rec(5, 3));
+        run(&mut dbs, out.into_iter().map(|o| ("c".into(), o)).collect());
+        let out = dbs.get_mut("c").unwrap().remove_local("ingress", "ec");
+        run(&mut dbs, out.into_iter().map(|o| ("c".into(), o)).collect());
+        let out = dbs.get_mut("b").unwrap().set_local("ingress", "eb", rec(3, 2));
+        let ch = run(&mut dbs, out.into_iter().map(|o| ("b".into(), o)).collect());
+        assert_eq!(
+            ch["c"],
+            vec![Out::Upsert { network: "ingress".into(), key: "eb".into(), record: rec(3, 2) }]
+        );
+        assert!(dbs.get_mut("c").unwrap().join("ingress").is_empty(), "joining twice is a no-op");
     }
 
     #[test]

@@ -32,6 +32,48 @@ pub struct NetworkNames {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NamesView {
     pub networks: BTreeMap<String, NetworkNames>,
+    /// What the node's datapath balances.
+    #[serde(default)]
+    pub lb: Balancers,
+}
+
+/// A service's virtual IP on one network and its running tasks there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VipBalancer {
+    pub vni: u32,
+    pub vip: Ipv4Addr,
+    pub backends: Vec<Ipv4Addr>,
+}
+
+/// A port published in ingress mode and the running tasks' addresses on
+/// the ingress network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PublishedBalancer {
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    pub target: u16,
+    pub backends: Vec<Ipv4Addr>,
+}
+
+/// The ingress network, which every node's datapath needs for the routing
+/// mesh whether or not it runs a task on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IngressNetwork {
+    pub id: String,
+    pub vni: u32,
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+}
+
+/// The load balancing a node does: VIPs of the services on its tasks'
+/// networks (clients are its tasks) and every published port (clients come
+/// from anywhere).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Balancers {
+    pub vips: Vec<VipBalancer>,
+    pub published: Vec<PublishedBalancer>,
+    pub ingress: Option<IngressNetwork>,
 }
 
 impl NamesView {
@@ -72,9 +114,83 @@ fn aliases(s: &Service, network_id: &str, state: &ClusterState) -> Vec<String> {
         .collect()
 }
 
-/// The names on `networks` (ingress excluded).
+/// The running tasks of `s` on network `net_id`: container name and address.
+fn running_on(state: &ClusterState, s: &Service, net_id: &str) -> Vec<(String, Ipv4Addr)> {
+    state
+        .tasks_of(&s.id)
+        .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
+        .filter_map(|t| {
+            let ip = t.networks.iter().find(|n| n.network_id == *net_id)?.ip.parse().ok()?;
+            Some((t.container_name(s.name()), ip))
+        })
+        .collect()
+}
+
+fn vip_on(s: &Service, net_id: &str) -> Option<Ipv4Addr> {
+    s.endpoint.virtual_ips.iter().find(|v| v.network_id == *net_id).and_then(|v| v.ip.parse().ok())
+}
+
+/// The published ports (ingress mode) of every service, and the VIPs of
+/// the services on `networks`.
+pub fn balancers(state: &ClusterState, networks: &BTreeSet<String>) -> Balancers {
+    use bollard_stubs::models::{
+        EndpointPortConfigProtocolEnum as P, EndpointPortConfigPublishModeEnum as M,
+    };
+    let mut out = Balancers::default();
+    let ingress = state.networks.values().find(|n| n.ingress);
+    if let Some(net) = ingress {
+        out.ingress = net.gateway.parse().ok().map(|gateway| IngressNetwork {
+            id: net.id.clone(),
+            vni: net.vni,
+            subnet: net.subnet.clone(),
+            gateway,
+        });
+        for s in state.services.values() {
+            let ports: Vec<_> = s
+                .endpoint
+                .ports
+                .iter()
+                .filter(|p| p.publish_mode == Some(M::INGRESS))
+                .filter_map(|p| {
+                    let protocol = match p.protocol {
+                        Some(P::UDP) => 17,
+                        Some(P::TCP) => 6,
+                        _ => return None,
+                    };
+                    Some((
+                        u16::try_from(p.published_port?).ok()?,
+                        protocol,
+                        u16::try_from(p.target_port?).ok()?,
+                    ))
+                })
+                .collect();
+            if ports.is_empty() {
+                continue;
+            }
+            let backends: Vec<Ipv4Addr> =
+                running_on(state, s, &net.id).into_iter().map(|(_, ip)| ip).collect();
+            for (port, protocol, target) in ports {
+                out.published.push(PublishedBalancer { port, protocol, target, backends: backends.clone() });
+            }
+        }
+    }
+    for net_id in networks {
+        let Some(net) = state.networks.get(net_id) else { continue };
+        if net.ingress {
+            continue;
+        }
+        for s in state.services.values().filter(|s| s.networks.contains(net_id) && !s.endpoint.dnsrr) {
+            let Some(vip) = vip_on(s, net_id) else { continue };
+            let backends = running_on(state, s, net_id).into_iter().map(|(_, ip)| ip).collect();
+            out.vips.push(VipBalancer { vni: net.vni, vip, backends });
+        }
+    }
+    out
+}
+
+/// The names on `networks` (ingress excluded), and the node's balancers.
 pub fn view(state: &ClusterState, networks: &BTreeSet<String>) -> NamesView {
-    let mut out = NamesView::default();
+    let mut out = NamesView { lb: balancers(state, networks), ..NamesView::default() };
     for net_id in networks {
         let Some(net) = state.networks.get(net_id) else { continue };
         if net.ingress {
@@ -82,21 +198,9 @@ pub fn view(state: &ClusterState, networks: &BTreeSet<String>) -> NamesView {
         }
         let mut names = NetworkNames::default();
         for s in state.services.values().filter(|s| s.networks.contains(net_id)) {
-            let running: Vec<(String, Ipv4Addr)> = state
-                .tasks_of(&s.id)
-                .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
-                .filter_map(|t| {
-                    let ip = t.networks.iter().find(|n| n.network_id == *net_id)?.ip.parse().ok()?;
-                    Some((t.container_name(s.name()), ip))
-                })
-                .collect();
+            let running = running_on(state, s, net_id);
             let ips: Vec<Ipv4Addr> = running.iter().map(|(_, ip)| *ip).collect();
-            let vip: Option<Ipv4Addr> = s
-                .endpoint
-                .virtual_ips
-                .iter()
-                .find(|v| v.network_id == *net_id)
-                .and_then(|v| v.ip.parse().ok());
+            let vip = vip_on(s, net_id);
             let service_answer = match vip {
                 Some(v) if !s.endpoint.dnsrr => vec![v],
                 _ => ips.clone(),

@@ -982,6 +982,12 @@ impl NodeLink {
 }
 
 impl crate::agent::worker::NodeServices for NodeLink {
+    fn balance(&self, lb: &crate::manager::names::Balancers) {
+        if let Ok(node) = self.node() {
+            node.overlay.set_balancers(lb);
+        }
+    }
+
     fn attach<'a>(
         &'a self,
         a: &'a AttachResponse,

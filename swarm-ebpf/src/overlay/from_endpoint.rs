@@ -1,9 +1,12 @@
 //! TC on the ingress of an endpoint's host-side veth: every packet the
-//! container sends. ARP is answered from the endpoint table; IPv4 for an
-//! endpoint on this host goes straight to its veth's peer; IPv4 for a remote
-//! endpoint is wrapped in VXLAN (outer Ethernet/IPv4/UDP/VXLAN, inner frame
-//! unchanged) and sent out of the underlay interface; everything else is
-//! dropped and counted.
+//! container sends. ARP is answered from the endpoint table (and for service
+//! VIPs); TCP/UDP to a service VIP is given a backend (`lb`), and a reply of
+//! a balanced flow has its source turned back; then IPv4 for an endpoint on
+//! this host goes straight to its veth's peer, IPv4 for a remote endpoint is
+//! wrapped in VXLAN (outer Ethernet/IPv4/UDP/VXLAN, inner frame unchanged)
+//! and sent out of the underlay interface, and a published-port reply goes
+//! to its outside client (out of the underlay, or over VXLAN to the node the
+//! request came in by); everything else is dropped and counted.
 
 use aya_ebpf::{
     bindings::{
@@ -17,6 +20,7 @@ use aya_ebpf::{
 };
 use swarm_common::{
     VXLAN_OVERHEAD,
+    lb::{FLOW_DNAT, FLOW_SNAT, FLOW_VIA, FrontendKey},
     overlay::{
         DropReason, EndpointInfo, EndpointKey, Event, GATEWAY_MAC, HostConfig, LocalEndpoint, OUTER_TTL,
         SRC_PORT_MASK, SRC_PORT_MIN,
@@ -27,7 +31,10 @@ use swarm_common::{
     },
 };
 
-use super::{OVERLAY_ENDPOINTS, OVERLAY_LOCAL, OVERLAY_NETWORKS, count_drop, count_event, host_config};
+use super::{
+    OVERLAY_ENDPOINTS, OVERLAY_LOCAL, OVERLAY_NETWORKS, count_drop, count_event, host_config,
+    lb::{self, L4Tuple, Side},
+};
 use crate::packet::{tc_ptr, tc_read};
 
 /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header's length.
@@ -78,12 +85,16 @@ fn arp_reply(ctx: &TcContext, me: &LocalEndpoint, ifindex: u32) -> Result<i32, D
     }
     // SAFETY: plain data, only read.
     let net = unsafe { OVERLAY_NETWORKS.get(&me.vni) }.ok_or(DropReason::UnknownSourceEndpoint)?;
-    let target_mac = if target_ip == net.gateway_ip {
+    let key = EndpointKey { vni: me.vni, ip: target_ip };
+    // SAFETY: plain data, only read.
+    let target_mac = if let Some(e) = unsafe { OVERLAY_ENDPOINTS.get(&key) } {
+        e.mac
+    } else if target_ip == net.gateway_ip || lb::frontend(&FrontendKey::vip(me.vni, target_ip)).is_some() {
+        // The gateway, and service VIPs: the datapath translates packets to
+        // a VIP before they are delivered, so any address does.
         GATEWAY_MAC
     } else {
-        let key = EndpointKey { vni: me.vni, ip: target_ip };
-        // SAFETY: plain data, only read.
-        unsafe { OVERLAY_ENDPOINTS.get(&key) }.ok_or(DropReason::ArpUnknownTarget)?.mac
+        return Err(DropReason::ArpUnknownTarget);
     };
     let mut out = [0u8; 42];
     out[0..6].copy_from_slice(&sender_mac);
@@ -112,11 +123,67 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
     if ip.src != me.ip {
         return Err(DropReason::SpoofedSource);
     }
-    let key = EndpointKey { vni: me.vni, ip: ip.dst };
-    // SAFETY: plain data, only read.
-    let Some(dst) = (unsafe { OVERLAY_ENDPOINTS.get(&key) }).copied() else {
-        // SAFETY: as above.
-        let in_subnet = unsafe { OVERLAY_NETWORKS.get(&me.vni) }.is_some_and(|n| n.contains(ip.dst));
+    let mut dst_ip = ip.dst;
+    let mut via = None;
+    let mut translated = false;
+    match lb::tuple(ctx, &ip) {
+        L4Tuple::Flow(t) => {
+            let mut f = lb::flow(&t);
+            // A flow whose backend has gone is given a new one.
+            if let Some(x) = f
+                && x.flags & FLOW_DNAT != 0
+                && endpoint(me.vni, x.ip).is_none()
+            {
+                f = None;
+            }
+            if f.is_none()
+                && let Some(fe) = lb::frontend(&FrontendKey::vip(me.vni, ip.dst))
+            {
+                f = Some(lb::new_flow(&t, &fe)?);
+                count_event(Event::NewFlow, ctx.len());
+            }
+            if let Some(f) = f {
+                if f.flags & FLOW_DNAT != 0 {
+                    lb::rewrite(ctx, &t, Side::Dst, f.ip, f.port)?;
+                    dst_ip = f.ip;
+                }
+                if f.flags & FLOW_SNAT != 0 {
+                    lb::rewrite(ctx, &t, Side::Src, f.ip, f.port)?;
+                    translated = true;
+                    count_event(Event::ReverseTranslated, ctx.len());
+                }
+                if f.flags & FLOW_VIA != 0 {
+                    via = Some(f.via);
+                }
+            }
+        }
+        L4Tuple::Unusable if lb::frontend(&FrontendKey::vip(me.vni, ip.dst)).is_some() => {
+            return Err(DropReason::MalformedServicePacket);
+        }
+        L4Tuple::Unusable | L4Tuple::Other => {}
+    }
+    if let Some(host_ip) = via {
+        // A reply to an outside client whose request came in by another node.
+        let cfg = host_config().ok_or(DropReason::NotConfigured)?;
+        let inner = EthHdr { dst: GATEWAY_MAC, src: eth.src, ether_type: eth.ether_type };
+        encapsulate(ctx, me.vni, &inner, host_ip, &cfg)?;
+        count_event(Event::Encapsulated, ctx.len());
+        // SAFETY: helper call; a null parameter block means "use the packet's destination".
+        unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
+        return Ok(TC_ACT_REDIRECT);
+    }
+    let Some(dst) = endpoint(me.vni, dst_ip) else {
+        // SAFETY: plain data, only read.
+        let in_subnet = unsafe { OVERLAY_NETWORKS.get(&me.vni) }.is_some_and(|n| n.contains(dst_ip));
+        if translated && !in_subnet {
+            // A published-port reply to an outside client, translated back
+            // to this node's address: out of the underlay.
+            let cfg = host_config().ok_or(DropReason::NotConfigured)?;
+            count_event(Event::SentToClient, ctx.len());
+            // SAFETY: as above.
+            unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
+            return Ok(TC_ACT_REDIRECT);
+        }
         return Err(if in_subnet { DropReason::UnknownDestination } else { DropReason::NoRoute });
     };
     if dst.is_local() {
@@ -130,12 +197,19 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
         return Ok(TC_ACT_REDIRECT);
     }
     let cfg = host_config().ok_or(DropReason::NotConfigured)?;
-    encapsulate(ctx, me, eth, &dst, &cfg)?;
+    let inner = EthHdr { dst: dst.mac, src: eth.src, ether_type: eth.ether_type };
+    encapsulate(ctx, me.vni, &inner, dst.host_ip, &cfg)?;
     count_event(Event::Encapsulated, ctx.len());
     // The kernel resolves the underlay next hop and fills in the outer MACs.
     // SAFETY: helper call; a null parameter block means "use the packet's destination".
     unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
     Ok(TC_ACT_REDIRECT)
+}
+
+#[inline(always)]
+fn endpoint(vni: u32, ip: [u8; 4]) -> Option<EndpointInfo> {
+    // SAFETY: plain data, only read.
+    unsafe { OVERLAY_ENDPOINTS.get(&EndpointKey { vni, ip }) }.copied()
 }
 
 /// Outer Ethernet, IPv4, UDP and VXLAN headers followed by the inner
@@ -152,14 +226,15 @@ struct VxlanHeaders {
 const _: () = assert!(core::mem::size_of::<VxlanHeaders>() == ETH_HDR_LEN + VXLAN_OVERHEAD);
 
 /// Prepends outer Ethernet (MACs left to the neighbour subsystem), IPv4
-/// (checksum computed), UDP (source port from the flow hash, checksum 0)
-/// and VXLAN (I flag, the network's VNI).
+/// (checksum computed, to `host_ip`), UDP (source port from the flow hash,
+/// checksum 0) and VXLAN (I flag, `vni`), and puts `inner` in place of the
+/// frame's own Ethernet header.
 #[inline(always)]
-fn encapsulate(
+pub fn encapsulate(
     ctx: &TcContext,
-    me: &LocalEndpoint,
-    inner_eth: &EthHdr,
-    dst: &EndpointInfo,
+    vni: u32,
+    inner: &EthHdr,
+    host_ip: [u8; 4],
     cfg: &HostConfig,
 ) -> Result<(), DropReason> {
     let inner_len = ctx.len();
@@ -178,7 +253,7 @@ fn encapsulate(
         return Err(DropReason::AdjustRoomFailed);
     }
 
-    let vni = me.vni.to_be_bytes();
+    let vni = vni.to_be_bytes();
     let mut ip = Ipv4Hdr {
         version_ihl: 0x45,
         tos: 0,
@@ -189,7 +264,7 @@ fn encapsulate(
         proto: IPPROTO_UDP,
         check: [0; 2],
         src: cfg.underlay_ip,
-        dst: dst.host_ip,
+        dst: host_ip,
     };
     ip.check = ip.checksum().to_be_bytes();
     let headers = VxlanHeaders {
@@ -208,8 +283,7 @@ fn encapsulate(
             vni: [vni[1], vni[2], vni[3]],
             reserved2: 0,
         },
-        // The endpoint's frame, addressed to the destination's MAC.
-        inner_eth: EthHdr { dst: dst.mac, src: inner_eth.src, ether_type: inner_eth.ether_type },
+        inner_eth: *inner,
     };
     let p = tc_ptr::<VxlanHeaders>(ctx, 0).ok_or(DropReason::AdjustRoomFailed)?;
     // SAFETY: the pointer was bounds-checked after the last packet change.

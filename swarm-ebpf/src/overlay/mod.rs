@@ -3,9 +3,11 @@
 //! - `from_endpoint`: TC ingress on each endpoint's host-side veth.
 //! - `from_underlay`: TC ingress on the underlay interface.
 //! - `xdp_underlay`:  XDP on the underlay interface (early drops).
+//! - `lb`:            service load balancing shared by the TC programs.
 
 pub mod from_endpoint;
 pub mod from_underlay;
+pub mod lb;
 pub mod xdp_underlay;
 
 use aya_ebpf::{

@@ -1,0 +1,172 @@
+//! Service load balancing in the eBPF datapath, through the stock docker
+//! CLI: connections to a service's VIP from a task spread over the service's
+//! tasks on other hosts and follow scaling; a published port answers on
+//! every node's address from a client outside the swarm, whichever node runs
+//! the task, and the task sees the client's own address. Needs root, crun or
+//! runc, docker's CLI.
+
+use std::time::Duration;
+
+use swarm_tests::{
+    poll,
+    services::{import_busybox, running_containers, wait_replicas},
+    swarm::{cluster, cluster_with_outsiders, docker},
+    testbed::{Host, Testbed},
+};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A busybox httpd on port 80 whose `/cgi-bin/who` answers
+/// `<hostname> <client address>`.
+const WHO: &str = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/who && chmod +x /www/cgi-bin/who && exec httpd -f -p 80 -h /www";
+
+fn create(m: &Host, args: &[&str]) {
+    let mut a = vec!["service", "create", "-d"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["busybox", "sh", "-c", WHO]);
+    docker(m, &a).unwrap();
+}
+
+/// `(hostname, client address)` from one new connection, or the error.
+fn parse_who(out: &str) -> Result<(String, String), String> {
+    let line = out.lines().find(|l| !l.trim().is_empty()).ok_or_else(|| format!("empty answer: {out:?}"))?;
+    let (h, a) = line.trim().split_once(' ').ok_or_else(|| format!("odd answer: {out:?}"))?;
+    // httpd listens on IPv6 too and shows IPv4 clients as `[::ffff:a.b.c.d]`.
+    let a = a.trim_start_matches("[::ffff:").trim_end_matches(']');
+    Ok((h.to_owned(), a.to_owned()))
+}
+
+fn output(r: Result<String, swarm_tests::cmd::CmdError>) -> Result<String, String> {
+    r.map_err(|e| e.to_string())
+}
+
+/// From inside container `cid` on host `h`.
+fn who_from_task(tb: &Testbed, h: usize, cid: &str, url: &str) -> Result<(String, String), String> {
+    parse_who(&output(docker(tb.host(h), &["exec", cid, "timeout", "5", "wget", "-O", "-", url]))?)
+}
+
+/// (busybox's `wget -T` crashes; `timeout` bounds it instead.)
+/// From a testbed host that runs no agent (outside the swarm).
+fn who_from_outside(client: &Host, url: &str) -> Result<(String, String), String> {
+    parse_who(
+        &client
+            .run("busybox", ["timeout", "5", "busybox", "wget", "-O", "-", url])
+            .map_err(|e| e.to_string())?,
+    )
+}
+
+fn task_ip(tb: &Testbed, h: usize, cid: &str, prefix: &str) -> String {
+    let out = docker(tb.host(h), &["exec", cid, "ip", "-4", "-o", "addr"]).unwrap();
+    out.split_whitespace()
+        .filter_map(|w| w.split('/').next())
+        .find(|a| a.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} address in {out}"))
+        .to_owned()
+}
+
+#[test]
+fn vip_connections_spread_over_tasks_and_follow_scaling() {
+    let tb = cluster(3, 1, &[], &[]);
+    for h in tb.hosts() {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    docker(m, &["network", "create", "--driver", "overlay", "--subnet", "10.31.0.0/24", "app"]).unwrap();
+    create(m, &["--name", "web", "--replicas", "2", "--network", "app", "--constraint", "node.role==worker"]);
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "client",
+            "--network",
+            "app",
+            "--constraint",
+            "node.role==manager",
+            "busybox",
+            "sleep",
+            "1d",
+        ],
+    )
+    .unwrap();
+    wait_replicas(&tb, "web", "2/2", LONG);
+    wait_replicas(&tb, "client", "1/1", LONG);
+    let containers = running_containers(&tb);
+    let client = containers.iter().find(|c| c.name.starts_with("client.")).unwrap();
+    assert_eq!(client.host, 0, "the client runs on the manager, the backends on the workers");
+    let client_ip = task_ip(&tb, 0, &client.id, "10.31.0.");
+    let who = || who_from_task(&tb, 0, &client.id, "http://web/cgi-bin/who");
+
+    poll::until("the VIP to answer", LONG, || who().map(|_| ())).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let (host, addr) = who().unwrap();
+        assert_eq!(addr, client_ip, "the backend sees the client task's own address");
+        seen.insert(host);
+    }
+    assert_eq!(seen.len(), 2, "new connections spread over both tasks: {seen:?}");
+
+    // A task that goes leaves the set: every new connection reaches the one left.
+    docker(m, &["service", "scale", "-d", "web=1"]).unwrap();
+    poll::until("connections to reach only the remaining task", LONG, || {
+        let answers: Result<Vec<_>, _> = (0..10).map(|_| who()).collect();
+        let hosts: std::collections::BTreeSet<String> = answers?.into_iter().map(|(h, _)| h).collect();
+        if hosts.len() == 1 { Ok(()) } else { Err(format!("{hosts:?}")) }
+    })
+    .unwrap();
+    docker(m, &["service", "scale", "-d", "web=3"]).unwrap();
+    poll::until("connections to reach three tasks", LONG, || {
+        let mut hosts = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            hosts.insert(who()?.0);
+        }
+        if hosts.len() == 3 { Ok(()) } else { Err(format!("{hosts:?}")) }
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_published_port_answers_on_every_node_and_the_task_sees_the_client() {
+    let tb = cluster_with_outsiders(3, 1, 1, &[], &[]);
+    for h in &tb.hosts()[..3] {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    let outside = tb.host(3);
+    let client_addr = "198.18.0.4";
+    create(m, &["--name", "web", "--replicas", "1", "-p", "7080:80", "--constraint", "node.hostname==node3"]);
+    wait_replicas(&tb, "web", "1/1", LONG);
+    let task_host = running_containers(&tb).into_iter().find(|c| c.name.starts_with("web.")).unwrap();
+    assert_eq!(task_host.host, 2);
+
+    // Every node answers: two without a task (carried over VXLAN to node3
+    // and back), one with it.
+    for node in 1..=3 {
+        let url = format!("http://198.18.0.{node}:7080/cgi-bin/who");
+        let (_, addr) =
+            poll::until(&format!("node{node}:7080 to answer"), LONG, || who_from_outside(outside, &url))
+                .unwrap();
+        assert_eq!(addr, client_addr, "node{node}: the task sees the outside client's address");
+    }
+    // A port nobody published is not answered.
+    assert!(who_from_outside(outside, "http://198.18.0.1:7081/").is_err());
+
+    // A second service with three tasks on another port: new connections
+    // through one node reach all of them.
+    create(m, &["--name", "web3", "--replicas", "3", "-p", "7081:80"]);
+    wait_replicas(&tb, "web3", "3/3", LONG);
+    poll::until("connections through node1 to reach three tasks", LONG, || {
+        let mut hosts = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let (h, addr) = who_from_outside(outside, "http://198.18.0.1:7081/cgi-bin/who")?;
+            if addr != client_addr {
+                return Err(format!("the task saw {addr}"));
+            }
+            hosts.insert(h);
+        }
+        if hosts.len() == 3 { Ok(()) } else { Err(format!("{hosts:?}")) }
+    })
+    .unwrap();
+}
