@@ -46,6 +46,15 @@ pub const MAP_OVERLAY_DROPS: &str = "OVERLAY_DROPS";
 /// `PERCPU_ARRAY` indexed by [`crate::overlay::Event`] → [`crate::stats::Counter`].
 pub const MAP_OVERLAY_EVENTS: &str = "OVERLAY_EVENTS";
 
+/// cgroup `connect4` on the cgroup v2 root: a TCP/UDP `connect()` by a
+/// process of this host's network namespace to a loopback address or the
+/// host's underlay address on a published port is sent to a backend (the
+/// socket-level half of the routing mesh, for clients on the node itself).
+pub const PROG_SOCK_CONNECT4: &str = "sock_connect4";
+/// `ARRAY` of one `u64`: the network namespace cookie `sock_connect4` acts in
+/// (the hook sees every process on the machine).
+pub const MAP_SOCK_NETNS: &str = "SOCK_NETNS";
+
 /// `HASH` [`crate::lb::FrontendKey`] → [`crate::lb::Frontend`]: service VIPs
 /// and published ports.
 pub const MAP_SERVICE_FRONTENDS: &str = "SERVICE_FRONTENDS";
@@ -56,8 +65,13 @@ pub const MAP_SERVICE_BACKENDS: &str = "SERVICE_BACKENDS";
 pub const MAP_SERVICE_FLOWS: &str = "SERVICE_FLOWS";
 
 /// Every program name, for checks that the object has them all.
-pub const ALL_PROGRAMS: &[&str] =
-    &[PROG_XDP_VXLAN_COUNT, PROG_TC_FROM_ENDPOINT, PROG_TC_FROM_UNDERLAY, PROG_XDP_UNDERLAY];
+pub const ALL_PROGRAMS: &[&str] = &[
+    PROG_XDP_VXLAN_COUNT,
+    PROG_TC_FROM_ENDPOINT,
+    PROG_TC_FROM_UNDERLAY,
+    PROG_XDP_UNDERLAY,
+    PROG_SOCK_CONNECT4,
+];
 
 /// Every map name, for checks that the object has them all.
 pub const ALL_MAPS: &[&str] = &[
@@ -73,4 +87,5 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_SERVICE_FRONTENDS,
     MAP_SERVICE_BACKENDS,
     MAP_SERVICE_FLOWS,
+    MAP_SOCK_NETNS,
 ];

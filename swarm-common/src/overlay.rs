@@ -131,6 +131,11 @@ const _: () = assert!(core::mem::size_of::<EndpointKey>() == 8);
 
 /// [`EndpointInfo::flags`]: the endpoint is on this host.
 pub const ENDPOINT_LOCAL: u16 = 1;
+/// With [`ENDPOINT_LOCAL`]: the endpoint is the host's own (its address on
+/// the ingress network, for clients on the node): both ends of its veth are
+/// in the host's namespace, so packets for it leave by the datapath end
+/// (`bpf_redirect`) rather than being moved to the peer.
+pub const ENDPOINT_HOST: u16 = 2;
 
 /// Where an endpoint is: on this host (its host-side veth) or behind a
 /// remote host's underlay address.
@@ -150,6 +155,11 @@ impl EndpointInfo {
     #[must_use]
     pub const fn is_local(&self) -> bool {
         self.flags & ENDPOINT_LOCAL != 0
+    }
+
+    #[must_use]
+    pub const fn is_host(&self) -> bool {
+        self.flags & ENDPOINT_HOST != 0
     }
 }
 

@@ -45,9 +45,9 @@ fn who_from_task(tb: &Testbed, h: usize, cid: &str, url: &str) -> Result<(String
     parse_who(&output(docker(tb.host(h), &["exec", cid, "timeout", "5", "wget", "-O", "-", url]))?)
 }
 
-/// (busybox's `wget -T` crashes; `timeout` bounds it instead.)
-/// From a testbed host that runs no agent (outside the swarm).
-fn who_from_outside(client: &Host, url: &str) -> Result<(String, String), String> {
+/// From a testbed host's own namespace (busybox's `wget -T` crashes;
+/// `timeout` bounds it instead).
+fn who_from_host(client: &Host, url: &str) -> Result<(String, String), String> {
     parse_who(
         &client
             .run("busybox", ["timeout", "5", "busybox", "wget", "-O", "-", url])
@@ -146,12 +146,24 @@ fn a_published_port_answers_on_every_node_and_the_task_sees_the_client() {
     for node in 1..=3 {
         let url = format!("http://198.18.0.{node}:7080/cgi-bin/who");
         let (_, addr) =
-            poll::until(&format!("node{node}:7080 to answer"), LONG, || who_from_outside(outside, &url))
+            poll::until(&format!("node{node}:7080 to answer"), LONG, || who_from_host(outside, &url))
                 .unwrap();
         assert_eq!(addr, client_addr, "node{node}: the task sees the outside client's address");
     }
+    // Processes on the nodes themselves: by loopback and by the node's
+    // address (through the node's own endpoint on ingress).
+    for node in 1..=3usize {
+        for host in ["127.0.0.1".to_owned(), format!("198.18.0.{node}")] {
+            let url = format!("http://{host}:7080/cgi-bin/who");
+            let (_, addr) = poll::until(&format!("{url} to answer on node{node}"), LONG, || {
+                who_from_host(tb.host(node - 1), &url)
+            })
+            .unwrap();
+            assert!(addr.starts_with("10.0.0."), "node{node}: from the node's ingress address, not {addr}");
+        }
+    }
     // A port nobody published is not answered.
-    assert!(who_from_outside(outside, "http://198.18.0.1:7081/").is_err());
+    assert!(who_from_host(outside, "http://198.18.0.1:7081/").is_err());
 
     // A second service with three tasks on another port: new connections
     // through one node reach all of them.
@@ -160,7 +172,7 @@ fn a_published_port_answers_on_every_node_and_the_task_sees_the_client() {
     poll::until("connections through node1 to reach three tasks", LONG, || {
         let mut hosts = std::collections::BTreeSet::new();
         for _ in 0..40 {
-            let (h, addr) = who_from_outside(outside, "http://198.18.0.1:7081/cgi-bin/who")?;
+            let (h, addr) = who_from_host(outside, "http://198.18.0.1:7081/cgi-bin/who")?;
             if addr != client_addr {
                 return Err(format!("the task saw {addr}"));
             }

@@ -52,10 +52,19 @@ pub struct LocalEndpoint {
     pub host_ifindex: u32,
     /// Its name inside the namespace.
     pub iface: String,
+    /// The host's own endpoint (on ingress, for clients on the node): both
+    /// veth ends stay in the host's namespace.
+    #[serde(default)]
+    pub host: bool,
 }
 
+/// Names of the host endpoint's veth pair: the datapath end and the end
+/// with the address.
+const HOST_DP_IFACE: &str = "swingress-dp";
+const HOST_STACK_IFACE: &str = "swingress";
+
 fn dp_err(e: DatapathError) -> ApiError {
-    ApiError::internal(format!("datapath: {e}"))
+    ApiError::internal(format!("datapath: {}", crate::error::chain(&e)))
 }
 
 /// Overlay state of a node; inert until [`Overlay::start`].
@@ -67,6 +76,8 @@ pub struct Overlay {
     op: tokio::sync::Mutex<()>,
     /// The load balancing last asked for (applied once the datapath runs).
     balancers: Mutex<Option<Balancers>>,
+    /// A host endpoint is being made.
+    pub host_endpoint_pending: std::sync::atomic::AtomicBool,
 }
 
 struct Running {
@@ -92,6 +103,7 @@ impl Overlay {
             endpoints: Mutex::new(endpoints),
             op: tokio::sync::Mutex::new(()),
             balancers: Mutex::new(None),
+            host_endpoint_pending: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -130,7 +142,11 @@ impl Overlay {
         for ep in lock(&self.endpoints).iter() {
             let mut d = lock(&datapath);
             // The pinned maps normally still have it; make sure.
-            let _ = d.add_local_endpoint(&ep.host_iface, ep.host_ifindex, ep.vni, ep.ip, ep.mac);
+            let _ = if ep.host {
+                d.add_host_endpoint(&ep.host_iface, ep.host_ifindex, ep.vni, ep.ip, ep.mac)
+            } else {
+                d.add_local_endpoint(&ep.host_iface, ep.host_ifindex, ep.vni, ep.ip, ep.mac)
+            };
             drop(d);
             gossip.set_local(&ep.network_id, &ep.endpoint_id, record(ep, underlay_ip));
         }
@@ -280,6 +296,7 @@ impl Overlay {
             host_iface: host_iface.clone(),
             host_ifindex,
             iface,
+            host: false,
         };
         let programmed = {
             let mut d = lock(&datapath);
@@ -294,6 +311,83 @@ impl Overlay {
         lock(&self.endpoints).push(ep.clone());
         self.persist()?;
         Ok(ep)
+    }
+
+    /// Whether the host has its own endpoint on the ingress network.
+    pub fn has_host_endpoint(&self) -> bool {
+        lock(&self.endpoints).iter().any(|e| e.host)
+    }
+
+    /// Makes the host's own endpoint on the ingress network from the
+    /// leader's allocation (`ingress-sbox`), and hooks `connect()` on this
+    /// node so its own processes reach published ports.
+    pub async fn connect_host(&self, alloc: &AttachResponse) -> Result<(), ApiError> {
+        let _op = self.op.lock().await;
+        if self.has_host_endpoint() {
+            return Ok(());
+        }
+        let (datapath, gossip) = self.running()?;
+        let (mtu, underlay_ip) = {
+            let d = lock(&datapath);
+            (alloc.network.mtu(d.underlay_mtu), d.underlay_ip)
+        };
+        let subnet = Cidr::parse(&alloc.network.subnet).map_err(ApiError::internal)?;
+        let ip: Ipv4Addr =
+            alloc.endpoint.ip.parse().map_err(|_| ApiError::internal("bad endpoint address"))?;
+        let gateway: Ipv4Addr =
+            alloc.network.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
+        let mac = crate::manager::store::ipam::mac_for(ip);
+        let ifindex =
+            netlink::create_host_endpoint_link(HOST_DP_IFACE, HOST_STACK_IFACE, ip, subnet.prefix, mac, mtu)
+                .await
+                .map_err(dp_err)?;
+        let cgroup = self.cgroup2_root();
+        let programmed = {
+            let mut d = lock(&datapath);
+            d.set_network(alloc.network.vni, subnet.network(), subnet.prefix, gateway)
+                .and_then(|()| d.add_host_endpoint(HOST_DP_IFACE, ifindex, alloc.network.vni, ip, mac))
+                .and_then(|()| match &cgroup {
+                    Ok(path) => d.attach_sock(path),
+                    Err(e) => {
+                        tracing::warn!("published ports will not answer this node's own clients: {e}");
+                        Ok(())
+                    }
+                })
+        };
+        if let Err(e) = programmed {
+            let _ = netlink::delete_link(HOST_DP_IFACE).await;
+            return Err(dp_err(e));
+        }
+        let ep = LocalEndpoint {
+            endpoint_id: alloc.endpoint.id.clone(),
+            network_id: alloc.network.id.clone(),
+            network_name: alloc.network.name.clone(),
+            network: alloc.network.clone(),
+            vni: alloc.network.vni,
+            ip,
+            mac,
+            netns: PathBuf::from("/proc/1/ns/net"),
+            host_iface: HOST_DP_IFACE.to_owned(),
+            host_ifindex: ifindex,
+            iface: HOST_STACK_IFACE.to_owned(),
+            host: true,
+        };
+        gossip.set_local(&ep.network_id, &ep.endpoint_id, record(&ep, underlay_ip));
+        lock(&self.endpoints).push(ep);
+        self.persist()
+    }
+
+    /// The root of the cgroup v2 hierarchy: where one is mounted, else a
+    /// mount of our own beside the agent's state.
+    fn cgroup2_root(&self) -> Result<PathBuf, String> {
+        if let Some(p) = crate::datapath::host::cgroup2_mount() {
+            return Ok(p);
+        }
+        let dir = self.store.parent().unwrap_or(Path::new("/")).join("cgroup2");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        nix::mount::mount(Some("cgroup2"), &dir, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|e| format!("mounting cgroup2 on {}: {e}", dir.display()))?;
+        Ok(dir)
     }
 
     /// The networks this host has endpoints in (a worker's view of networks).

@@ -13,7 +13,9 @@ use aya::{
     },
 };
 use swarm_common::{
-    names::{PROG_TC_FROM_ENDPOINT, PROG_TC_FROM_UNDERLAY, PROG_XDP_UNDERLAY},
+    names::{
+        MAP_SOCK_NETNS, PROG_SOCK_CONNECT4, PROG_TC_FROM_ENDPOINT, PROG_TC_FROM_UNDERLAY, PROG_XDP_UNDERLAY,
+    },
     overlay::{
         DropReason, ENDPOINT_LOCAL, EndpointInfo, EndpointKey, Event, HostConfig, LocalEndpoint, NetworkInfo,
     },
@@ -220,6 +222,80 @@ impl HostDatapath {
         self.attach_tc(PROG_TC_FROM_ENDPOINT, iface)
     }
 
+    /// The host's own endpoint (see [`swarm_common::overlay::ENDPOINT_HOST`]).
+    pub fn add_host_endpoint(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        vni: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), DatapathError> {
+        let mut m = self.maps();
+        m.set_local(ifindex, LocalEndpoint { vni, ip: ip.octets(), mac, pad: [0; 2] })?;
+        m.set_endpoint(
+            EndpointKey { vni, ip: ip.octets() },
+            EndpointInfo {
+                mac,
+                flags: ENDPOINT_LOCAL | swarm_common::overlay::ENDPOINT_HOST,
+                host_ip: [0; 4],
+                ifindex,
+            },
+        )?;
+        self.attach_tc(PROG_TC_FROM_ENDPOINT, iface)
+    }
+
+    /// Attaches the socket-level half of the routing mesh to the cgroup v2
+    /// hierarchy (at `cgroup2`, its root): `connect()` to a published port
+    /// on a loopback address or the node's address, from this namespace.
+    pub fn attach_sock(&mut self, cgroup2: &std::path::Path) -> Result<(), DatapathError> {
+        use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+        let cookie = netns_cookie().map_err(|source| DatapathError::Io {
+            op: "reading the network namespace cookie",
+            path: std::path::PathBuf::new(),
+            source,
+        })?;
+        {
+            let map = self.ebpf.map_mut(MAP_SOCK_NETNS).ok_or(DatapathError::MissingMap(MAP_SOCK_NETNS))?;
+            let mut a: aya::maps::Array<&mut aya::maps::MapData, u64> = aya::maps::Array::try_from(map)
+                .map_err(|source| DatapathError::Map { map: MAP_SOCK_NETNS, source })?;
+            a.set(0, cookie, 0).map_err(|source| DatapathError::Map { map: MAP_SOCK_NETNS, source })?;
+        }
+        let pin = self.pins.link(PROG_SOCK_CONNECT4, "cgroup");
+        if pin.exists() {
+            return Ok(());
+        }
+        let err = |op| move |source| DatapathError::Program { op, program: PROG_SOCK_CONNECT4, source };
+        let prog: &mut CgroupSockAddr = self
+            .ebpf
+            .program_mut(PROG_SOCK_CONNECT4)
+            .ok_or(DatapathError::MissingProgram(PROG_SOCK_CONNECT4))?
+            .try_into()
+            .map_err(err("opening"))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(err("loading"))?;
+        }
+        let cg = std::fs::File::open(cgroup2).map_err(|source| DatapathError::Io {
+            op: "opening the cgroup",
+            path: cgroup2.to_owned(),
+            source,
+        })?;
+        // Links to cgroups always allow several programs (flags must be 0).
+        let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(err("attaching"))?;
+        let link = prog.take_link(id).map_err(err("taking link of"))?;
+        let fd = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
+            op: "pinning",
+            path: pin.clone(),
+            detail: e.to_string(),
+        })?;
+        fd.pin(&pin).map_err(|e| DatapathError::Pin {
+            op: "pinning",
+            path: pin.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(())
+    }
+
     pub fn remove_local_endpoint(
         &mut self,
         iface: &str,
@@ -309,7 +385,42 @@ impl HostDatapath {
 
     /// Removes the underlay programs (leaving the swarm).
     pub fn shutdown(&mut self) {
+        self.unpin(PROG_SOCK_CONNECT4, "cgroup");
         self.unpin(PROG_TC_FROM_UNDERLAY, &self.underlay.clone());
         self.unpin(PROG_XDP_UNDERLAY, &self.underlay.clone());
     }
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14; not in the libc crate for every target).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the current network namespace (`SO_NETNS_COOKIE`).
+fn netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if r == 0 { Ok(cookie) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// The mount point of the cgroup v2 hierarchy's root, if one is mounted.
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let fields: Vec<&str> = pre.split(' ').collect();
+        let point = fields.get(4)?;
+        (post.split(' ').next() == Some("cgroup2") && fields.get(3) == Some(&"/"))
+            .then(|| std::path::PathBuf::from(point))
+    })
 }

@@ -252,3 +252,54 @@ pub async fn delete_link(name: &str) -> Result<(), DatapathError> {
         None => Ok(()),
     }
 }
+
+/// The host's own endpoint: a veth pair with both ends in the current
+/// namespace. `stack_name` gets the address (so the host routes the
+/// network's subnet through it); the datapath program goes on `dp_name`.
+/// Returns `dp_name`'s ifindex. An existing pair is replaced.
+pub async fn create_host_endpoint_link(
+    dp_name: &str,
+    stack_name: &str,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    mac: [u8; 6],
+    mtu: u32,
+) -> Result<u32, DatapathError> {
+    let h = handle(None)?;
+    delete_link(dp_name).await?;
+    h.link().add(LinkVeth::new(dp_name, stack_name).mtu(mtu).build()).execute().await.map_err(|err| {
+        DatapathError::Netlink {
+            op: "creating the veth pair",
+            detail: format!("{dp_name} and {stack_name}: {err}"),
+        }
+    })?;
+    let made = async {
+        let index = |m: Option<LinkMessage>, what: &str| {
+            m.map(|m| m.header.index)
+                .ok_or_else(|| DatapathError::Netlink { op: "finding", detail: what.to_owned() })
+        };
+        let dp = index(link_by_name(&h, dp_name).await?, dp_name)?;
+        let stack = index(link_by_name(&h, stack_name).await?, stack_name)?;
+        h.link()
+            .set(LinkUnspec::new_with_index(stack).address(mac.to_vec()).up().build())
+            .execute()
+            .await
+            .map_err(nl_err("configuring the host endpoint"))?;
+        h.address()
+            .add(stack, ip.into(), prefix_len)
+            .execute()
+            .await
+            .map_err(nl_err("adding the host endpoint address"))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(dp).up().build())
+            .execute()
+            .await
+            .map_err(nl_err("bringing the host endpoint up"))?;
+        Ok(dp)
+    }
+    .await;
+    if made.is_err() {
+        let _ = delete_link(dp_name).await;
+    }
+    made
+}

@@ -1115,9 +1115,21 @@ impl Manager {
         let id = self.caller_node(&caller, &[Role::Worker, Role::Manager])?;
         let _allocating = self.allocation.lock().await;
         for attempt in 0..5 {
+            let host_endpoint = req.name == crate::rpc::messages::INGRESS_SBOX;
+            let found = self.state.read(|s| {
+                let n = s.networks.values().find(|n| n.ingress)?;
+                let e = s
+                    .endpoints
+                    .values()
+                    .find(|e| e.network_id == n.id && e.node_id == id.node_id && e.name == req.name)?;
+                Some(AttachResponse { endpoint: e.clone(), network: n.clone() })
+            });
+            if host_endpoint && let Some(existing) = found {
+                return Ok(existing);
+            }
             let (network, ip) = self.state.read(|s| -> Result<(Network, std::net::Ipv4Addr), ApiError> {
                 let n = s.resolve_network(&req.network)?.clone();
-                if !n.attachable {
+                if !(n.attachable || host_endpoint && n.ingress) {
                     return Err(ApiError::denied(format!(
                         "Could not attach to network {}: network {} not manually attachable",
                         req.network, n.name

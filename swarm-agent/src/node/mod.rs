@@ -983,9 +983,34 @@ impl NodeLink {
 
 impl crate::agent::worker::NodeServices for NodeLink {
     fn balance(&self, lb: &crate::manager::names::Balancers) {
-        if let Ok(node) = self.node() {
-            node.overlay.set_balancers(lb);
+        use std::sync::atomic::Ordering;
+        let Ok(node) = self.node() else { return };
+        node.overlay.set_balancers(lb);
+        // Published ports: this node's own processes reach them through
+        // the node's endpoint on ingress, made once.
+        let Some(ingress) = lb.ingress.clone() else { return };
+        if lb.published.is_empty()
+            || !node.overlay.is_running()
+            || node.overlay.has_host_endpoint()
+            || node.overlay.host_endpoint_pending.swap(true, Ordering::SeqCst)
+        {
+            return;
         }
+        tokio::spawn(async move {
+            let req = AttachRequest {
+                network: ingress.id.clone(),
+                ip: None,
+                name: crate::rpc::messages::INGRESS_SBOX.to_owned(),
+            };
+            let made = match node.call_managers::<_, AttachResponse>(path::ATTACH, &req).await {
+                Ok(alloc) => node.overlay.connect_host(&alloc).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = made {
+                tracing::warn!("the node's endpoint on ingress: {e}");
+            }
+            node.overlay.host_endpoint_pending.store(false, Ordering::SeqCst);
+        });
     }
 
     fn attach<'a>(

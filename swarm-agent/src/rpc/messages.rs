@@ -226,6 +226,11 @@ pub struct NetworkSpec {
     pub options: std::collections::BTreeMap<String, String>,
 }
 
+/// [`AttachRequest::name`] of a node's own endpoint on the ingress network
+/// (docker's `ingress-sbox`): one per node, for clients on the node itself;
+/// asking again returns the same one.
+pub const INGRESS_SBOX: &str = "ingress-sbox";
+
 /// Attach the calling node to a network (served by the leader; any node may call).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttachRequest {

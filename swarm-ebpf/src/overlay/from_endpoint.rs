@@ -14,7 +14,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_ADJ_ROOM_NO_CSUM_RESET, TC_ACT_REDIRECT, TC_ACT_SHOT,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
 };
@@ -32,7 +32,7 @@ use swarm_common::{
 };
 
 use super::{
-    OVERLAY_ENDPOINTS, OVERLAY_LOCAL, OVERLAY_NETWORKS, count_drop, count_event, host_config,
+    OVERLAY_ENDPOINTS, OVERLAY_LOCAL, OVERLAY_NETWORKS, count_drop, count_event, deliver_local, host_config,
     lb::{self, L4Tuple, Side},
 };
 use crate::packet::{tc_ptr, tc_read};
@@ -192,9 +192,7 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
         // SAFETY: `tc_ptr` checked the bounds.
         unsafe { *p = dst.mac };
         count_event(Event::DeliveredLocally, ctx.len());
-        // SAFETY: helper call with plain integer arguments.
-        unsafe { bpf_redirect_peer(dst.ifindex, 0) };
-        return Ok(TC_ACT_REDIRECT);
+        return Ok(deliver_local(&dst));
     }
     let cfg = host_config().ok_or(DropReason::NotConfigured)?;
     let inner = EthHdr { dst: dst.mac, src: eth.src, ether_type: eth.ether_type };

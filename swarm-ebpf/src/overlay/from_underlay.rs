@@ -33,7 +33,7 @@ use swarm_common::{
 };
 
 use super::{
-    OVERLAY_ENDPOINTS, OVERLAY_NETWORKS, count_drop, count_event,
+    OVERLAY_ENDPOINTS, OVERLAY_NETWORKS, count_drop, count_event, deliver_local,
     from_endpoint::encapsulate,
     host_config, is_member,
     lb::{self, L4Tuple, Side},
@@ -200,11 +200,7 @@ fn vxlan(ctx: &TcContext, cfg: &HostConfig, ip: &Ipv4Hdr) -> Result<i32, DropRea
         }
     }
     match dst {
-        Some(dst) => {
-            // SAFETY: helper call with plain integer arguments.
-            unsafe { bpf_redirect_peer(dst.ifindex, 0) };
-            Ok(TC_ACT_REDIRECT)
-        }
+        Some(dst) => Ok(deliver_local(&dst)),
         None if translated => {
             count_event(Event::SentToClient, ctx.len());
             // SAFETY: helper call; a null parameter block means "use the packet's destination".

@@ -4,10 +4,12 @@
 //! - `from_underlay`: TC ingress on the underlay interface.
 //! - `xdp_underlay`:  XDP on the underlay interface (early drops).
 //! - `lb`:            service load balancing shared by the TC programs.
+//! - `sock`:          cgroup connect4 (published ports for the node's own clients).
 
 pub mod from_endpoint;
 pub mod from_underlay;
 pub mod lb;
+pub mod sock;
 pub mod xdp_underlay;
 
 use aya_ebpf::{
@@ -64,6 +66,22 @@ pub fn count_drop(reason: DropReason, len: u32) {
 #[inline(always)]
 pub fn count_event(event: Event, len: u32) {
     bump(&OVERLAY_EVENTS, event.index(), len);
+}
+
+/// Hands a packet to a local endpoint: into its namespace (the peer of its
+/// host-side veth), or for the host's own endpoint out of the datapath end
+/// of its veth pair towards the host's stack.
+#[inline(always)]
+pub fn deliver_local(dst: &EndpointInfo) -> i32 {
+    // SAFETY: helper calls with plain integer arguments.
+    unsafe {
+        if dst.is_host() {
+            aya_ebpf::helpers::bpf_redirect(dst.ifindex, 0);
+        } else {
+            aya_ebpf::helpers::bpf_redirect_peer(dst.ifindex, 0);
+        }
+    }
+    aya_ebpf::bindings::TC_ACT_REDIRECT
 }
 
 /// The host configuration, if user space has set it.
