@@ -1,5 +1,7 @@
 //! The test image: a busybox rootfs (sh, httpd, nc, ping, wget, nslookup)
-//! from Debian's `busybox-static`, as a tarball for `docker import`.
+//! from Debian's `busybox-static`, plus `udp-who` (a UDP responder, which
+//! busybox lacks; `tests/images/udp-who.rs` built statically), as a
+//! tarball for `docker import`.
 //! Made once per build directory and reused.
 
 use std::{
@@ -11,13 +13,13 @@ use std::{
 /// Where the static busybox comes from.
 pub const BUSYBOX: &str = "/bin/busybox";
 
-/// The rootfs tarball, made if missing: `<target>/images/busybox-rootfs.tar`.
+/// The rootfs tarball, made if missing: `<target>/images/busybox-rootfs-2.tar`.
 ///
 /// # Errors
 /// If busybox is missing (`apt-get install busybox-static`) or tar fails.
 pub fn busybox_rootfs(target: &Path) -> Result<PathBuf, String> {
     let dir = target.join("images");
-    let tar = dir.join("busybox-rootfs.tar");
+    let tar = dir.join("busybox-rootfs-2.tar");
     if tar.is_file() {
         return Ok(tar);
     }
@@ -31,6 +33,16 @@ pub fn busybox_rootfs(target: &Path) -> Result<PathBuf, String> {
         fs::create_dir_all(root.join(d)).map_err(|e| io("making the rootfs", e))?;
     }
     fs::copy(BUSYBOX, root.join("bin/busybox")).map_err(|e| io("copying busybox", e))?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/udp-who.rs");
+    let built = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()))
+        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
+        .arg(root.join("bin/udp-who"))
+        .arg(&src)
+        .output()
+        .map_err(|e| io("running rustc", e))?;
+    if !built.status.success() {
+        return Err(format!("building udp-who: {}", String::from_utf8_lossy(&built.stderr)));
+    }
     let list = Command::new(BUSYBOX).arg("--list").output().map_err(|e| io("busybox --list", e))?;
     for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
@@ -45,7 +57,7 @@ pub fn busybox_rootfs(target: &Path) -> Result<PathBuf, String> {
         .map_err(|e| io("writing /etc/group", e))?;
     fs::write(root.join("var/www/index.html"), "hello from busybox\n")
         .map_err(|e| io("writing index.html", e))?;
-    let tmp = dir.join(format!("busybox-rootfs.tar.{}", std::process::id()));
+    let tmp = dir.join(format!("busybox-rootfs-2.tar.{}", std::process::id()));
     let out = Command::new("tar")
         .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
         .arg(&root)

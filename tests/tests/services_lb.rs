@@ -182,3 +182,235 @@ fn a_published_port_answers_on_every_node_and_the_task_sees_the_client() {
     })
     .unwrap();
 }
+
+#[test]
+fn udp_reaches_tasks_through_a_vip_and_a_published_port() {
+    let tb = cluster_with_outsiders(3, 1, 1, &[], &[]);
+    for h in &tb.hosts()[..3] {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    let outside = tb.host(3);
+    docker(m, &["network", "create", "--driver", "overlay", "--subnet", "10.32.0.0/24", "app"]).unwrap();
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "udp",
+            "--replicas",
+            "2",
+            "--network",
+            "app",
+            "-p",
+            "7053:5000/udp",
+            "--constraint",
+            "node.role==worker",
+            "busybox",
+            "udp-who",
+            "5000",
+        ],
+    )
+    .unwrap();
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "client",
+            "--network",
+            "app",
+            "--constraint",
+            "node.role==manager",
+            "busybox",
+            "sleep",
+            "1d",
+        ],
+    )
+    .unwrap();
+    wait_replicas(&tb, "udp", "2/2", LONG);
+    wait_replicas(&tb, "client", "1/1", LONG);
+    let client = running_containers(&tb).into_iter().find(|c| c.name.starts_with("client.")).unwrap();
+    let client_ip = task_ip(&tb, client.host, &client.id, "10.32.0.");
+    let vip = docker(
+        m,
+        &["service", "inspect", "--format", "{{range .Endpoint.VirtualIPs}}{{.Addr}} {{end}}", "udp"],
+    )
+    .unwrap()
+    .split_whitespace()
+    .find(|a| a.starts_with("10.32.0."))
+    .unwrap()
+    .split('/')
+    .next()
+    .unwrap()
+    .to_owned();
+
+    // East-west: datagrams to the VIP reach both tasks, which see the client.
+    let target = format!("{vip}:5000");
+    let ask = || parse_who(&output(docker(tb.host(client.host), &["exec", &client.id, "udp-who", &target]))?);
+    poll::until("the UDP VIP to answer", LONG, ask).unwrap();
+    poll::until("datagrams to reach both tasks", LONG, || {
+        let mut hosts = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let (h, addr) = ask()?;
+            if addr != client_ip {
+                return Err(format!("the task saw {addr}, not {client_ip}"));
+            }
+            hosts.insert(h);
+        }
+        if hosts.len() == 2 { Ok(()) } else { Err(format!("{hosts:?}")) }
+    })
+    .unwrap();
+
+    // Published: from outside, through a node without a task, the client's address kept.
+    let from_outside = || -> Result<(String, String), String> {
+        let answer = outside
+            .in_netns(|| {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+                sock.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+                sock.send_to(b"who\n", "198.18.0.1:7053").map_err(|e| e.to_string())?;
+                let mut buf = [0u8; 512];
+                let (n, from) = sock.recv_from(&mut buf).map_err(|e| e.to_string())?;
+                if from.to_string() != "198.18.0.1:7053" {
+                    return Err(format!("the answer came from {from}"));
+                }
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .map_err(|e| e.to_string())??;
+        parse_who(&answer)
+    };
+    let (_, addr) = poll::until("node1:7053/udp to answer", LONG, from_outside).unwrap();
+    assert_eq!(addr, "198.18.0.4");
+}
+
+/// A connection through a published port to a `hostname; cat` server:
+/// which task it reached, and whether it still echoes.
+struct Conn {
+    task: String,
+    stream: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Conn {
+    fn open(outside: &Host, addr: &str) -> Result<Conn, String> {
+        let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+        let stream = outside
+            .in_netns(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        let mut stream = std::io::BufReader::new(stream);
+        let mut task = String::new();
+        std::io::BufRead::read_line(&mut stream, &mut task)
+            .map_err(|e| format!("reading the greeting: {e}"))?;
+        if task.trim().is_empty() {
+            return Err("closed before the greeting".into());
+        }
+        Ok(Conn { task: task.trim().to_owned(), stream })
+    }
+
+    fn echoes(&mut self) -> Result<(), String> {
+        use std::io::{BufRead as _, Write as _};
+        self.stream.get_mut().write_all(b"ping\n").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line == "ping\n" { Ok(()) } else { Err(format!("got {line:?}")) }
+    }
+}
+
+#[test]
+fn established_connections_survive_while_tasks_are_killed_and_scaled_away() {
+    let tb = cluster_with_outsiders(3, 1, 1, &[], &[]);
+    for h in &tb.hosts()[..3] {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    let outside = tb.host(3);
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "echo",
+            "--replicas",
+            "3",
+            "-p",
+            "7090:9000",
+            "busybox",
+            "nc",
+            "-ll",
+            "-p",
+            "9000",
+            "-e",
+            "sh",
+            "-c",
+            "hostname; exec cat",
+        ],
+    )
+    .unwrap();
+    wait_replicas(&tb, "echo", "3/3", LONG);
+    let via = "198.18.0.1:7090";
+    poll::until("the published port to answer", LONG, || Conn::open(outside, via).map(|_| ())).unwrap();
+    let mut conns: Vec<Conn> = (0..12).map(|_| Conn::open(outside, via).unwrap()).collect();
+    let tasks: std::collections::BTreeSet<String> = conns.iter().map(|c| c.task.clone()).collect();
+    assert_eq!(tasks.len(), 3, "12 connections spread over the 3 tasks: {tasks:?}");
+
+    // Kill one task's container where it runs.
+    let victim = running_containers(&tb).into_iter().find(|c| c.name.starts_with("echo.")).unwrap();
+    let victim_host =
+        docker(tb.host(victim.host), &["exec", &victim.id, "hostname"]).unwrap().trim().to_owned();
+    docker(tb.host(victim.host), &["kill", &victim.id]).unwrap();
+    // Once it has left the set, every new connection works and reaches another task.
+    poll::until("new connections to avoid the killed task", LONG, || {
+        for _ in 0..10 {
+            let c = Conn::open(outside, via)?;
+            if c.task == victim_host {
+                return Err("reached the killed task".to_owned());
+            }
+        }
+        Ok::<(), String>(())
+    })
+    .unwrap();
+    for i in 0..50 {
+        let c = Conn::open(outside, via).unwrap_or_else(|e| panic!("new connection {i} after the kill: {e}"));
+        assert_ne!(c.task, victim_host);
+    }
+    for c in conns.iter_mut().filter(|c| c.task != victim_host) {
+        c.echoes().unwrap_or_else(|e| panic!("a connection to surviving task {} broke: {e}", c.task));
+    }
+
+    // Scale down: the connections to the tasks that stay keep working.
+    wait_replicas(&tb, "echo", "3/3", LONG);
+    docker(m, &["service", "scale", "-d", "echo=1"]).unwrap();
+    wait_replicas(&tb, "echo", "1/1", LONG);
+    // The removed tasks' containers take a moment to stop (their shell ignores SIGTERM).
+    let left = poll::until("one echo container to be left", LONG, || {
+        let mut echo: Vec<_> =
+            running_containers(&tb).into_iter().filter(|c| c.name.starts_with("echo.")).collect();
+        if echo.len() == 1 { Ok(echo.remove(0)) } else { Err(format!("{} running", echo.len())) }
+    })
+    .unwrap();
+    let left_host = docker(tb.host(left.host), &["exec", &left.id, "hostname"]).unwrap().trim().to_owned();
+    poll::until("new connections to reach only the task left", LONG, || {
+        for _ in 0..10 {
+            let c = Conn::open(outside, via)?;
+            if c.task != left_host {
+                return Err(format!("reached {}", c.task));
+            }
+        }
+        Ok::<(), String>(())
+    })
+    .unwrap();
+    let mut kept = 0;
+    for c in conns.iter_mut().filter(|c| c.task == left_host) {
+        c.echoes().unwrap_or_else(|e| panic!("a connection to the remaining task broke: {e}"));
+        kept += 1;
+    }
+    // (The task left may be the killed one's replacement, with no old connection.)
+    eprintln!("{kept} connections to the remaining task kept working");
+}
