@@ -414,3 +414,37 @@ fn established_connections_survive_while_tasks_are_killed_and_scaled_away() {
     // (The task left may be the killed one's replacement, with no old connection.)
     eprintln!("{kept} connections to the remaining task kept working");
 }
+
+#[test]
+fn host_mode_ports_answer_only_where_a_task_runs_straight_to_it() {
+    let tb = cluster_with_outsiders(3, 1, 1, &[], &[]);
+    for h in &tb.hosts()[..3] {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    let outside = tb.host(3);
+    create(m, &["--name", "hostweb", "--replicas", "2", "--publish", "mode=host,published=7070,target=80"]);
+    wait_replicas(&tb, "hostweb", "2/2", LONG);
+    let tasks: Vec<_> =
+        running_containers(&tb).into_iter().filter(|c| c.name.starts_with("hostweb.")).collect();
+    assert_eq!(tasks.len(), 2);
+    for node in 0..3usize {
+        let url = format!("http://198.18.0.{}:7070/cgi-bin/who", node + 1);
+        match tasks.iter().find(|t| t.host == node) {
+            Some(t) => {
+                let want = docker(tb.host(node), &["exec", &t.id, "hostname"]).unwrap().trim().to_owned();
+                for _ in 0..5 {
+                    let (task, addr) =
+                        poll::until(&format!("node{}:7070", node + 1), LONG, || who_from_host(outside, &url))
+                            .unwrap();
+                    assert_eq!(task, want, "node{}: its own task answers", node + 1);
+                    assert_eq!(addr, "198.18.0.4");
+                }
+            }
+            None => {
+                let e = who_from_host(outside, &url).unwrap_err();
+                assert!(e.contains("refused"), "node{}: no task, nothing answers: {e}", node + 1);
+            }
+        }
+    }
+}

@@ -179,6 +179,12 @@ impl Overlay {
                 Want { backend_vni: v.vni, target_port: 0, backends: v.backends.clone() },
             );
         }
+        for h in &lb.host_ports {
+            want.insert(
+                FrontendKey::published(h.port, h.protocol),
+                Want { backend_vni: h.vni, target_port: h.target, backends: vec![h.task] },
+            );
+        }
         let mut d = lock(&datapath);
         if let Some(ing) = &lb.ingress {
             for p in &lb.published {

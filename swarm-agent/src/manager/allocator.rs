@@ -33,6 +33,19 @@ fn task_networks(w: &Working<'_>, s: &crate::manager::store::task::Service) -> V
             out.push(n.clone());
         }
     }
+    // Host-mode ports need an address to be sent to: a task on no network
+    // gets one on ingress (what docker_gwbridge is to Docker).
+    let host_ports = s
+        .endpoint
+        .ports
+        .iter()
+        .any(|p| p.publish_mode == Some(bollard_stubs::models::EndpointPortConfigPublishModeEnum::HOST));
+    if out.is_empty()
+        && host_ports
+        && let Some(ingress) = w.state.networks.values().find(|n| n.ingress)
+    {
+        out.push(ingress.id.clone());
+    }
     out
 }
 

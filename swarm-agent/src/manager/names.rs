@@ -66,14 +66,70 @@ pub struct IngressNetwork {
     pub gateway: Ipv4Addr,
 }
 
+/// A port published in host mode by a task on this node: straight to that
+/// task's address on its first network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostPortBalancer {
+    pub port: u16,
+    pub protocol: u8,
+    pub target: u16,
+    pub vni: u32,
+    pub task: Ipv4Addr,
+}
+
 /// The load balancing a node does: VIPs of the services on its tasks'
-/// networks (clients are its tasks) and every published port (clients come
-/// from anywhere).
+/// networks (clients are its tasks), every published port (clients come
+/// from anywhere), and the host-mode ports of its own tasks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Balancers {
     pub vips: Vec<VipBalancer>,
     pub published: Vec<PublishedBalancer>,
     pub ingress: Option<IngressNetwork>,
+    #[serde(default)]
+    pub host_ports: Vec<HostPortBalancer>,
+}
+
+fn protocol_number(p: Option<bollard_stubs::models::EndpointPortConfigProtocolEnum>) -> Option<u8> {
+    use bollard_stubs::models::EndpointPortConfigProtocolEnum as P;
+    match p {
+        Some(P::UDP) => Some(17),
+        Some(P::TCP) => Some(6),
+        _ => None,
+    }
+}
+
+/// The host-mode ports of the running tasks on `node_id`.
+pub fn host_ports(state: &ClusterState, node_id: &str) -> Vec<HostPortBalancer> {
+    use bollard_stubs::models::EndpointPortConfigPublishModeEnum as M;
+    let mut out = Vec::new();
+    for t in state.tasks.values().filter(|t| {
+        t.node_id == node_id && t.desired_state == TaskState::Running && t.status.state == TaskState::Running
+    }) {
+        let Some(s) = state.services.get(&t.service_id) else { continue };
+        let Some(att) = t.networks.first() else { continue };
+        let (Ok(task), Some(net)) = (att.ip.parse::<Ipv4Addr>(), state.networks.get(&att.network_id)) else {
+            continue;
+        };
+        for p in s.endpoint.ports.iter().filter(|p| p.publish_mode == Some(M::HOST)) {
+            let (Some(protocol), Some(port), Some(target)) = (
+                protocol_number(p.protocol),
+                p.published_port.and_then(|v| u16::try_from(v).ok()),
+                p.target_port.and_then(|v| u16::try_from(v).ok()),
+            ) else {
+                continue;
+            };
+            out.push(HostPortBalancer { port, protocol, target, vni: net.vni, task });
+        }
+    }
+    out
+}
+
+/// Everything node `node_id` gets: the names and balancers of its tasks'
+/// networks, and its host-mode ports.
+pub fn node_view(state: &ClusterState, node_id: &str) -> NamesView {
+    let mut v = view(state, &node_networks(state, node_id));
+    v.lb.host_ports = host_ports(state, node_id);
+    v
 }
 
 impl NamesView {
@@ -133,9 +189,7 @@ fn vip_on(s: &Service, net_id: &str) -> Option<Ipv4Addr> {
 /// The published ports (ingress mode) of every service, and the VIPs of
 /// the services on `networks`.
 pub fn balancers(state: &ClusterState, networks: &BTreeSet<String>) -> Balancers {
-    use bollard_stubs::models::{
-        EndpointPortConfigProtocolEnum as P, EndpointPortConfigPublishModeEnum as M,
-    };
+    use bollard_stubs::models::EndpointPortConfigPublishModeEnum as M;
     let mut out = Balancers::default();
     let ingress = state.networks.values().find(|n| n.ingress);
     if let Some(net) = ingress {
@@ -152,11 +206,7 @@ pub fn balancers(state: &ClusterState, networks: &BTreeSet<String>) -> Balancers
                 .iter()
                 .filter(|p| p.publish_mode == Some(M::INGRESS))
                 .filter_map(|p| {
-                    let protocol = match p.protocol {
-                        Some(P::UDP) => 17,
-                        Some(P::TCP) => 6,
-                        _ => return None,
-                    };
+                    let protocol = protocol_number(p.protocol)?;
                     Some((
                         u16::try_from(p.published_port?).ok()?,
                         protocol,

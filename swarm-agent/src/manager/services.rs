@@ -225,8 +225,8 @@ impl Manager {
             .long_poll(
                 req.known,
                 req.wait_ms,
-                |s| names::view(s, &names::node_networks(s, &node)).fingerprint(),
-                |s| names::view(s, &names::node_networks(s, &node)),
+                |s| names::node_view(s, &node).fingerprint(),
+                |s| names::node_view(s, &node),
             )
             .await?;
         Ok(crate::rpc::messages::NamesResponse { fingerprint, view })

@@ -989,7 +989,7 @@ impl crate::agent::worker::NodeServices for NodeLink {
         // Published ports: this node's own processes reach them through
         // the node's endpoint on ingress, made once.
         let Some(ingress) = lb.ingress.clone() else { return };
-        if lb.published.is_empty()
+        if (lb.published.is_empty() && lb.host_ports.is_empty())
             || !node.overlay.is_running()
             || node.overlay.has_host_endpoint()
             || node.overlay.host_endpoint_pending.swap(true, Ordering::SeqCst)
