@@ -445,3 +445,31 @@ fn host_mode_ports_answer_only_where_a_task_runs_straight_to_it() {
         }
     }
 }
+
+#[test]
+fn ports_published_and_unpublished_by_service_update_follow() {
+    let tb = cluster_with_outsiders(2, 1, 1, &[], &[]);
+    for h in &tb.hosts()[..2] {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    let outside = tb.host(2);
+    create(m, &["--name", "web", "--replicas", "1"]);
+    wait_replicas(&tb, "web", "1/1", LONG);
+    let url = "http://198.18.0.2:7085/cgi-bin/who";
+    assert!(who_from_host(outside, url).is_err());
+    let t = std::time::Instant::now();
+    docker(m, &["service", "update", "-d", "--publish-add", "7085:80", "web"]).unwrap();
+    let (_, addr) = poll::until("the added port to answer", LONG, || who_from_host(outside, url)).unwrap();
+    eprintln!("--publish-add answered {:?} after the update", t.elapsed());
+    assert_eq!(addr, "198.18.0.3");
+    let ports = docker(m, &["service", "ls", "--format", "{{.Ports}}"]).unwrap();
+    assert_eq!(ports.trim(), "*:7085->80/tcp");
+    // (docker's --publish-rm names the target port.)
+    docker(m, &["service", "update", "-d", "--publish-rm", "80", "web"]).unwrap();
+    poll::until("the removed port to be refused", LONG, || match who_from_host(outside, url) {
+        Err(e) if e.contains("refused") => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .unwrap();
+}

@@ -17,10 +17,22 @@ use crate::manager::{
 
 pub const PENDING_MESSAGE: &str = "pending task scheduling";
 
+/// An allocated task whose networks are no longer the ones its service's
+/// tasks get (ports published or unpublished, networks changed): it is
+/// replaced, as swarmkit replaces tasks whose endpoint changed.
+pub fn attachments_outdated(w: &Working<'_>, s: &crate::manager::store::task::Service, t: &Task) -> bool {
+    if t.status.state <= TaskState::New || t.status.state.is_terminal() {
+        return false;
+    }
+    let have: Vec<&str> = t.networks.iter().map(|n| n.network_id.as_str()).collect();
+    let want = task_networks(w, s);
+    have != want.iter().map(String::as_str).collect::<Vec<_>>()
+}
+
 /// The networks a service's tasks attach to: `ingress` first when the
 /// service publishes ingress ports with a virtual IP there (the routing
 /// mesh reaches them on it), then the service's own.
-fn task_networks(w: &Working<'_>, s: &crate::manager::store::task::Service) -> Vec<String> {
+pub fn task_networks(w: &Working<'_>, s: &crate::manager::store::task::Service) -> Vec<String> {
     let mut out: Vec<String> = s
         .endpoint
         .virtual_ips

@@ -27,7 +27,7 @@ pub fn reconcile(w: &mut Working<'_>, svc: &Service) {
         let fits = node_keeps_tasks(node) && node.is_some_and(|n| constraint::matches_all(&constraints, n));
         let history: Vec<&Task> = tasks.iter().collect();
         for t in tasks.iter().filter(|t| t.is_runnable()) {
-            if !fits {
+            if !fits || crate::manager::allocator::attachments_outdated(w, svc, t) {
                 w.set_desired(t, TaskState::Shutdown);
             } else if t.status.state.is_terminal() {
                 restart::restart(w, svc, t, &history);

@@ -29,7 +29,8 @@ pub fn reconcile(w: &mut Working<'_>, svc: &Service, replicas: u64) {
             let node = w.state.nodes.get(&t.node_id);
             let misplaced = !t.node_id.is_empty()
                 && (!node_keeps_tasks(node)
-                    || node.is_some_and(|n| !constraint::matches_all(&constraints, n)));
+                    || node.is_some_and(|n| !constraint::matches_all(&constraints, n)))
+                || crate::manager::allocator::attachments_outdated(w, svc, t);
             if misplaced {
                 // Replaced right away: the restart delay is for tasks that
                 // failed, not for nodes that went away.
