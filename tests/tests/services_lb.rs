@@ -64,6 +64,21 @@ fn task_ip(tb: &Testbed, h: usize, cid: &str, prefix: &str) -> String {
         .to_owned()
 }
 
+/// The datapath uses none of what Docker's does: no iptables or nftables
+/// rule, no IPVS, no kernel vxlan device or bridge on the host.
+fn assert_no_kernel_service_machinery(h: &Host) {
+    let links = h.run("ip", ["-d", "-o", "link"]).unwrap();
+    for l in links.lines() {
+        assert!(!l.contains(" vxlan ") && !l.contains(" bridge "), "a kernel vxlan or bridge device: {l}");
+    }
+    let rules = h.run("iptables-save", std::iter::empty::<&str>()).unwrap_or_default();
+    assert!(!rules.lines().any(|l| l.starts_with("-A")), "iptables rules: {rules}");
+    let nft = h.run("nft", ["list", "ruleset"]).unwrap_or_default();
+    assert!(nft.trim().is_empty(), "nftables rules: {nft}");
+    let ipvs = h.run("cat", ["/proc/net/ip_vs"]);
+    assert!(ipvs.is_err() || ipvs.as_deref().is_ok_and(|t| t.lines().count() <= 3), "IPVS: {ipvs:?}");
+}
+
 #[test]
 fn vip_connections_spread_over_tasks_and_follow_scaling() {
     let tb = cluster(3, 1, &[], &[]);
@@ -165,6 +180,9 @@ fn a_published_port_answers_on_every_node_and_the_task_sees_the_client() {
     // A port nobody published is not answered.
     assert!(who_from_host(outside, "http://198.18.0.1:7081/").is_err());
 
+    for h in &tb.hosts()[..3] {
+        assert_no_kernel_service_machinery(h);
+    }
     // A second service with three tasks on another port: new connections
     // through one node reach all of them.
     create(m, &["--name", "web3", "--replicas", "3", "-p", "7081:80"]);
