@@ -1,15 +1,20 @@
-//! `cargo xtask demo`: a three-host swarm in network namespaces on this
-//! machine — init on node1, a second manager and a worker joined with the
-//! tokens init printed — with an attachable overlay network and one endpoint
-//! namespace ("app") per host attached to it, the busybox image and a
-//! replicated service running across the hosts, left running until
-//! `cargo xtask demo --down`.
+//! `cargo xtask demo`: the seeds' tutorial on this machine. Six hosts in
+//! network namespaces (node1 inits, node2 and node3 join as managers, node4–6
+//! as workers, with the tokens init printed) and a seventh outside the
+//! swarm, the client; the overlay network `swarm_test`; a `helloworld` service of two
+//! busybox tasks serving HTTP on 80, published as 7080. It shows `service ls`
+//! and `service ps`, pings one task from the other by container name across
+//! hosts, fetches `http://<node>:7080/` from the client for every node (which
+//! task answered, and the client address the task saw), kills one task's
+//! container and shows its replacement, scales to 3 and back to 2, and
+//! leaves everything running until `cargo xtask demo --down`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use swarm_tests::{
-    swarm::agent,
+    poll,
+    swarm::{agent, docker},
     testbed::{self, Lifetime, Testbed},
 };
 
@@ -22,8 +27,9 @@ pub struct Args {
     /// Remove the demo cluster (stops its agents, removes the hosts).
     #[arg(long)]
     down: bool,
-    /// Number of hosts (node1 inits, node2 joins as a manager, the rest as workers).
-    #[arg(long, default_value_t = 3)]
+    /// Number of swarm hosts (node1 inits, node2 and node3 join as managers,
+    /// the rest as workers); one more host is the outside client.
+    #[arg(long, default_value_t = 6)]
     hosts: usize,
 }
 
@@ -60,21 +66,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // A fresh machine: install what it lacks first, as `cargo xtask test` does.
     crate::setup::run()?;
     let bin = build_agent()?;
-    step(&format!("bringing up {} hosts (testbed {NAME})", args.hosts));
-    let tb = Testbed::create(NAME, args.hosts, Lifetime::Persistent)?;
-    let h = tb.hosts();
+    step(&format!("bringing up {} hosts and an outside client (testbed {NAME})", args.hosts));
+    let tb = Testbed::create(NAME, args.hosts + 1, Lifetime::Persistent)?;
+    let all = tb.hosts();
+    let (h, client) = (&all[..args.hosts], &all[args.hosts]);
+    let client_ip = format!("198.18.0.{}", args.hosts + 1);
     step("node1: swarm-agent init");
     print!("{}", agent(&h[0], &["init"])?);
     let worker = agent(&h[0], &["join-token", "-q", "worker"])?.trim().to_owned();
     let manager = agent(&h[0], &["join-token", "-q", "manager"])?.trim().to_owned();
     for (i, host) in h.iter().enumerate().skip(1) {
-        let (role, token) = if i == 1 { ("manager", &manager) } else { ("worker", &worker) };
+        let (role, token) = if i < 3 { ("manager", &manager) } else { ("worker", &worker) };
         step(&format!("{}: swarm-agent join --token <{role} token> 198.18.0.1:2377", host.name));
         print!("{}", agent(host, &["join", "--token", token, "198.18.0.1:2377"])?);
     }
     step("node1: swarm-agent node ls");
-    // Give the joined nodes' first heartbeats a moment to arrive.
-    let rows = swarm_tests::poll::until("every node ready", std::time::Duration::from_secs(20), || {
+    let rows = poll::until("every node ready", LONG, || {
         let out = agent(&h[0], &["node", "ls"]).map_err(|e| e.to_string())?;
         let ready = out.lines().skip(1).filter(|l| l.contains(" Ready ")).count();
         if ready == h.len() { Ok(out) } else { Err(out) }
@@ -82,36 +89,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     print!("{rows}");
 
-    step("node1: swarm-agent network create --driver overlay --attachable demo-net");
-    print!("{}", agent(&h[0], &["network", "create", "--driver", "overlay", "--attachable", "demo-net"])?);
-    let mut endpoints = Vec::new();
-    for host in h {
-        let ns = host.add_netns("app")?;
-        step(&format!("{}: swarm-agent network connect demo-net --netns {}", host.name, ns.display()));
-        agent(host, &["network", "connect", "demo-net", "--netns", &ns.display().to_string()])?;
-        let ip = swarm_tests::overlay::ipv4_of(host, &ns, "eth0").map_err(anyhow::Error::msg)?;
-        println!("{}: app namespace has eth0 {ip}/24", host.name);
-        endpoints.push(swarm_tests::overlay::Endpoint { host: host.clone(), netns: ns, ip });
-    }
-    let (first, last) = (&endpoints[0], &endpoints[endpoints.len() - 1]);
-    step(&format!("ping from node1's app to {}'s app ({}), through VXLAN in eBPF", last.host.name, last.ip));
-    swarm_tests::poll::until("the endpoints to know each other", std::time::Duration::from_secs(20), || {
-        first.ping(last.ip)
-    })
-    .map_err(anyhow::Error::msg)?;
-    let out = first.host.run_in(&first.netns, "ping", ["-c", "3", &last.ip.to_string()])?;
-    print!("{out}");
+    step("node1: swarm-agent network create --driver overlay swarm_test");
+    print!("{}", agent(&h[0], &["network", "create", "--driver", "overlay", "swarm_test"])?);
 
-    // Services: the busybox image on node1 only (managers ship it to the
-    // nodes that need it), a replicated service over all hosts.
+    // The busybox image on node1 only: managers ship it to the nodes that need it.
     let image = swarm_tests::image::busybox_rootfs(&target_dir()).map_err(anyhow::Error::msg)?;
-    step("node1: swarm-agent image import (busybox, as docker import)");
+    step("node1: docker import busybox");
     let mut c = h[0].command("docker")?;
     c.args(["import", "--change", "CMD [\"sh\"]", &image.display().to_string(), "busybox:latest"]);
     print!("{}", swarm_tests::cmd::run(&mut c)?);
-    let replicas = h.len().to_string();
+
     step(&format!(
-        "node1: swarm-agent service create --name web --replicas {replicas} --network demo-net busybox httpd -f -p 8080 -h /var/www"
+        "node1: swarm-agent service create --replicas 2 --name helloworld -p 7080:80 --network=swarm_test busybox sh -c '{HELLO}'"
     ));
     print!(
         "{}",
@@ -120,39 +109,128 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             &[
                 "service",
                 "create",
-                "--name",
-                "web",
                 "--replicas",
-                &replicas,
-                "--network",
-                "demo-net",
-                "busybox",
-                "httpd",
-                "-f",
+                "2",
+                "--name",
+                "helloworld",
                 "-p",
-                "8080",
-                "-h",
-                "/var/www",
+                "7080:80",
+                "--network=swarm_test",
+                "busybox",
+                "sh",
+                "-c",
+                HELLO,
             ]
         )?
     );
     step("node1: swarm-agent service ls");
     print!("{}", agent(&h[0], &["service", "ls"])?);
-    step("node1: swarm-agent service ps web");
-    print!("{}", agent(&h[0], &["service", "ps", "web"])?);
+    step("node1: swarm-agent service ps helloworld");
+    print!("{}", agent(&h[0], &["service", "ps", "helloworld"])?);
+
+    let tasks = poll::until("both tasks running", LONG, || {
+        let t = tasks(h, "helloworld.");
+        if t.len() == 2 { Ok(t) } else { Err(format!("{} running", t.len())) }
+    })
+    .map_err(anyhow::Error::msg)?;
+    let (a, b) = (&tasks[0], &tasks[1]);
+    step(&format!(
+        "{}: docker exec {} ping -c 3 {}   (by container name, across hosts)",
+        a.host,
+        a.short(),
+        b.name
+    ));
+    let out = poll::until("the name to resolve", LONG, || {
+        docker(&h[a.index], &["exec", &a.id, "ping", "-c", "3", &b.name]).map_err(|e| e.to_string())
+    })
+    .map_err(anyhow::Error::msg)?;
+    print!("{out}");
+
+    step(&format!(
+        "{} ({client_ip}, outside the swarm): wget http://<node>:7080/cgi-bin/hello for every node",
+        client.name
+    ));
+    for (i, host) in h.iter().enumerate() {
+        let url = format!("http://198.18.0.{}:7080/cgi-bin/hello", i + 1);
+        let answer = poll::until("the routing mesh to answer", LONG, || {
+            client
+                .run("busybox", ["timeout", "5", "busybox", "wget", "-q", "-O", "-", &url])
+                .map_err(|e| e.to_string())
+        })
+        .map_err(anyhow::Error::msg)?;
+        let here = if tasks.iter().any(|t| t.index == i) { "runs a task" } else { "no task here" };
+        // busybox httpd shows IPv4 clients as `[::ffff:a.b.c.d]`.
+        let answer = answer.trim().replace("[::ffff:", "").replace(']', "");
+        println!("{:<6} ({here:<12}) -> {answer}", host.name);
+    }
+
+    step(&format!("{}: docker kill {}   (one task's container)", a.host, a.short()));
+    docker(&h[a.index], &["kill", &a.id])?;
+    poll::until("the task to be replaced", LONG, || {
+        let ps = agent(&h[0], &["service", "ps", "helloworld"]).map_err(|e| e.to_string())?;
+        let running = ps.lines().filter(|l| l.contains(" Running ")).count();
+        if running == 2 && ps.lines().count() >= 4 { Ok(()) } else { Err(ps) }
+    })
+    .map_err(anyhow::Error::msg)?;
+    step("node1: swarm-agent service ps helloworld");
+    print!("{}", agent(&h[0], &["service", "ps", "helloworld"])?);
+
+    for n in ["3", "2"] {
+        step(&format!("node1: swarm-agent service scale helloworld={n}"));
+        print!("{}", agent(&h[0], &["service", "scale", &format!("helloworld={n}")])?);
+        step("node1: swarm-agent service ls");
+        print!("{}", agent(&h[0], &["service", "ls"])?);
+    }
     println!();
     println!("The swarm is running. Each host is a network namespace; run commands in one with:");
-    println!("  cargo xtask testbed exec --name {NAME} node1 -- {} node ls", bin.display());
-    println!("  cargo xtask testbed exec --name {NAME} node1 -- docker node ls      (docker's own CLI)");
+    println!("  cargo xtask testbed exec --name {NAME} node1 -- {} service ps helloworld", bin.display());
+    println!("  cargo xtask testbed exec --name {NAME} node1 -- docker service ls      (docker's own CLI)");
     println!(
-        "  cargo xtask testbed exec --name {NAME} node1 -- {} network inspect --verbose demo-net",
-        bin.display()
+        "From the outside client:     cargo xtask testbed exec --name {NAME} {} -- busybox wget -q -O - http://198.18.0.4:7080/cgi-bin/hello",
+        client.name
     );
-    println!("Inside an app namespace:      nsenter --net={} ping {}", first.netns.display(), last.ip);
-    println!(
-        "Scale the service:           cargo xtask testbed exec --name {NAME} node1 -- docker service scale web=6"
-    );
-    println!("Cut a host off the network:  cargo xtask testbed cut --name {NAME} node3");
+    println!("Cut a host off the network:  cargo xtask testbed cut --name {NAME} node4");
     println!("Remove everything:           cargo xtask demo --down");
     Ok(())
+}
+
+const LONG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The tutorial's service: busybox httpd on 80 whose `/cgi-bin/hello`
+/// names the task that answered and the client address it saw.
+const HELLO: &str = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho hello from $(hostname), you are $REMOTE_ADDR\\n' > /www/cgi-bin/hello && chmod +x /www/cgi-bin/hello && exec httpd -f -p 80 -h /www";
+
+/// A running task container.
+struct TaskContainer {
+    index: usize,
+    host: String,
+    id: String,
+    name: String,
+}
+
+impl TaskContainer {
+    fn short(&self) -> &str {
+        &self.id[..12]
+    }
+}
+
+/// The running containers whose name starts with `prefix`, on every host.
+fn tasks(h: &[swarm_tests::testbed::Host], prefix: &str) -> Vec<TaskContainer> {
+    let mut out = Vec::new();
+    for (index, host) in h.iter().enumerate() {
+        let Ok(ps) = docker(host, &["ps", "--no-trunc", "--format", "{{.ID}} {{.Names}}"]) else { continue };
+        for l in ps.lines() {
+            if let Some((id, name)) = l.split_once(' ')
+                && name.starts_with(prefix)
+            {
+                out.push(TaskContainer {
+                    index,
+                    host: host.name.clone(),
+                    id: id.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
+        }
+    }
+    out
 }
