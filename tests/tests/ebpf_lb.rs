@@ -123,12 +123,16 @@ impl Host {
 
 /// A TCP segment (20-byte header, ACK|PSH) with its checksum over the pseudo header.
 fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    tcp_with(0x18, src, dst, sport, dport, payload)
+}
+
+fn tcp_with(flags: u8, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut t = Vec::with_capacity(20 + payload.len());
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&dport.to_be_bytes());
     t.extend_from_slice(&1u32.to_be_bytes());
     t.extend_from_slice(&1u32.to_be_bytes());
-    t.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     t.extend_from_slice(payload);
     let c = l4_checksum(src, dst, IPPROTO_TCP, &t);
     t[16..18].copy_from_slice(&c.to_be_bytes());
@@ -367,4 +371,37 @@ fn fragments_to_a_vip_are_dropped_and_arp_for_a_vip_is_answered() {
     assert_eq!(h.drops(), vec![(DropReason::MalformedServicePacket, 1)]);
     let arp = swarm_tests::packet::arp_request(MAC_A, EP_A, VIP);
     assert_eq!(h.run(PROG_TC_FROM_ENDPOINT, &arp).0, TC_ACT_REDIRECT, "the VIP resolves");
+}
+
+#[test]
+fn a_new_connection_reusing_a_balanced_flows_ports_is_not_translated_back() {
+    let mut h = Host::a();
+    h.balance(&[vip_want(&[EP_REMOTE])]);
+    let gw = [0x02, 0x42, 0xac, 0x1e, 0, 1];
+    let to_vip = ethernet(
+        gw,
+        MAC_A,
+        ETH_P_IP,
+        &Ipv4::new(EP_A, VIP, IPPROTO_TCP).packet(&tcp_with(0x02, EP_A, VIP, 40010, 8080, b"")),
+    );
+    assert_eq!(h.run(PROG_TC_FROM_ENDPOINT, &to_vip).0, TC_ACT_REDIRECT);
+    // Later, the same client port straight to the task's address.
+    let direct = ethernet(
+        MAC_REMOTE,
+        MAC_A,
+        ETH_P_IP,
+        &Ipv4::new(EP_A, EP_REMOTE, IPPROTO_TCP).packet(&tcp_with(0x02, EP_A, EP_REMOTE, 40010, 8080, b"")),
+    );
+    let (ret, out) = h.run(PROG_TC_FROM_ENDPOINT, &direct);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(parse(&out[64..]), (EP_A, EP_REMOTE, 40010, 8080, true));
+    // Its reply keeps the task's address.
+    let reply = tcp_with(0x12, EP_REMOTE, EP_A, 8080, 40010, b"");
+    let inner =
+        ethernet(MAC_A, MAC_REMOTE, ETH_P_IP, &Ipv4::new(EP_REMOTE, EP_A, IPPROTO_TCP).packet(&reply));
+    let outer = Ipv4::new(HOST_B, HOST_A, IPPROTO_UDP);
+    let (ret, out) = h.run(PROG_TC_FROM_UNDERLAY, &vxlan_frame_with(&outer, 4789, 0x08, VNI, &inner));
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(parse(&out[14..]), (EP_REMOTE, EP_A, 8080, 40010, true));
+    assert_eq!(h.event(Event::ReverseTranslated), 0);
 }

@@ -25,6 +25,8 @@ pub enum Which {
     Store(crate::bench_store::Args),
     /// Services: create, scale, heal, reschedule, agent memory, scheduling.
     Services(crate::bench_services::Args),
+    /// The routing mesh vs direct and vs kube-proxy-style iptables; VIPs.
+    Mesh(crate::bench_mesh::Args),
 }
 
 pub fn run(which: &Which) -> anyhow::Result<()> {
@@ -33,6 +35,7 @@ pub fn run(which: &Which) -> anyhow::Result<()> {
         Which::Overlay(a) => crate::bench_overlay::run(a),
         Which::Store(a) => crate::bench_store::run(a),
         Which::Services(a) => crate::bench_services::run(a),
+        Which::Mesh(a) => crate::bench_mesh::run(a),
     }
 }
 

@@ -12,6 +12,7 @@
 //! - `chaos`: the fault suite's long form (kills and partitions under a writer).
 
 mod bench;
+mod bench_mesh;
 mod bench_overlay;
 mod bench_services;
 mod bench_store;

@@ -681,10 +681,31 @@ fn datapath_json(d: &mut crate::datapath::host::HostDatapath, vni: u32) -> serde
             serde_json::json!({ "IP": std::net::Ipv4Addr::from(k.ip).to_string(), "Host": host })
         })
         .collect();
+    // The VIPs of this network and the published ports balanced over it.
+    let frontends: Vec<serde_json::Value> = d
+        .frontends()
+        .into_iter()
+        .filter(|(_, f, _)| f.backend_vni == vni)
+        .map(|(k, f, b)| {
+            let backends: Vec<String> =
+                b.iter().map(|ip| std::net::Ipv4Addr::from(*ip).to_string()).collect();
+            if k.vni == swarm_common::lb::PUBLISHED_SCOPE {
+                let proto = if k.proto == swarm_common::wire::IPPROTO_UDP { "udp" } else { "tcp" };
+                serde_json::json!({
+                    "Published": format!("{}/{proto}", u16::from_be_bytes(k.port)),
+                    "Target": u16::from_be_bytes(f.target_port),
+                    "Backends": backends,
+                })
+            } else {
+                serde_json::json!({ "VIP": std::net::Ipv4Addr::from(k.ip).to_string(), "Backends": backends })
+            }
+        })
+        .collect();
     serde_json::json!({
         "Drops": drops,
         "Events": events,
         "Endpoints": peers,
+        "Frontends": frontends,
         "Underlay": d.underlay,
         "XDP": d.xdp.map(|m| format!("{m:?}")),
     })

@@ -363,6 +363,13 @@ impl HostDatapath {
         super::balancer::sync(&mut maps, &mut self.balancers, want)
     }
 
+    /// The service frontends as programmed: key, value, backends.
+    pub fn frontends(
+        &self,
+    ) -> Vec<(swarm_common::lb::FrontendKey, swarm_common::lb::Frontend, Vec<[u8; 4]>)> {
+        self.balancers.iter().map(|(k, (f, b))| (*k, *f, b.clone())).collect()
+    }
+
     /// The flow table (translations of balanced flows).
     pub fn flows(
         &mut self,

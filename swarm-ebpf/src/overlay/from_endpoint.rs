@@ -128,19 +128,24 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
     let mut translated = false;
     match lb::tuple(ctx, &ip) {
         L4Tuple::Flow(t) => {
+            let syn = lb::is_syn(ctx, &t);
             let mut f = lb::flow(&t);
-            // A flow whose backend has gone is given a new one.
+            // A flow whose backend has gone is given a new one, and so is a
+            // new connection that reuses an old one's ports.
             if let Some(x) = f
                 && x.flags & FLOW_DNAT != 0
-                && endpoint(me.vni, x.ip).is_none()
+                && (syn || endpoint(me.vni, x.ip).is_none())
             {
                 f = None;
             }
-            if f.is_none()
-                && let Some(fe) = lb::frontend(&FrontendKey::vip(me.vni, ip.dst))
-            {
+            let fe = if f.is_none() { lb::frontend(&FrontendKey::vip(me.vni, ip.dst)) } else { None };
+            if let Some(fe) = fe {
                 f = Some(lb::new_flow(&t, &fe)?);
                 count_event(Event::NewFlow, ctx.len());
+            } else if f.is_none() && (syn || t.proto == IPPROTO_UDP) {
+                // Not balanced: an old balanced flow's reply translation for
+                // these ports must not catch this flow's replies.
+                lb::forget(&t.reversed());
             }
             if let Some(f) = f {
                 if f.flags & FLOW_DNAT != 0 {

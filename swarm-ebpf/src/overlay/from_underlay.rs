@@ -118,7 +118,9 @@ fn published(ctx: &TcContext, cfg: &HostConfig, ip: &Ipv4Hdr) -> Result<i32, Dro
     let Some(fe) = lb::frontend(&FrontendKey::published(u16::from_be_bytes(t.dport), t.proto)) else {
         return Ok(TC_ACT_OK);
     };
-    let known = lb::flow(&t).filter(|f| f.flags & FLOW_DNAT != 0 && endpoint(fe.backend_vni, f.ip).is_some());
+    let syn = lb::is_syn(ctx, &t);
+    let known =
+        lb::flow(&t).filter(|f| !syn && f.flags & FLOW_DNAT != 0 && endpoint(fe.backend_vni, f.ip).is_some());
     let f = match known {
         Some(f) => f,
         None => {

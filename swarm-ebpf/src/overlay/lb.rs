@@ -120,6 +120,18 @@ pub fn new_flow(key: &FlowKey, fe: &Frontend) -> Result<Flow, DropReason> {
     Ok(forward)
 }
 
+/// True for a TCP segment that opens a connection (SYN without ACK).
+#[inline(always)]
+pub fn is_syn(ctx: &TcContext, t: &FlowKey) -> bool {
+    t.proto == IPPROTO_TCP && ctx.load::<u8>(L4 + 13).is_ok_and(|f| f & 0x12 == 0x02)
+}
+
+/// Forgets the translation of `key`, if any.
+#[inline(always)]
+pub fn forget(key: &FlowKey) {
+    let _ = SERVICE_FLOWS.remove(key);
+}
+
 /// Records `flow` for `key` (no error if the table refuses: the next packet tries again).
 #[inline(always)]
 pub fn remember(key: &FlowKey, flow: &Flow) {
