@@ -156,15 +156,36 @@ pub const FLOW_VIA: u16 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// Network byte order.
+    /// [`FLOW_DNAT`]: the new destination, network byte order.
     pub ip: [u8; 4],
     /// Network byte order; 0 keeps the port.
     pub port: [u8; 2],
     pub flags: u16,
     /// Underlay address of the ingress node ([`FLOW_VIA`]).
     pub via: [u8; 4],
+    /// [`FLOW_SNAT`]: the new source, network byte order.
+    pub src_ip: [u8; 4],
+    /// Network byte order; 0 keeps the port.
+    pub src_port: [u8; 2],
+    pub pad: [u8; 2],
+    /// Non-zero: after the rewrite the packet belongs to this network (a
+    /// task's connection to a published port crosses from its own network
+    /// to ingress, and its replies back).
+    pub vni: u32,
 }
-const _: () = assert!(core::mem::size_of::<Flow>() == 12);
+const _: () = assert!(core::mem::size_of::<Flow>() == 24);
+
+/// This host's own endpoint on the ingress network (array of one; zero
+/// until the host has one): the source tasks' connections to published
+/// ports take on ingress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostEndpoint {
+    /// Network byte order.
+    pub ip: [u8; 4],
+    pub vni: u32,
+}
+const _: () = assert!(core::mem::size_of::<HostEndpoint>() == 8);
 
 /// The backend slot a flow hash picks among `count` (non-zero).
 #[must_use]
@@ -188,6 +209,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Flow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HostEndpoint {}
 }
 
 #[cfg(test)]

@@ -64,6 +64,9 @@ pub const MAP_SERVICE_BACKENDS: &str = "SERVICE_BACKENDS";
 /// of each flow, both directions.
 pub const MAP_SERVICE_FLOWS: &str = "SERVICE_FLOWS";
 
+/// `ARRAY` of one [`crate::lb::HostEndpoint`]: this host's endpoint on ingress.
+pub const MAP_LB_HOST: &str = "LB_HOST";
+
 /// Every program name, for checks that the object has them all.
 pub const ALL_PROGRAMS: &[&str] = &[
     PROG_XDP_VXLAN_COUNT,
@@ -88,4 +91,5 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_SERVICE_BACKENDS,
     MAP_SERVICE_FLOWS,
     MAP_SOCK_NETNS,
+    MAP_LB_HOST,
 ];

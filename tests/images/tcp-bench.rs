@@ -57,6 +57,25 @@ fn request(r: &mut BufReader<TcpStream>, w: &mut TcpStream, line: &mut String) -
     if line == "ok\n" { Ok(()) } else { Err(std::io::Error::other(format!("answer {line:?}"))) }
 }
 
+unsafe extern "C" {
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const std::ffi::c_void, len: u32) -> i32;
+}
+
+/// Closes with a reset instead of keeping TIME_WAIT: a client opening
+/// thousands of connections a second would otherwise run out of ports
+/// and measure the kernel's search for a free one.
+fn reset_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    struct Linger {
+        on: i32,
+        secs: i32,
+    }
+    let l = Linger { on: 1, secs: 0 };
+    // SAFETY: SOL_SOCKET (1) / SO_LINGER (13) with a `struct linger`.
+    unsafe { setsockopt(s.as_raw_fd(), 1, 13, std::ptr::from_ref(&l).cast(), 8) };
+}
+
 fn open(addr: &str) -> std::io::Result<(BufReader<TcpStream>, TcpStream)> {
     let s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
@@ -75,6 +94,7 @@ fn main() {
             while t.elapsed() < secs {
                 let (mut r, mut w) = open(&arg(2)).expect("connect");
                 request(&mut r, &mut w, &mut line).expect("request");
+                reset_on_close(&w);
                 n += 1;
             }
             println!("conns_per_sec={:.0}", n as f64 / t.elapsed().as_secs_f64());

@@ -32,7 +32,7 @@ pub fn static_tool(target: &Path, tool: &str) -> Result<PathBuf, String> {
         return Ok(bin);
     }
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let tmp = dir.join(format!("{tool}.{}", std::process::id()));
+    let tmp = dir.join(format!("{tool}.{}", unique()));
     let built = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()))
         .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
         .arg(&tmp)
@@ -44,6 +44,12 @@ pub fn static_tool(target: &Path, tool: &str) -> Result<PathBuf, String> {
     }
     fs::rename(&tmp, &bin).map_err(|e| format!("storing {tool}: {e}"))?;
     Ok(bin)
+}
+
+/// A suffix no other builder (process or thread) uses at the same time.
+fn unique() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{}.{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// FNV-1a of the files' contents.
@@ -75,7 +81,7 @@ pub fn busybox_rootfs(target: &Path) -> Result<PathBuf, String> {
     if !Path::new(BUSYBOX).is_file() {
         return Err(format!("{BUSYBOX} is missing: apt-get install busybox-static"));
     }
-    let root = dir.join(format!("rootfs.{}", std::process::id()));
+    let root = dir.join(format!("rootfs.{}", unique()));
     let _ = fs::remove_dir_all(&root);
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     for d in ["bin", "etc", "tmp", "root", "var/www", "proc", "sys", "dev"] {
@@ -100,7 +106,7 @@ pub fn busybox_rootfs(target: &Path) -> Result<PathBuf, String> {
         .map_err(|e| io("writing /etc/group", e))?;
     fs::write(root.join("var/www/index.html"), "hello from busybox\n")
         .map_err(|e| io("writing index.html", e))?;
-    let tmp = dir.join(format!("busybox-rootfs-{hash:016x}.tar.{}", std::process::id()));
+    let tmp = dir.join(format!("busybox-rootfs-{hash:016x}.tar.{}", unique()));
     let out = Command::new("tar")
         .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
         .arg(&root)

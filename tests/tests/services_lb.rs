@@ -180,6 +180,38 @@ fn a_published_port_answers_on_every_node_and_the_task_sees_the_client() {
     // A port nobody published is not answered.
     assert!(who_from_host(outside, "http://198.18.0.1:7081/").is_err());
 
+    // From a task on another network, on a node without a backend, to any
+    // node's address (from the node's own address on ingress).
+    docker(m, &["network", "create", "--driver", "overlay", "--subnet", "10.33.0.0/24", "probe-net"])
+        .unwrap();
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "probe",
+            "--network",
+            "probe-net",
+            "--constraint",
+            "node.hostname==node1",
+            "busybox",
+            "sleep",
+            "1d",
+        ],
+    )
+    .unwrap();
+    wait_replicas(&tb, "probe", "1/1", LONG);
+    let probe = running_containers(&tb).into_iter().find(|c| c.name.starts_with("probe.")).unwrap();
+    for node in 1..=3 {
+        let url = format!("http://198.18.0.{node}:7080/cgi-bin/who");
+        let (_, addr) = poll::until(&format!("{url} from a task"), LONG, || {
+            who_from_task(&tb, probe.host, &probe.id, &url)
+        })
+        .unwrap();
+        assert!(addr.starts_with("10.0.0."), "from node1's ingress address, not {addr}");
+    }
     for h in &tb.hosts()[..3] {
         assert_no_kernel_service_machinery(h);
     }

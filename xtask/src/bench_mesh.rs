@@ -295,17 +295,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             defined += 1;
         }
         if n > 1 {
-            // Every node's datapath has them once its names view carries them.
-            poll::until("the frontends to reach node1", LONG, || {
-                let v =
-                    agent(n1, &["network", "inspect", "--verbose", "ingress"]).map_err(|e| e.to_string())?;
-                if v.contains(&format!("\"{}/tcp\"", 21000 + n - 1)) {
-                    Ok(())
-                } else {
-                    Err("not yet".to_owned())
-                }
-            })
-            .map_err(anyhow::Error::msg)?;
+            // Both nodes' datapaths have them once their names views carry
+            // the last one (views are computed from the latest state, so
+            // nothing is left to catch up after that).
+            for h in [n1, n2] {
+                poll::until("the frontends to reach the nodes", LONG, || {
+                    let v = agent(h, &["network", "inspect", "--verbose", "ingress"])
+                        .map_err(|e| e.to_string())?;
+                    if v.contains(&format!("\"{}/tcp\"", 21000 + n - 1)) {
+                        Ok(())
+                    } else {
+                        Err("not yet".to_owned())
+                    }
+                })
+                .map_err(anyhow::Error::msg)?;
+            }
         }
         for _ in 0..args.runs {
             iptables_restore(n1, &kube_proxy_rules(n, 7201, &ip_remote))?;

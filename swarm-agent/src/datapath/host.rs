@@ -242,6 +242,15 @@ impl HostDatapath {
                 ifindex,
             },
         )?;
+        {
+            use swarm_common::{lb::HostEndpoint, names::MAP_LB_HOST};
+            let map = self.ebpf.map_mut(MAP_LB_HOST).ok_or(DatapathError::MissingMap(MAP_LB_HOST))?;
+            let mut a: aya::maps::Array<&mut aya::maps::MapData, HostEndpoint> =
+                aya::maps::Array::try_from(map)
+                    .map_err(|source| DatapathError::Map { map: MAP_LB_HOST, source })?;
+            a.set(0, HostEndpoint { ip: ip.octets(), vni }, 0)
+                .map_err(|source| DatapathError::Map { map: MAP_LB_HOST, source })?;
+        }
         self.attach_tc(PROG_TC_FROM_ENDPOINT, iface)
     }
 

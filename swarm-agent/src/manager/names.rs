@@ -333,6 +333,30 @@ mod tests {
     }
 
     #[test]
+    fn balancers_hold_vips_of_vip_services_with_their_running_tasks() {
+        let s = running_state();
+        let lb = balancers(&s, &["app".to_owned()].into());
+        assert_eq!(lb.vips.len(), 1, "dnsrr services have no VIP to balance: {:?}", lb.vips);
+        let v = &lb.vips[0];
+        assert_eq!(v.vni, 4097);
+        assert_eq!(v.vip, s.services["web"].endpoint.virtual_ips[0].ip.parse::<Ipv4Addr>().unwrap());
+        let mut tasks: Vec<Ipv4Addr> = s
+            .tasks
+            .values()
+            .filter(|t| t.service_id == "web")
+            .map(|t| t.networks[0].ip.parse().unwrap())
+            .collect();
+        tasks.sort();
+        let mut got = v.backends.clone();
+        got.sort();
+        assert_eq!(got, tasks);
+        assert!(lb.published.is_empty() && lb.host_ports.is_empty());
+        assert_eq!(lb.ingress.as_ref().map(|i| i.vni), Some(4096), "every node learns the ingress network");
+        // Not on the node's networks: no VIP.
+        assert!(balancers(&s, &BTreeSet::new()).vips.is_empty());
+    }
+
+    #[test]
     fn vip_and_dnsrr_services_tasks_aliases_containers_and_ptr() {
         let s = running_state();
         let v = view(&s, &["app".to_owned(), "ing".to_owned()].into());

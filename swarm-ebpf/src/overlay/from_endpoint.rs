@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use swarm_common::{
     VXLAN_OVERHEAD,
-    lb::{FLOW_DNAT, FLOW_SNAT, FLOW_VIA, FrontendKey},
+    lb::{FLOW_DNAT, FLOW_SNAT, FLOW_VIA, Flow, FlowKey, FrontendKey},
     overlay::{
         DropReason, EndpointInfo, EndpointKey, Event, GATEWAY_MAC, HostConfig, LocalEndpoint, OUTER_TTL,
         SRC_PORT_MASK, SRC_PORT_MIN,
@@ -33,6 +33,7 @@ use swarm_common::{
 
 use super::{
     OVERLAY_ENDPOINTS, OVERLAY_LOCAL, OVERLAY_NETWORKS, count_drop, count_event, deliver_local, host_config,
+    is_member,
     lb::{self, L4Tuple, Side},
 };
 use crate::packet::{tc_ptr, tc_read};
@@ -126,6 +127,9 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
     let mut dst_ip = ip.dst;
     let mut via = None;
     let mut translated = false;
+    // The network the packet is routed in (a task's connection to a
+    // published port moves to ingress, and its replies back).
+    let mut vni = me.vni;
     match lb::tuple(ctx, &ip) {
         L4Tuple::Flow(t) => {
             let syn = lb::is_syn(ctx, &t);
@@ -134,18 +138,17 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
             // new connection that reuses an old one's ports.
             if let Some(x) = f
                 && x.flags & FLOW_DNAT != 0
-                && (syn || endpoint(me.vni, x.ip).is_none())
+                && (syn || endpoint(if x.vni == 0 { me.vni } else { x.vni }, x.ip).is_none())
             {
                 f = None;
             }
-            let fe = if f.is_none() { lb::frontend(&FrontendKey::vip(me.vni, ip.dst)) } else { None };
-            if let Some(fe) = fe {
-                f = Some(lb::new_flow(&t, &fe)?);
-                count_event(Event::NewFlow, ctx.len());
-            } else if f.is_none() && (syn || t.proto == IPPROTO_UDP) {
-                // Not balanced: an old balanced flow's reply translation for
-                // these ports must not catch this flow's replies.
-                lb::forget(&t.reversed());
+            if f.is_none() {
+                f = balance(ctx, me, &ip, &t)?;
+                if f.is_none() && (syn || t.proto == IPPROTO_UDP) {
+                    // Not balanced: an old balanced flow's reply translation
+                    // for these ports must not catch this flow's replies.
+                    lb::forget(&t.reversed());
+                }
             }
             if let Some(f) = f {
                 if f.flags & FLOW_DNAT != 0 {
@@ -153,12 +156,15 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
                     dst_ip = f.ip;
                 }
                 if f.flags & FLOW_SNAT != 0 {
-                    lb::rewrite(ctx, &t, Side::Src, f.ip, f.port)?;
+                    lb::rewrite(ctx, &t, Side::Src, f.src_ip, f.src_port)?;
                     translated = true;
                     count_event(Event::ReverseTranslated, ctx.len());
                 }
                 if f.flags & FLOW_VIA != 0 {
                     via = Some(f.via);
+                }
+                if f.vni != 0 {
+                    vni = f.vni;
                 }
             }
         }
@@ -171,15 +177,15 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
         // A reply to an outside client whose request came in by another node.
         let cfg = host_config().ok_or(DropReason::NotConfigured)?;
         let inner = EthHdr { dst: GATEWAY_MAC, src: eth.src, ether_type: eth.ether_type };
-        encapsulate(ctx, me.vni, &inner, host_ip, &cfg)?;
+        encapsulate(ctx, vni, &inner, host_ip, &cfg)?;
         count_event(Event::Encapsulated, ctx.len());
         // SAFETY: helper call; a null parameter block means "use the packet's destination".
         unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
         return Ok(TC_ACT_REDIRECT);
     }
-    let Some(dst) = endpoint(me.vni, dst_ip) else {
+    let Some(dst) = endpoint(vni, dst_ip) else {
         // SAFETY: plain data, only read.
-        let in_subnet = unsafe { OVERLAY_NETWORKS.get(&me.vni) }.is_some_and(|n| n.contains(dst_ip));
+        let in_subnet = unsafe { OVERLAY_NETWORKS.get(&vni) }.is_some_and(|n| n.contains(dst_ip));
         if translated && !in_subnet {
             // A published-port reply to an outside client, translated back
             // to this node's address: out of the underlay.
@@ -201,12 +207,45 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
     }
     let cfg = host_config().ok_or(DropReason::NotConfigured)?;
     let inner = EthHdr { dst: dst.mac, src: eth.src, ether_type: eth.ether_type };
-    encapsulate(ctx, me.vni, &inner, dst.host_ip, &cfg)?;
+    encapsulate(ctx, vni, &inner, dst.host_ip, &cfg)?;
     count_event(Event::Encapsulated, ctx.len());
     // The kernel resolves the underlay next hop and fills in the outer MACs.
     // SAFETY: helper call; a null parameter block means "use the packet's destination".
     unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
     Ok(TC_ACT_REDIRECT)
+}
+
+/// A new flow from a task: to a VIP of its network, or to a published port
+/// on a node's address (from this host's address on ingress). `None`: not
+/// for a service.
+#[inline(always)]
+fn balance(
+    ctx: &TcContext,
+    me: &LocalEndpoint,
+    ip: &Ipv4Hdr,
+    t: &FlowKey,
+) -> Result<Option<Flow>, DropReason> {
+    if let Some(fe) = lb::frontend(&FrontendKey::vip(me.vni, ip.dst)) {
+        let f = lb::new_flow(t, &fe)?;
+        count_event(Event::NewFlow, ctx.len());
+        return Ok(Some(f));
+    }
+    // SAFETY: plain data, only read.
+    if unsafe { OVERLAY_NETWORKS.get(&me.vni) }.is_some_and(|n| n.contains(ip.dst)) {
+        return Ok(None);
+    }
+    let Some(cfg) = host_config() else { return Ok(None) };
+    if ip.dst != cfg.underlay_ip && !is_member(ip.dst) {
+        return Ok(None);
+    }
+    let (Some(fe), Some(host)) =
+        (lb::frontend(&FrontendKey::published(u16::from_be_bytes(t.dport), t.proto)), lb::host_endpoint())
+    else {
+        return Ok(None);
+    };
+    let f = lb::new_published_flow(t, &fe, &host, me.vni)?;
+    count_event(Event::NewFlow, ctx.len());
+    Ok(Some(f))
 }
 
 #[inline(always)]

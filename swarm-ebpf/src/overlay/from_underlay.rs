@@ -182,19 +182,32 @@ fn vxlan(ctx: &TcContext, cfg: &HostConfig, ip: &Ipv4Hdr) -> Result<i32, DropRea
     count_event(Event::Decapsulated, ctx.len());
 
     let mut translated = false;
+    let mut dst = dst;
     if let L4Tuple::Flow(t) = lb::tuple(ctx, &inner_ip) {
         match lb::flow(&t) {
             Some(f) if f.flags & FLOW_SNAT != 0 => {
-                lb::rewrite(ctx, &t, Side::Src, f.ip, f.port)?;
+                lb::rewrite(ctx, &t, Side::Src, f.src_ip, f.src_port)?;
                 translated = true;
                 count_event(Event::ReverseTranslated, ctx.len());
+                if f.flags & FLOW_DNAT != 0 {
+                    // A reply to a task's connection to a published port:
+                    // back to the task, on its own network.
+                    lb::rewrite(ctx, &t, Side::Dst, f.ip, f.port)?;
+                    let to =
+                        endpoint(if f.vni == 0 { vni } else { f.vni }, f.ip).filter(EndpointInfo::is_local);
+                    let to = to.ok_or(DropReason::UnknownLocalDestination)?;
+                    let p = tc_ptr::<[u8; 6]>(ctx, 0).ok_or(DropReason::Malformed)?;
+                    // SAFETY: `tc_ptr` checked the bounds.
+                    unsafe { *p = to.mac };
+                    dst = Some(to);
+                }
             }
             _ if dst.is_some() && !net.contains(inner_ip.src) => {
                 // A published-port request from an outside client, carried
                 // here by the node it came in by: replies go back that way.
                 let reply = t.reversed();
                 if lb::flow(&reply).is_none_or(|f| f.flags != FLOW_VIA || f.via != ip.src) {
-                    let back = Flow { ip: [0; 4], port: [0; 2], flags: FLOW_VIA, via: ip.src };
+                    let back = Flow { flags: FLOW_VIA, via: ip.src, ..Flow::default() };
                     lb::remember(&reply, &back);
                 }
             }

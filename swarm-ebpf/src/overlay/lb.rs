@@ -7,13 +7,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::TcContext,
 };
 use swarm_common::{
     lb::{
-        Backend, BackendKey, FLOW_DNAT, FLOW_SNAT, Flow, FlowKey, Frontend, FrontendKey, MAX_BACKEND_SLOTS,
-        MAX_FLOWS, MAX_FRONTENDS, pick,
+        Backend, BackendKey, FLOW_DNAT, FLOW_SNAT, Flow, FlowKey, Frontend, FrontendKey, HostEndpoint,
+        MAX_BACKEND_SLOTS, MAX_FLOWS, MAX_FRONTENDS, pick,
     },
     overlay::DropReason,
     wire::{ETH_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, Ipv4Hdr, TCP_CSUM_OFF, UDP_CSUM_OFF},
@@ -29,6 +29,15 @@ pub static SERVICE_BACKENDS: HashMap<BackendKey, Backend> = HashMap::with_max_en
 
 #[map]
 pub static SERVICE_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map]
+pub static LB_HOST: Array<HostEndpoint> = Array::with_max_entries(1, 0);
+
+/// This host's endpoint on ingress, once it has one.
+#[inline(always)]
+pub fn host_endpoint() -> Option<HostEndpoint> {
+    LB_HOST.get(0).copied().filter(|h| h.vni != 0)
+}
 
 const L3: usize = ETH_HDR_LEN;
 const L4: usize = ETH_HDR_LEN + IPV4_HDR_LEN;
@@ -83,21 +92,34 @@ pub fn frontend(key: &FrontendKey) -> Option<Frontend> {
     unsafe { SERVICE_FRONTENDS.get(key) }.copied()
 }
 
-/// Gives the flow `key` (to frontend `fe`) a backend and records both
-/// directions: the flow's packets go to the backend, the replies' source
-/// becomes the frontend again. Returns the forward translation.
+/// A backend of `fe` for the flow `key`.
 #[inline(always)]
-pub fn new_flow(key: &FlowKey, fe: &Frontend) -> Result<Flow, DropReason> {
+fn choose(key: &FlowKey, fe: &Frontend) -> Result<Backend, DropReason> {
     if fe.count == 0 {
         return Err(DropReason::NoBackend);
     }
     let slot = pick(key.hash(), fe.count);
     // SAFETY: plain data, only read.
-    let b = unsafe { SERVICE_BACKENDS.get(&BackendKey { id: fe.id, slot }) }
-        .copied()
-        .ok_or(DropReason::NoBackend)?;
+    unsafe { SERVICE_BACKENDS.get(&BackendKey { id: fe.id, slot }) }.copied().ok_or(DropReason::NoBackend)
+}
+
+/// Records both directions; a full table evicts its least recently used
+/// entries, and a packet that could not be recorded is better dropped than
+/// sent with no way back.
+#[inline(always)]
+fn record(key: &FlowKey, forward: &Flow, reply_key: &FlowKey, reply: &Flow) -> Result<(), DropReason> {
+    SERVICE_FLOWS.insert(key, forward, 0).map_err(|_| DropReason::NoBackend)?;
+    SERVICE_FLOWS.insert(reply_key, reply, 0).map_err(|_| DropReason::NoBackend)
+}
+
+/// Gives the flow `key` (to frontend `fe`) a backend and records both
+/// directions: the flow's packets go to the backend, the replies' source
+/// becomes the frontend again. Returns the forward translation.
+#[inline(always)]
+pub fn new_flow(key: &FlowKey, fe: &Frontend) -> Result<Flow, DropReason> {
+    let b = choose(key, fe)?;
     let translate_port = fe.target_port != [0, 0];
-    let forward = Flow { ip: b.ip, port: fe.target_port, flags: FLOW_DNAT, via: [0; 4] };
+    let forward = Flow { ip: b.ip, port: fe.target_port, flags: FLOW_DNAT, ..Flow::default() };
     let reply_key = FlowKey {
         src: b.ip,
         dst: key.src,
@@ -107,16 +129,46 @@ pub fn new_flow(key: &FlowKey, fe: &Frontend) -> Result<Flow, DropReason> {
         pad: [0; 3],
     };
     let reply = Flow {
-        ip: key.dst,
-        port: if translate_port { key.dport } else { [0, 0] },
+        src_ip: key.dst,
+        src_port: if translate_port { key.dport } else { [0, 0] },
         flags: FLOW_SNAT,
-        via: [0; 4],
+        ..Flow::default()
     };
-    // A full table evicts its least recently used entries; failing to
-    // record is not expected, and the packet is better dropped than sent
-    // with no way back.
-    SERVICE_FLOWS.insert(key, &forward, 0).map_err(|_| DropReason::NoBackend)?;
-    SERVICE_FLOWS.insert(&reply_key, &reply, 0).map_err(|_| DropReason::NoBackend)?;
+    record(key, &forward, &reply_key, &reply)?;
+    Ok(forward)
+}
+
+/// A task's connection (`key`, on network `client_vni`) to a published
+/// port `fe` on a node's address: to a backend on ingress, from this
+/// host's address there (`host`), and back.
+#[inline(always)]
+pub fn new_published_flow(
+    key: &FlowKey,
+    fe: &Frontend,
+    host: &HostEndpoint,
+    client_vni: u32,
+) -> Result<Flow, DropReason> {
+    let b = choose(key, fe)?;
+    let target = if fe.target_port == [0, 0] { key.dport } else { fe.target_port };
+    let forward = Flow {
+        ip: b.ip,
+        port: target,
+        flags: FLOW_DNAT | FLOW_SNAT,
+        src_ip: host.ip,
+        vni: fe.backend_vni,
+        ..Flow::default()
+    };
+    let reply_key =
+        FlowKey { src: b.ip, dst: host.ip, sport: target, dport: key.sport, proto: key.proto, pad: [0; 3] };
+    let reply = Flow {
+        ip: key.src,
+        flags: FLOW_DNAT | FLOW_SNAT,
+        src_ip: key.dst,
+        src_port: key.dport,
+        vni: client_vni,
+        ..Flow::default()
+    };
+    record(key, &forward, &reply_key, &reply)?;
     Ok(forward)
 }
 
