@@ -350,15 +350,16 @@ impl Overlay {
         let cgroup = self.cgroup2_root();
         let programmed = {
             let mut d = lock(&datapath);
-            d.set_network(alloc.network.vni, subnet.network(), subnet.prefix, gateway)
-                .and_then(|()| d.add_host_endpoint(HOST_DP_IFACE, ifindex, alloc.network.vni, ip, mac))
-                .and_then(|()| match &cgroup {
-                    Ok(path) => d.attach_sock(path),
-                    Err(e) => {
-                        tracing::warn!("published ports will not answer this node's own clients: {e}");
-                        Ok(())
-                    }
-                })
+            let r = d
+                .set_network(alloc.network.vni, subnet.network(), subnet.prefix, gateway)
+                .and_then(|()| d.add_host_endpoint(HOST_DP_IFACE, ifindex, alloc.network.vni, ip, mac));
+            // Without the hook, tasks still reach published ports through
+            // this endpoint; only the node's own processes do not.
+            let hooked = cgroup.and_then(|path| d.attach_sock(&path).map_err(|e| crate::error::chain(&e)));
+            if let Err(e) = hooked {
+                tracing::warn!("published ports will not answer this node's own processes: {e}");
+            }
+            r
         };
         if let Err(e) = programmed {
             let _ = netlink::delete_link(HOST_DP_IFACE).await;

@@ -357,6 +357,46 @@ mod tests {
     }
 
     #[test]
+    fn publishing_a_port_replaces_the_tasks_onto_ingress_and_balances_them() {
+        let mut s = running_state();
+        let mut sp = s.services["web"].spec.clone();
+        sp.endpoint_spec = Some(m::EndpointSpec {
+            mode: Some(m::EndpointSpecModeEnum::VIP),
+            ports: Some(vec![m::EndpointPortConfig {
+                target_port: Some(80),
+                published_port: Some(7080),
+                ..Default::default()
+            }]),
+        });
+        let version = s.services["web"].meta.version;
+        s.apply(20, &Command::UpdateService { id: "web".into(), version, spec: Box::new(sp), now: 3 })
+            .unwrap();
+        let mut next = 100;
+        converge(&mut s, 4, &mut next);
+        let live: Vec<_> = s.tasks.values().filter(|t| t.service_id == "web" && t.is_runnable()).collect();
+        assert_eq!(live.len(), 2);
+        for t in &live {
+            let nets: Vec<&str> = t.networks.iter().map(|n| n.network_id.as_str()).collect();
+            assert_eq!(nets, ["ing", "app"], "ingress first, then the service's network");
+        }
+        let updates: Vec<(String, TaskStatus)> = live
+            .iter()
+            .map(|t| {
+                let mut st = t.status.clone();
+                st.state = TaskState::Running;
+                (t.id.clone(), st)
+            })
+            .collect();
+        s.apply(30, &Command::SetTaskStatus { updates, now: 5 }).unwrap();
+        let lb = node_view(&s, "n1").lb;
+        assert_eq!(lb.published.len(), 1);
+        let p = &lb.published[0];
+        assert_eq!((p.port, p.protocol, p.target), (7080, 6, 80));
+        assert_eq!(p.backends.len(), 2);
+        assert!(p.backends.iter().all(|ip| ip.octets()[..3] == [10, 0, 0]), "{:?}", p.backends);
+    }
+
+    #[test]
     fn vip_and_dnsrr_services_tasks_aliases_containers_and_ptr() {
         let s = running_state();
         let v = view(&s, &["app".to_owned(), "ing".to_owned()].into());
