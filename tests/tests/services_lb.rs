@@ -20,6 +20,14 @@ const LONG: Duration = Duration::from_secs(60);
 /// `<hostname> <client address>`.
 const WHO: &str = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/who && chmod +x /www/cgi-bin/who && exec httpd -f -p 80 -h /www";
 
+/// A task that only sleeps (a client to exec in), on `network`.
+fn sleeper(m: &Host, name: &str, network: &str, constraint: &str) {
+    let a = ["service", "create", "-d", "--name", name, "--network", network, "--constraint", constraint];
+    let mut a = a.to_vec();
+    a.extend_from_slice(&["busybox", "sleep", "1d"]);
+    docker(m, &a).unwrap();
+}
+
 fn create(m: &Host, args: &[&str]) {
     let mut a = vec!["service", "create", "-d"];
     a.extend_from_slice(args);
@@ -88,24 +96,7 @@ fn vip_connections_spread_over_tasks_and_follow_scaling() {
     let m = tb.host(0);
     docker(m, &["network", "create", "--driver", "overlay", "--subnet", "10.31.0.0/24", "app"]).unwrap();
     create(m, &["--name", "web", "--replicas", "2", "--network", "app", "--constraint", "node.role==worker"]);
-    docker(
-        m,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "client",
-            "--network",
-            "app",
-            "--constraint",
-            "node.role==manager",
-            "busybox",
-            "sleep",
-            "1d",
-        ],
-    )
-    .unwrap();
+    sleeper(m, "client", "app", "node.role==manager");
     wait_replicas(&tb, "web", "2/2", LONG);
     wait_replicas(&tb, "client", "1/1", LONG);
     let containers = running_containers(&tb);
@@ -184,24 +175,7 @@ fn a_published_port_answers_on_every_node_and_the_task_sees_the_client() {
     // node's address (from the node's own address on ingress).
     docker(m, &["network", "create", "--driver", "overlay", "--subnet", "10.33.0.0/24", "probe-net"])
         .unwrap();
-    docker(
-        m,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "probe",
-            "--network",
-            "probe-net",
-            "--constraint",
-            "node.hostname==node1",
-            "busybox",
-            "sleep",
-            "1d",
-        ],
-    )
-    .unwrap();
+    sleeper(m, "probe", "probe-net", "node.hostname==node1");
     wait_replicas(&tb, "probe", "1/1", LONG);
     let probe = running_containers(&tb).into_iter().find(|c| c.name.starts_with("probe.")).unwrap();
     for node in 1..=3 {
@@ -264,24 +238,7 @@ fn udp_reaches_tasks_through_a_vip_and_a_published_port() {
         ],
     )
     .unwrap();
-    docker(
-        m,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "client",
-            "--network",
-            "app",
-            "--constraint",
-            "node.role==manager",
-            "busybox",
-            "sleep",
-            "1d",
-        ],
-    )
-    .unwrap();
+    sleeper(m, "client", "app", "node.role==manager");
     wait_replicas(&tb, "udp", "2/2", LONG);
     wait_replicas(&tb, "client", "1/1", LONG);
     let client = running_containers(&tb).into_iter().find(|c| c.name.starts_with("client.")).unwrap();

@@ -63,6 +63,56 @@ pub struct LocalEndpoint {
 const HOST_DP_IFACE: &str = "swingress-dp";
 const HOST_STACK_IFACE: &str = "swingress";
 
+/// What an allocation says an endpoint is, checked.
+struct Planned {
+    mtu: u32,
+    underlay_ip: Ipv4Addr,
+    subnet: Cidr,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    mac: [u8; 6],
+}
+
+impl Planned {
+    fn new(alloc: &AttachResponse, datapath: &Mutex<HostDatapath>) -> Result<Planned, ApiError> {
+        let (mtu, underlay_ip) = {
+            let d = lock(datapath);
+            (alloc.network.mtu(d.underlay_mtu), d.underlay_ip)
+        };
+        let subnet = Cidr::parse(&alloc.network.subnet).map_err(ApiError::internal)?;
+        let ip: Ipv4Addr =
+            alloc.endpoint.ip.parse().map_err(|_| ApiError::internal("bad endpoint address"))?;
+        let gateway: Ipv4Addr =
+            alloc.network.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
+        Ok(Planned { mtu, underlay_ip, subnet, ip, gateway, mac: crate::manager::store::ipam::mac_for(ip) })
+    }
+
+    /// The endpoint as remembered, once its link exists.
+    fn endpoint(
+        &self,
+        alloc: &AttachResponse,
+        netns: PathBuf,
+        link: (String, u32, String),
+        host: bool,
+    ) -> LocalEndpoint {
+        let (host_iface, host_ifindex, iface) = link;
+        LocalEndpoint {
+            endpoint_id: alloc.endpoint.id.clone(),
+            network_id: alloc.network.id.clone(),
+            network_name: alloc.network.name.clone(),
+            network: alloc.network.clone(),
+            vni: alloc.network.vni,
+            ip: self.ip,
+            mac: self.mac,
+            netns,
+            host_iface,
+            host_ifindex,
+            iface,
+            host,
+        }
+    }
+}
+
 fn dp_err(e: DatapathError) -> ApiError {
     ApiError::internal(format!("datapath: {}", crate::error::chain(&e)))
 }
@@ -271,16 +321,10 @@ impl Overlay {
     pub async fn connect(&self, alloc: &AttachResponse, netns: &Path) -> Result<LocalEndpoint, ApiError> {
         let _op = self.op.lock().await;
         let (datapath, gossip) = self.running()?;
-        let (mtu, underlay_ip) = {
-            let d = lock(&datapath);
-            (alloc.network.mtu(d.underlay_mtu), d.underlay_ip)
-        };
-        let subnet = Cidr::parse(&alloc.network.subnet).map_err(ApiError::internal)?;
-        let ip: Ipv4Addr =
-            alloc.endpoint.ip.parse().map_err(|_| ApiError::internal("bad endpoint address"))?;
-        let gateway: Ipv4Addr =
-            alloc.network.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
-        let mac = crate::manager::store::ipam::mac_for(ip);
+        let plan = Planned::new(alloc, &datapath)?;
+        let (mtu, underlay_ip, ip, gateway, mac) =
+            (plan.mtu, plan.underlay_ip, plan.ip, plan.gateway, plan.mac);
+        let subnet = &plan.subnet;
         // From a hash of the whole ID: a task's endpoints on two networks
         // share the ID's first characters.
         let host_iface =
@@ -290,20 +334,7 @@ impl Overlay {
         let (host_ifindex, iface) = netlink::create_endpoint_link(&link)
             .await
             .map_err(|e| ApiError::invalid(format!("attaching {}: {e}", netns.display())))?;
-        let ep = LocalEndpoint {
-            endpoint_id: alloc.endpoint.id.clone(),
-            network_id: alloc.network.id.clone(),
-            network_name: alloc.network.name.clone(),
-            network: alloc.network.clone(),
-            vni: alloc.network.vni,
-            ip,
-            mac,
-            netns: netns.to_owned(),
-            host_iface: host_iface.clone(),
-            host_ifindex,
-            iface,
-            host: false,
-        };
+        let ep = plan.endpoint(alloc, netns.to_owned(), (host_iface.clone(), host_ifindex, iface), false);
         let programmed = {
             let mut d = lock(&datapath);
             d.set_network(ep.vni, subnet.network(), subnet.prefix, gateway)
@@ -333,16 +364,10 @@ impl Overlay {
             return Ok(());
         }
         let (datapath, gossip) = self.running()?;
-        let (mtu, underlay_ip) = {
-            let d = lock(&datapath);
-            (alloc.network.mtu(d.underlay_mtu), d.underlay_ip)
-        };
-        let subnet = Cidr::parse(&alloc.network.subnet).map_err(ApiError::internal)?;
-        let ip: Ipv4Addr =
-            alloc.endpoint.ip.parse().map_err(|_| ApiError::internal("bad endpoint address"))?;
-        let gateway: Ipv4Addr =
-            alloc.network.gateway.parse().map_err(|_| ApiError::internal("bad gateway"))?;
-        let mac = crate::manager::store::ipam::mac_for(ip);
+        let plan = Planned::new(alloc, &datapath)?;
+        let (mtu, underlay_ip, ip, gateway, mac) =
+            (plan.mtu, plan.underlay_ip, plan.ip, plan.gateway, plan.mac);
+        let subnet = &plan.subnet;
         let ifindex =
             netlink::create_host_endpoint_link(HOST_DP_IFACE, HOST_STACK_IFACE, ip, subnet.prefix, mac, mtu)
                 .await
@@ -365,20 +390,8 @@ impl Overlay {
             let _ = netlink::delete_link(HOST_DP_IFACE).await;
             return Err(dp_err(e));
         }
-        let ep = LocalEndpoint {
-            endpoint_id: alloc.endpoint.id.clone(),
-            network_id: alloc.network.id.clone(),
-            network_name: alloc.network.name.clone(),
-            network: alloc.network.clone(),
-            vni: alloc.network.vni,
-            ip,
-            mac,
-            netns: PathBuf::from("/proc/1/ns/net"),
-            host_iface: HOST_DP_IFACE.to_owned(),
-            host_ifindex: ifindex,
-            iface: HOST_STACK_IFACE.to_owned(),
-            host: true,
-        };
+        let link = (HOST_DP_IFACE.to_owned(), ifindex, HOST_STACK_IFACE.to_owned());
+        let ep = plan.endpoint(alloc, PathBuf::from("/proc/1/ns/net"), link, true);
         gossip.set_local(&ep.network_id, &ep.endpoint_id, record(&ep, underlay_ip));
         lock(&self.endpoints).push(ep);
         self.persist()

@@ -213,16 +213,16 @@ impl HostDatapath {
         ip: Ipv4Addr,
         mac: [u8; 6],
     ) -> Result<(), DatapathError> {
-        let mut m = self.maps();
-        m.set_local(ifindex, LocalEndpoint { vni, ip: ip.octets(), mac, pad: [0; 2] })?;
-        m.set_endpoint(
-            EndpointKey { vni, ip: ip.octets() },
-            EndpointInfo { mac, flags: ENDPOINT_LOCAL, host_ip: [0; 4], ifindex },
-        )?;
-        self.attach_tc(PROG_TC_FROM_ENDPOINT, iface)
+        self.program_endpoint(
+            iface,
+            ifindex,
+            LocalEndpoint { vni, ip: ip.octets(), mac, pad: [0; 2] },
+            ENDPOINT_LOCAL,
+        )
     }
 
-    /// The host's own endpoint (see [`swarm_common::overlay::ENDPOINT_HOST`]).
+    /// The host's own endpoint (see [`swarm_common::overlay::ENDPOINT_HOST`]),
+    /// also the source of tasks' connections to published ports.
     pub fn add_host_endpoint(
         &mut self,
         iface: &str,
@@ -231,27 +231,36 @@ impl HostDatapath {
         ip: Ipv4Addr,
         mac: [u8; 6],
     ) -> Result<(), DatapathError> {
+        let ep = LocalEndpoint { vni, ip: ip.octets(), mac, pad: [0; 2] };
+        self.program_endpoint(iface, ifindex, ep, ENDPOINT_LOCAL | swarm_common::overlay::ENDPOINT_HOST)?;
+        self.set_single(
+            swarm_common::names::MAP_LB_HOST,
+            swarm_common::lb::HostEndpoint { ip: ip.octets(), vni },
+        )
+    }
+
+    fn program_endpoint(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        ep: LocalEndpoint,
+        flags: u16,
+    ) -> Result<(), DatapathError> {
         let mut m = self.maps();
-        m.set_local(ifindex, LocalEndpoint { vni, ip: ip.octets(), mac, pad: [0; 2] })?;
+        m.set_local(ifindex, ep)?;
         m.set_endpoint(
-            EndpointKey { vni, ip: ip.octets() },
-            EndpointInfo {
-                mac,
-                flags: ENDPOINT_LOCAL | swarm_common::overlay::ENDPOINT_HOST,
-                host_ip: [0; 4],
-                ifindex,
-            },
+            EndpointKey { vni: ep.vni, ip: ep.ip },
+            EndpointInfo { mac: ep.mac, flags, host_ip: [0; 4], ifindex },
         )?;
-        {
-            use swarm_common::{lb::HostEndpoint, names::MAP_LB_HOST};
-            let map = self.ebpf.map_mut(MAP_LB_HOST).ok_or(DatapathError::MissingMap(MAP_LB_HOST))?;
-            let mut a: aya::maps::Array<&mut aya::maps::MapData, HostEndpoint> =
-                aya::maps::Array::try_from(map)
-                    .map_err(|source| DatapathError::Map { map: MAP_LB_HOST, source })?;
-            a.set(0, HostEndpoint { ip: ip.octets(), vni }, 0)
-                .map_err(|source| DatapathError::Map { map: MAP_LB_HOST, source })?;
-        }
         self.attach_tc(PROG_TC_FROM_ENDPOINT, iface)
+    }
+
+    /// Sets the one value of an array map of one entry.
+    fn set_single<T: aya::Pod>(&mut self, name: &'static str, value: T) -> Result<(), DatapathError> {
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))?;
+        let mut a: aya::maps::Array<&mut aya::maps::MapData, T> =
+            aya::maps::Array::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
+        a.set(0, value, 0).map_err(|source| DatapathError::Map { map: name, source })
     }
 
     /// Attaches the socket-level half of the routing mesh to the cgroup v2
@@ -264,12 +273,7 @@ impl HostDatapath {
             path: std::path::PathBuf::new(),
             source,
         })?;
-        {
-            let map = self.ebpf.map_mut(MAP_SOCK_NETNS).ok_or(DatapathError::MissingMap(MAP_SOCK_NETNS))?;
-            let mut a: aya::maps::Array<&mut aya::maps::MapData, u64> = aya::maps::Array::try_from(map)
-                .map_err(|source| DatapathError::Map { map: MAP_SOCK_NETNS, source })?;
-            a.set(0, cookie, 0).map_err(|source| DatapathError::Map { map: MAP_SOCK_NETNS, source })?;
-        }
+        self.set_single(MAP_SOCK_NETNS, cookie)?;
         let pin = self.pins.link(PROG_SOCK_CONNECT4, "cgroup");
         if pin.exists() {
             return Ok(());
