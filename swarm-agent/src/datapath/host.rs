@@ -132,17 +132,7 @@ impl HostDatapath {
             program,
             source,
         })?;
-        let fd = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
-            op: "pinning",
-            path: pin.clone(),
-            detail: format!("TC attached without a bpf_link (kernel < 6.6?): {e}"),
-        })?;
-        fd.pin(&pin).map_err(|e| DatapathError::Pin {
-            op: "pinning",
-            path: pin.clone(),
-            detail: e.to_string(),
-        })?;
-        Ok(())
+        pin_link(link, &pin, "TC attached without a bpf_link (kernel < 6.6?): ")
     }
 
     fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), DatapathError> {
@@ -161,17 +151,7 @@ impl HostDatapath {
             program: PROG_XDP_UNDERLAY,
             source,
         })?;
-        let fd = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
-            op: "pinning",
-            path: pin.clone(),
-            detail: e.to_string(),
-        })?;
-        fd.pin(&pin).map_err(|e| DatapathError::Pin {
-            op: "pinning",
-            path: pin.clone(),
-            detail: e.to_string(),
-        })?;
-        Ok(())
+        pin_link(link, &pin, "")
     }
 
     fn unpin(&self, program: &str, iface: &str) {
@@ -296,17 +276,7 @@ impl HostDatapath {
         // Links to cgroups always allow several programs (flags must be 0).
         let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(err("attaching"))?;
         let link = prog.take_link(id).map_err(err("taking link of"))?;
-        let fd = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
-            op: "pinning",
-            path: pin.clone(),
-            detail: e.to_string(),
-        })?;
-        fd.pin(&pin).map_err(|e| DatapathError::Pin {
-            op: "pinning",
-            path: pin.clone(),
-            detail: e.to_string(),
-        })?;
-        Ok(())
+        pin_link(link, &pin, "")
     }
 
     pub fn remove_local_endpoint(
@@ -409,6 +379,19 @@ impl HostDatapath {
         self.unpin(PROG_TC_FROM_UNDERLAY, &self.underlay.clone());
         self.unpin(PROG_XDP_UNDERLAY, &self.underlay.clone());
     }
+}
+
+/// Pins an attachment's bpf_link at `pin`, so it outlives the agent;
+/// `hint` prefixes the error when the attachment has no bpf_link.
+fn pin_link<L>(link: L, pin: &std::path::Path, hint: &str) -> Result<(), DatapathError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let err = |detail: String| DatapathError::Pin { op: "pinning", path: pin.to_owned(), detail };
+    let fd = FdLink::try_from(link).map_err(|e| err(format!("{hint}{e}")))?;
+    fd.pin(pin).map_err(|e| err(e.to_string()))?;
+    Ok(())
 }
 
 /// `SO_NETNS_COOKIE` (Linux 5.14; not in the libc crate for every target).
