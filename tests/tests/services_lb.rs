@@ -435,6 +435,12 @@ fn host_mode_ports_answer_only_where_a_task_runs_straight_to_it() {
     let tasks: Vec<_> =
         running_containers(&tb).into_iter().filter(|c| c.name.starts_with("hostweb.")).collect();
     assert_eq!(tasks.len(), 2);
+    // `service ps` shows the port each running task holds, from both CLIs alike.
+    let format = ["service", "ps", "--format", "{{.Name}} {{.Ports}}", "hostweb"];
+    let ps = docker(m, &format).unwrap();
+    assert_eq!(ps.lines().filter(|l| l.ends_with(" *:7070->80/tcp")).count(), 2, "{ps}");
+    let ours = swarm_tests::swarm::agent(m, &["service", "ps", "hostweb"]).unwrap();
+    assert_eq!(ours.lines().filter(|l| l.trim_end().ends_with("*:7070->80/tcp")).count(), 2, "{ours}");
     for node in 0..3usize {
         let url = format!("http://198.18.0.{}:7070/cgi-bin/who", node + 1);
         if let Some(t) = tasks.iter().find(|t| t.host == node) {

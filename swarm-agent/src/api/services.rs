@@ -71,12 +71,31 @@ pub fn service_json(v: &ServiceView, with_status: bool) -> Value {
     out
 }
 
-pub fn task_json(t: &Task, service_name: &str) -> Value {
+/// The host-mode ports of a service (what its running tasks hold on their nodes).
+pub fn host_ports(
+    s: &crate::manager::store::task::Service,
+) -> Vec<bollard_stubs::models::EndpointPortConfig> {
+    use bollard_stubs::models::EndpointPortConfigPublishModeEnum as M;
+    s.endpoint.ports.iter().filter(|p| p.publish_mode == Some(M::HOST)).cloned().collect()
+}
+
+/// A task as docker shows it; a running task's `PortStatus` lists the
+/// host-mode ports it holds.
+pub fn task_json(
+    t: &Task,
+    service_name: &str,
+    host_ports: &[bollard_stubs::models::EndpointPortConfig],
+) -> Value {
+    let port_status = if t.status.state == TaskState::Running && !host_ports.is_empty() {
+        json!({ "Ports": host_ports })
+    } else {
+        json!({})
+    };
     let mut status = json!({
         "Timestamp": rfc3339(t.status.timestamp),
         "State": t.status.state.as_str(),
         "Message": t.status.message,
-        "PortStatus": {},
+        "PortStatus": port_status,
     });
     if !t.status.err.is_empty() {
         status["Err"] = json!(t.status.err);
@@ -242,6 +261,12 @@ pub(super) async fn tasks_list(
         }
     }
     let (tasks, services) = all_tasks(&e).await?;
+    let ports: BTreeMap<String, Vec<bollard_stubs::models::EndpointPortConfig>> = list_views(&e)
+        .await?
+        .into_iter()
+        .map(|v| (v.service.id.clone(), host_ports(&v.service)))
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
     // Service and node filters take IDs or names, as docker's do.
     let service_ids: Option<Vec<String>> = filters.get("service").map(|vals| {
         vals.iter()
@@ -302,14 +327,23 @@ pub(super) async fn tasks_list(
         })
         .filter(|_| filters.get("label").is_none_or(Vec::is_empty))
         .filter(|t| !up_to_date || spec_versions.get(&t.service_id).is_none_or(|v| t.spec_version <= *v))
-        .map(|t| task_json(t, services.get(&t.service_id).map_or("", String::as_str)))
+        .map(|t| {
+            let ports = ports.get(&t.service_id).map_or(&[][..], Vec::as_slice);
+            task_json(t, services.get(&t.service_id).map_or("", String::as_str), ports)
+        })
         .collect();
     Ok(Json(out))
 }
 
 pub(super) async fn task_inspect(State(e): S, UrlPath(id): UrlPath<String>) -> Result<Json<Value>, ApiError> {
     match control(&e, ControlRequest::GetTask { id }).await? {
-        ControlResponse::Task { task, service_name } => Ok(Json(task_json(&task, &service_name))),
+        ControlResponse::Task { task, service_name } => {
+            let ports = get_view(&e, task.service_id.clone())
+                .await
+                .map(|v| host_ports(&v.service))
+                .unwrap_or_default();
+            Ok(Json(task_json(&task, &service_name, &ports)))
+        }
         _ => Err(unexpected()),
     }
 }

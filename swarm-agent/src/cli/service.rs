@@ -518,6 +518,24 @@ pub fn parse_publish(s: &str) -> Result<Vec<m::EndpointPortConfig>, String> {
         .collect())
 }
 
+/// docker's `service ps` PORTS: the host-mode ports a task holds.
+fn task_ports(task: &Value) -> String {
+    task["Status"]["PortStatus"]["Ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "*:{}->{}/{}",
+                p["PublishedPort"].as_u64().unwrap_or(0),
+                p["TargetPort"].as_u64().unwrap_or(0),
+                p["Protocol"].as_str().unwrap_or("tcp")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// docker's `service ls` PORTS: ingress ports, sorted by protocol and
 /// published port, consecutive ones folded into ranges (`*:30000-30001->80-81/tcp`).
 pub fn ports_column(service: &Value) -> String {
@@ -821,7 +839,7 @@ pub async fn print_tasks(
             pretty(t["DesiredState"].as_str().unwrap_or("")),
             format!("{} {} ago", pretty(state), human_duration(ago).to_lowercase()),
             err,
-            String::new(),
+            task_ports(t),
         ]);
     }
     print!(
