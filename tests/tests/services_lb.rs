@@ -363,16 +363,19 @@ fn established_connections_survive_while_tasks_are_killed_and_scaled_away() {
     wait_replicas(&tb, "echo", "3/3", LONG);
     let via = "198.18.0.1:7090";
     poll::until("the published port to answer", LONG, || Conn::open(outside, via).map(|_| ())).unwrap();
-    let mut conns: Vec<Conn> = (0..12).map(|_| Conn::open(outside, via).unwrap()).collect();
+    let mut conns: Vec<Conn> = (0..30).map(|_| Conn::open(outside, via).unwrap()).collect();
     let tasks: std::collections::BTreeSet<String> = conns.iter().map(|c| c.task.clone()).collect();
-    assert_eq!(tasks.len(), 3, "12 connections spread over the 3 tasks: {tasks:?}");
+    assert_eq!(tasks.len(), 3, "30 connections spread over the 3 tasks: {tasks:?}");
 
     // Kill one task's container where it runs.
     let victim = running_containers(&tb).into_iter().find(|c| c.name.starts_with("echo.")).unwrap();
     let victim_host =
         docker(tb.host(victim.host), &["exec", &victim.id, "hostname"]).unwrap().trim().to_owned();
     docker(tb.host(victim.host), &["kill", &victim.id]).unwrap();
-    // Once it has left the set, every new connection works and reaches another task.
+    // Once it has left the set (and its replacement, which may take a moment
+    // to listen after it counts as running, has joined), every new
+    // connection works and reaches another task.
+    wait_replicas(&tb, "echo", "3/3", LONG);
     poll::until("new connections to avoid the killed task", LONG, || {
         for _ in 0..10 {
             let c = Conn::open(outside, via)?;
