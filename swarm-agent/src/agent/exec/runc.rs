@@ -151,9 +151,25 @@ impl Runc {
                     .insert(id.to_owned(), c);
             }
         }
+        // The process can be gone before its shim has written the exit
+        // (the shim drains the output for up to 2 s first): a container
+        // re-adopted after an agent restart, which has no child to wait
+        // for, would otherwise be reported as lost (255) in that window.
+        let mut unwritten_since: Option<tokio::time::Instant> = None;
         loop {
-            if let ContainerState::Exited { code, .. } = self.state(id) {
-                return Some(code);
+            match self.state(id) {
+                ContainerState::Exited { code, .. }
+                    if code != 255 || self.files(id).exited().is_some() || !self.files(id).dir.exists() =>
+                {
+                    return Some(code);
+                }
+                ContainerState::Exited { code, .. } => {
+                    let since = *unwritten_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= SHIM_EXIT_GRACE {
+                        return Some(code);
+                    }
+                }
+                _ => {}
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return None;
@@ -308,6 +324,9 @@ impl Runc {
         }
     }
 }
+
+/// How long a dead container's shim may take to write its exit.
+const SHIM_EXIT_GRACE: Duration = Duration::from_secs(3);
 
 fn pid_alive(pid: i64) -> bool {
     i32::try_from(pid)
