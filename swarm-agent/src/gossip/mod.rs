@@ -249,6 +249,7 @@ impl Runtime {
         let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
         let mut reap = tokio::time::interval(REAP_INTERVAL);
         let mut grace = tokio::time::interval(GRACE_CHECK);
+        let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.publish_hosts();
         loop {
             tokio::select! {
@@ -300,7 +301,17 @@ impl Runtime {
                         }
                     }
                 },
-                _ = sync.tick() => self.anti_entropy().await,
+                _ = sync.tick() => {
+                    // Off this loop: a pull from a member that has just gone
+                    // takes up to its timeout, and SWIM must not wait for it.
+                    if !syncing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        let (rt, flag) = (self.clone(), syncing.clone());
+                        tokio::spawn(async move {
+                            rt.anti_entropy().await;
+                            flag.store(false, std::sync::atomic::Ordering::SeqCst);
+                        });
+                    }
+                }
                 _ = announce.tick() => {
                     let outs = lock(&self.shared.db).reannounce();
                     self.apply(outs).await;
@@ -443,16 +454,21 @@ impl Runtime {
     /// random member over TCP.
     async fn anti_entropy(&self) {
         let networks: Vec<String> = lock(&self.shared.db).networks().iter().cloned().collect();
-        for net in networks {
-            let members = lock(&self.shared.db).members_of(&net);
+        futures::future::join_all(networks.iter().map(|net| self.sync_network(net))).await;
+    }
+
+    /// Pulls one network's table from a random member of it.
+    async fn sync_network(&self, net: &str) {
+        {
+            let members = lock(&self.shared.db).members_of(net);
             if members.is_empty() {
-                continue;
+                return;
             }
             let pick = &members[rand::random_range(0..members.len())];
-            let Some(addr) = lock(&self.shared.members).get(pick).map(|m| m.addr) else { continue };
-            match tokio::time::timeout(Duration::from_secs(2), self.pull(addr, &net)).await {
+            let Some(addr) = lock(&self.shared.members).get(pick).map(|m| m.addr) else { return };
+            match tokio::time::timeout(Duration::from_secs(2), self.pull(addr, net)).await {
                 Ok(Ok(entries)) => {
-                    let outs = lock(&self.shared.db).merge(&net, entries);
+                    let outs = lock(&self.shared.db).merge(net, entries);
                     self.apply(outs).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%addr, "gossip sync: {e}"),
