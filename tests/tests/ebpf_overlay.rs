@@ -73,6 +73,30 @@ impl Host {
         h
     }
 
+    /// As [`Host::run_tc`], `None` when the kernel refuses to make an skb
+    /// of `frame` at all (e.g. an IPv6 EtherType with no IPv6 header): no
+    /// program could ever see such a frame.
+    fn try_run_tc(&mut self, prog: &'static str, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
+        let p = overlay::classifier(&mut self.ebpf, prog).expect("verifier accepts the program");
+        let mut out = vec![0u8; frame.len() + 256];
+        match p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        }) {
+            Ok(r) => {
+                out.truncate(r.data_size_out as usize);
+                Some((r.return_value, out))
+            }
+            Err(aya::programs::ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                None
+            }
+            Err(e) => panic!("BPF_PROG_TEST_RUN: {e:?}"),
+        }
+    }
+
     fn run_tc(&mut self, prog: &'static str, frame: &[u8]) -> (u32, Vec<u8>) {
         let p = overlay::classifier(&mut self.ebpf, prog).expect("verifier accepts the program");
         let mut out = vec![0u8; frame.len() + 256];
@@ -432,7 +456,7 @@ mod fuzz {
         });
         let result = runner.run(&frame(), |f| {
             let mut h = h.borrow_mut();
-            let (ret, out) = h.run_tc(PROG_TC_FROM_UNDERLAY, &f);
+            let Some((ret, out)) = h.try_run_tc(PROG_TC_FROM_UNDERLAY, &f) else { return Ok(()) };
             prop_assert!(ret == TC_ACT_OK || ret == TC_ACT_SHOT || ret == TC_ACT_REDIRECT, "{ret}");
             if ret == TC_ACT_OK {
                 prop_assert_eq!(&out, &f, "passed frames are not rewritten");
@@ -442,7 +466,7 @@ mod fuzz {
                 prop_assert_eq!(&f[26..30], &HOST_B[..]);
                 prop_assert_eq!(out.len() + 50, f.len());
             }
-            let (ret, _) = h.run_tc(PROG_TC_FROM_ENDPOINT, &f);
+            let Some((ret, _)) = h.try_run_tc(PROG_TC_FROM_ENDPOINT, &f) else { return Ok(()) };
             prop_assert!(ret == TC_ACT_SHOT || ret == TC_ACT_REDIRECT, "{ret}");
             if ret == TC_ACT_REDIRECT {
                 let from_ep = f[12..14] == [0x08, 0x00] && f[26..30] == EP_A.octets();
