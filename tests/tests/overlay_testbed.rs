@@ -176,8 +176,8 @@ fn a_dead_hosts_endpoints_are_withdrawn_once_it_is_down_and_return_with_it() {
     wait_table(&hosts[1], "the dead host's endpoint to be withdrawn", |t| !has(t, eps[2].ip));
     assert!(eps[0].ping(eps[1].ip).is_ok());
     tb.restore(&hosts[2]).unwrap();
-    // Under load the cut can outlast SWIM's suspicion, so the host comes
-    // back by renewing its identity; give that longer than a settle.
+    // The cut outlasts SWIM's suspicion, so the host comes back by renewing
+    // its identity (about a second here, more under load).
     let back = std::time::Instant::now();
     poll::until("the endpoint to come back", Duration::from_secs(90), || {
         let t = datapath_endpoints(&hosts[0], NET)?;

@@ -115,6 +115,10 @@ struct Shared {
     dying: Mutex<BTreeMap<String, (Member, tokio::time::Instant)>>,
     /// Nodes the managers have marked Down.
     down: Mutex<BTreeSet<String>>,
+    /// The last address of every node heard of, live or not, with when it
+    /// was last a member: table messages go to a node that is alive in the
+    /// tables' view even while SWIM here has yet to take it back.
+    addrs: Mutex<BTreeMap<String, (SocketAddrV4, tokio::time::Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,6 +169,7 @@ impl Gossip {
             members: Mutex::new(BTreeMap::new()),
             dying: Mutex::new(BTreeMap::new()),
             down: Mutex::new(BTreeSet::new()),
+            addrs: Mutex::new(BTreeMap::new()),
         });
         let (cmds, rx) = mpsc::unbounded_channel();
         let rt = Runtime {
@@ -238,12 +243,27 @@ struct Runtime {
 
 type FocaT = Foca<Member, PostcardCodec, rand_foca::rngs::StdRng, foca::NoCustomBroadcast>;
 
+/// How long the address of a node that is no longer a member is kept.
+const FORGET_ADDR_AFTER: Duration = Duration::from_secs(600);
+
+/// SWIM's state and where its timers go. Timers carry the generation of
+/// the instance that set them: after a rejoin the old instance's are dropped.
+struct Swim {
+    foca: FocaT,
+    generation: u64,
+    timers: mpsc::UnboundedSender<(u64, Timer<Member>)>,
+}
+
+fn new_foca(me: Member) -> FocaT {
+    let rng = rand_foca::rngs::StdRng::seed_from_u64(rand::random());
+    Foca::new(me, foca_config(), rng, PostcardCodec)
+}
+
 impl Runtime {
     async fn run(self, me: Member, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
-        let rng = rand_foca::rngs::StdRng::seed_from_u64(rand::random());
-        let mut foca: FocaT = Foca::new(me, foca_config(), rng, PostcardCodec);
         let mut acc = AccumulatingRuntime::new();
-        let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer<Member>>();
+        let (timer_tx, mut timers) = mpsc::unbounded_channel();
+        let mut swim = Swim { foca: new_foca(me), generation: 0, timers: timer_tx };
         let mut buf = vec![0u8; 65536];
         let mut sync = tokio::time::interval(SYNC_INTERVAL);
         let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
@@ -257,7 +277,7 @@ impl Runtime {
                     let Ok((n, _from)) = r else { continue };
                     let opened = lock(&self.shared.keys).open(&buf[..n]);
                     match opened {
-                        Ok(Packet::Swim(data)) => { let _ = foca.handle_data(&data, &mut acc); }
+                        Ok(Packet::Swim(data)) => { let _ = swim.foca.handle_data(&data, &mut acc); }
                         Ok(Packet::Table(msg)) => {
                             let outs = lock(&self.shared.db).receive(msg);
                             self.apply(outs).await;
@@ -266,11 +286,15 @@ impl Runtime {
                         Err(e) => tracing::debug!("gossip packet dropped: {e}"),
                     }
                 }
-                Some(t) = timers.recv() => { let _ = foca.handle_timer(t, &mut acc); }
+                Some((generation, t)) = timers.recv() => {
+                    if generation == swim.generation {
+                        let _ = swim.foca.handle_timer(t, &mut acc);
+                    }
+                }
                 cmd = cmds.recv() => match cmd {
                     None | Some(Cmd::Stop) => {
-                        let _ = foca.leave_cluster(&mut acc);
-                        self.drain(&mut acc, &timer_tx).await;
+                        let _ = swim.foca.leave_cluster(&mut acc);
+                        self.drain(&mut swim, &mut acc).await;
                         return;
                     }
                     Some(Cmd::SetLocal { network, key, record }) => {
@@ -296,7 +320,7 @@ impl Runtime {
                         for ip in seeds {
                             let seed = Member { node_id: String::new(), addr: SocketAddrV4::new(ip, self.port), incarnation: 0 };
                             if seed.addr != self.me.addr {
-                                let _ = foca.announce(seed, &mut acc);
+                                let _ = swim.foca.announce(seed, &mut acc);
                             }
                         }
                     }
@@ -316,73 +340,154 @@ impl Runtime {
                     let outs = lock(&self.shared.db).reannounce();
                     self.apply(outs).await;
                 }
-                _ = reap.tick() => lock(&self.shared.db).reap_tombstones(),
+                _ = reap.tick() => {
+                    lock(&self.shared.db).reap_tombstones();
+                    self.forget_old_addrs();
+                }
                 _ = grace.tick() => {
+                    if swim.foca.num_members() == 0 {
+                        // Alone (a partition, a rejoin whose announcements
+                        // were lost): ask everyone we knew, every second,
+                        // rather than only the managers at each heartbeat.
+                        self.announce_to_known(&mut swim, &mut acc);
+                    }
                     self.withdraw_dead().await;
                     // Also ends the datapath's start-up phase, in which
                     // hosts are only ever added (see `datapath::host`).
                     self.publish_hosts();
                 }
             }
-            self.drain(&mut acc, &timer_tx).await;
+            self.drain(&mut swim, &mut acc).await;
         }
     }
 
     /// Sends what foca wants sent, schedules its timers, handles membership changes.
-    async fn drain(
-        &self,
-        acc: &mut AccumulatingRuntime<Member>,
-        timers: &mpsc::UnboundedSender<Timer<Member>>,
-    ) {
+    async fn drain(&self, swim: &mut Swim, acc: &mut AccumulatingRuntime<Member>) {
+        // Notifications first: after a rejoin, what the old instance wanted
+        // sent or scheduled is void.
+        while let Some(n) = acc.to_notify() {
+            if let OwnedNotification::Rejoin(me) = n {
+                self.rejoin(swim, acc, me);
+                continue;
+            }
+            self.notified(n).await;
+        }
         while let Some((to, data)) = acc.to_send() {
             self.send(to.addr, &Packet::Swim(data.to_vec())).await;
         }
         while let Some((after, t)) = acc.to_schedule() {
-            let tx = timers.clone();
+            let (tx, generation) = (swim.timers.clone(), swim.generation);
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
-                let _ = tx.send(t);
+                let _ = tx.send((generation, t));
             });
         }
-        while let Some(n) = acc.to_notify() {
-            let outs = match n {
-                OwnedNotification::MemberUp(m) => {
-                    let id = m.node_id.clone();
-                    if lock(&self.shared.dying).remove(&id).is_some() {
-                        tracing::info!(node = %id, "gossip: member back within its grace; endpoints kept");
-                    }
-                    lock(&self.shared.members).insert(id.clone(), m);
-                    self.publish_hosts();
-                    lock(&self.shared.db).node_up(&id)
-                }
-                OwnedNotification::MemberDown(m) => {
-                    let known = lock(&self.shared.members)
-                        .get(&m.node_id)
-                        .is_some_and(|x| x.incarnation <= m.incarnation);
-                    if !known {
-                        continue;
-                    }
-                    lock(&self.shared.members).remove(&m.node_id);
-                    tracing::info!(
-                        node = %m.node_id,
-                        grace = ?self.down_grace,
-                        "gossip: member down; its endpoints stay until the managers mark it Down or the grace ends"
-                    );
-                    let id = m.node_id.clone();
-                    lock(&self.shared.dying).insert(id, (m, tokio::time::Instant::now()));
-                    self.publish_hosts();
-                    Box::pin(self.withdraw_dead()).await;
-                    Vec::new()
-                }
-                OwnedNotification::Rename(_, m) => {
-                    lock(&self.shared.members).insert(m.node_id.clone(), m);
-                    self.publish_hosts();
-                    Vec::new()
-                }
-                _ => Vec::new(),
-            };
-            Box::pin(self.apply(outs)).await;
+    }
+
+    /// The others declared this node dead and foca renewed its identity.
+    /// foca would keep everyone it had declared dead (during a partition,
+    /// everyone) and make them renew in turn when they answer; a fresh
+    /// instance under the new identity asks every address it knows to take
+    /// it back instead. Until they answer, the members are dying, as if
+    /// SWIM had declared them dead now.
+    fn rejoin(&self, swim: &mut Swim, acc: &mut AccumulatingRuntime<Member>, me: Member) {
+        tracing::info!(incarnation = me.incarnation, "gossip: the others declared this node dead; rejoining");
+        while acc.to_send().is_some() {}
+        while acc.to_schedule().is_some() {}
+        swim.foca = new_foca(me);
+        swim.generation += 1;
+        let now = tokio::time::Instant::now();
+        {
+            let mut members = lock(&self.shared.members);
+            let mut dying = lock(&self.shared.dying);
+            for (id, m) in std::mem::take(&mut *members) {
+                dying.insert(id, (m, now));
+            }
         }
+        self.announce_to_known(swim, acc);
+    }
+
+    /// Announces this node to every address in the address book.
+    fn announce_to_known(&self, swim: &mut Swim, acc: &mut AccumulatingRuntime<Member>) {
+        let addrs: Vec<SocketAddrV4> = lock(&self.shared.addrs).values().map(|(a, _)| *a).collect();
+        for addr in addrs {
+            let seed = Member { node_id: String::new(), addr, incarnation: 0 };
+            let _ = swim.foca.announce(seed, &mut *acc);
+        }
+    }
+
+    /// Forgets the addresses of nodes that have not been members for
+    /// [`FORGET_ADDR_AFTER`].
+    fn forget_old_addrs(&self) {
+        let members = lock(&self.shared.members);
+        let dying = lock(&self.shared.dying);
+        let now = tokio::time::Instant::now();
+        lock(&self.shared.addrs).retain(|id, (_, seen)| {
+            if members.contains_key(id) || dying.contains_key(id) {
+                *seen = now;
+            }
+            now.duration_since(*seen) < FORGET_ADDR_AFTER
+        });
+    }
+
+    /// Notes a member's address in the address book.
+    fn remember(&self, m: &Member) {
+        lock(&self.shared.addrs).insert(m.node_id.clone(), (m.addr, tokio::time::Instant::now()));
+    }
+
+    /// Acts on a membership change.
+    async fn notified(&self, n: OwnedNotification<Member>) {
+        let outs = match n {
+            OwnedNotification::MemberUp(m) => {
+                self.remember(&m);
+                let id = m.node_id.clone();
+                if lock(&self.shared.dying).remove(&id).is_some() {
+                    tracing::info!(node = %id, "gossip: member back within its grace; endpoints kept");
+                } else {
+                    tracing::info!(node = %id, addr = %m.addr, "gossip: member up");
+                }
+                let addr = m.addr;
+                lock(&self.shared.members).insert(id.clone(), m);
+                self.publish_hosts();
+                let outs = lock(&self.shared.db).node_up(&id);
+                // A lost datagram must not leave us without its endpoints
+                // until anti-entropy happens to pick it: pull its tables now.
+                let rt = self.clone();
+                tokio::spawn(async move { rt.sync_from(addr).await });
+                outs
+            }
+            OwnedNotification::MemberDown(m) => {
+                let known = lock(&self.shared.members)
+                    .get(&m.node_id)
+                    .is_some_and(|x| x.incarnation <= m.incarnation);
+                if !known {
+                    return;
+                }
+                lock(&self.shared.members).remove(&m.node_id);
+                tracing::info!(
+                    node = %m.node_id,
+                    grace = ?self.down_grace,
+                    "gossip: member down; its endpoints stay until the managers mark it Down or the grace ends"
+                );
+                let id = m.node_id.clone();
+                lock(&self.shared.dying).insert(id, (m, tokio::time::Instant::now()));
+                self.publish_hosts();
+                Box::pin(self.withdraw_dead()).await;
+                Vec::new()
+            }
+            OwnedNotification::Rename(_, m) => {
+                // Only a live member's identity changes here; a renamed dead
+                // one stays dead (a live one is announced by `MemberUp`).
+                let mut members = lock(&self.shared.members);
+                if let Some(known) = members.get_mut(&m.node_id) {
+                    self.remember(&m);
+                    *known = m;
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        Box::pin(self.apply(outs)).await;
     }
 
     /// Withdraws the endpoints of dead members that the managers marked
@@ -435,9 +540,11 @@ impl Runtime {
         for o in outs {
             match o {
                 Out::Send { to, msg } => {
-                    let addr = lock(&self.shared.members).get(&to).map(|m| m.addr);
+                    let addr = lock(&self.shared.addrs).get(&to).map(|(a, _)| *a);
                     if let Some(addr) = addr {
                         self.send(addr, &Packet::Table(msg)).await;
+                    } else {
+                        tracing::debug!(node = %to, "gossip: no address for a table message");
                     }
                 }
                 Out::Upsert { record, .. } => {
@@ -466,14 +573,25 @@ impl Runtime {
             }
             let pick = &members[rand::random_range(0..members.len())];
             let Some(addr) = lock(&self.shared.members).get(pick).map(|m| m.addr) else { return };
-            match tokio::time::timeout(Duration::from_secs(2), self.pull(addr, net)).await {
-                Ok(Ok(entries)) => {
-                    let outs = lock(&self.shared.db).merge(net, entries);
-                    self.apply(outs).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%addr, "gossip sync: {e}"),
-                Err(_) => tracing::debug!(%addr, "gossip sync timed out"),
+            self.pull_and_merge(addr, net).await;
+        }
+    }
+
+    /// Pulls every one of our networks' table from a member that just
+    /// came up (it answers with nothing for networks it is not in).
+    async fn sync_from(&self, addr: SocketAddrV4) {
+        let networks: Vec<String> = lock(&self.shared.db).networks().iter().cloned().collect();
+        futures::future::join_all(networks.iter().map(|net| self.pull_and_merge(addr, net))).await;
+    }
+
+    async fn pull_and_merge(&self, addr: SocketAddrV4, net: &str) {
+        match tokio::time::timeout(Duration::from_secs(2), self.pull(addr, net)).await {
+            Ok(Ok(entries)) => {
+                let outs = lock(&self.shared.db).merge(net, entries);
+                self.apply(outs).await;
             }
+            Ok(Err(e)) => tracing::debug!(%addr, "gossip sync: {e}"),
+            Err(_) => tracing::debug!(%addr, "gossip sync timed out"),
         }
     }
 
