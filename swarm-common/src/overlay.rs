@@ -172,9 +172,17 @@ pub struct LocalEndpoint {
     /// The endpoint's overlay IPv4, network byte order.
     pub ip: [u8; 4],
     pub mac: [u8; 6],
-    pub pad: [u8; 2],
+    /// `LOCAL_*` bits.
+    pub flags: u8,
+    pub pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<LocalEndpoint>() == 16);
+
+/// [`LocalEndpoint::flags`]: the endpoint's interface is a netkit pair, so
+/// its program runs in the pair's transmit path, not at TC ingress
+/// (`bpf_redirect_peer` is refused there: local deliveries use
+/// `bpf_redirect`).
+pub const LOCAL_NETKIT: u8 = 1;
 
 /// Why the overlay datapath dropped a packet. One counter per reason
 /// (per-CPU array indexed by the value).

@@ -67,7 +67,7 @@ impl Host {
             NetworkInfo { gateway_ip: [10, 0, 1, 1], subnet: [10, 0, 1, 0], prefix_len: 24, pad: [0; 3] },
         )
         .unwrap();
-        m.set_local(1, LocalEndpoint { vni: VNI, ip: EP_A.octets(), mac: MAC_A, pad: [0; 2] }).unwrap();
+        m.set_local(1, LocalEndpoint { vni: VNI, ip: EP_A.octets(), mac: MAC_A, flags: 0, pad: 0 }).unwrap();
         let local = |ifindex, mac| EndpointInfo { mac, flags: ENDPOINT_LOCAL, host_ip: [0; 4], ifindex };
         m.set_endpoint(EndpointKey { vni: VNI, ip: EP_A.octets() }, local(1, MAC_A)).unwrap();
         m.set_endpoint(EndpointKey { vni: VNI, ip: EP_LOCAL2.octets() }, local(7, MAC_LOCAL2)).unwrap();

@@ -59,8 +59,11 @@ impl Host {
         m.set_config(HostConfig { underlay_ip: HOST_A, underlay_ifindex: 99, vxlan_port: 4789, pad: 0 })
             .unwrap();
         m.set_network(VNI, network()).unwrap();
-        m.set_local(TEST_IFINDEX, LocalEndpoint { vni: VNI, ip: EP_A.octets(), mac: MAC_A, pad: [0; 2] })
-            .unwrap();
+        m.set_local(
+            TEST_IFINDEX,
+            LocalEndpoint { vni: VNI, ip: EP_A.octets(), mac: MAC_A, flags: 0, pad: 0 },
+        )
+        .unwrap();
         let local = |ifindex, mac| EndpointInfo { mac, flags: ENDPOINT_LOCAL, host_ip: [0; 4], ifindex };
         m.set_endpoint(EndpointKey { vni: VNI, ip: EP_A.octets() }, local(TEST_IFINDEX, MAC_A)).unwrap();
         m.set_endpoint(EndpointKey { vni: VNI, ip: EP_LOCAL2.octets() }, local(7, MAC_LOCAL2)).unwrap();

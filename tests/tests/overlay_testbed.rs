@@ -464,3 +464,38 @@ fn an_agent_down_for_eight_seconds_breaks_no_flow() {
     let c = connect(&hosts[1], NET, "ep-c").unwrap();
     wait_reachable(&a, c.ip);
 }
+
+/// Whether the running kernel has netkit (`CONFIG_NETKIT`), read from its
+/// own configuration, independently of the agent.
+fn kernel_has_netkit() -> bool {
+    let config = std::process::Command::new("zcat").arg("/proc/config.gz").output().map(|o| o.stdout);
+    let config = String::from_utf8_lossy(&config.unwrap_or_default()).into_owned();
+    config.lines().any(|l| l == "CONFIG_NETKIT=y") || std::path::Path::new("/sys/module/netkit").exists()
+}
+
+#[test]
+fn endpoints_get_netkit_pairs_where_the_kernel_has_them_and_veth_elsewhere() {
+    let netkit = kernel_has_netkit();
+    let tb = cluster(2, 1, &[], &[]);
+    let hosts = tb.hosts();
+    create_attachable(&hosts[0], NET);
+    let eps: Vec<Endpoint> = hosts.iter().map(|h| connect(h, NET, "ep").unwrap()).collect();
+    for e in &eps {
+        let links = e.host.run("ip", ["-d", "-o", "link", "show"]).unwrap();
+        let ours: Vec<&str> = links.lines().filter(|l| l.contains(": swe")).collect();
+        assert_eq!(ours.len(), 1, "{links}");
+        assert_eq!(ours[0].contains(" veth "), !netkit, "netkit in the kernel: {netkit}: {}", ours[0]);
+    }
+    wait_reachable(&eps[0], eps[1].ip);
+
+    // Demanding netkit of a kernel without it is refused and leaves nothing.
+    if !netkit {
+        let tb = cluster(1, 1, &[("SWARM_ENDPOINT_INTERFACE", "netkit")], &[]);
+        let h = &tb.hosts()[0];
+        create_attachable(h, NET);
+        let err = connect(h, NET, "ep").unwrap_err();
+        assert!(err.contains("this kernel has no netkit (CONFIG_NETKIT"), "{err}");
+        let links = h.run("ip", ["-o", "link", "show"]).unwrap();
+        assert!(!links.contains("swe"), "left behind: {links}");
+    }
+}

@@ -47,7 +47,7 @@ pub struct LocalEndpoint {
     pub mac: [u8; 6],
     /// The namespace file it lives in.
     pub netns: PathBuf,
-    /// Host-side veth.
+    /// Host-side interface of its pair.
     pub host_iface: String,
     pub host_ifindex: u32,
     /// Its name inside the namespace.
@@ -56,6 +56,15 @@ pub struct LocalEndpoint {
     /// veth ends stay in the host's namespace.
     #[serde(default)]
     pub host: bool,
+    /// Its pair is a netkit (else a veth).
+    #[serde(default)]
+    pub netkit: bool,
+}
+
+impl LocalEndpoint {
+    fn pair(&self) -> netlink::PairKind {
+        if self.netkit { netlink::PairKind::Netkit } else { netlink::PairKind::Veth }
+    }
 }
 
 /// Names of the host endpoint's veth pair: the datapath end and the end
@@ -109,6 +118,7 @@ impl Planned {
             host_ifindex,
             iface,
             host,
+            netkit: false,
         }
     }
 }
@@ -137,6 +147,8 @@ struct Running {
     keys: Vec<GossipKey>,
     /// The managers' Down nodes, as last passed to gossip.
     down: std::collections::BTreeSet<String>,
+    /// The pairs new endpoints get.
+    pairs: netlink::PairPolicy,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -195,13 +207,19 @@ impl Overlay {
             let _ = if ep.host {
                 d.add_host_endpoint(&ep.host_iface, ep.host_ifindex, ep.vni, ep.ip, ep.mac)
             } else {
-                d.add_local_endpoint(&ep.host_iface, ep.host_ifindex, ep.vni, ep.ip, ep.mac)
+                d.add_local_endpoint(&ep.host_iface, ep.host_ifindex, ep.pair(), ep.vni, ep.ip, ep.mac)
             };
             drop(d);
             gossip.set_local(&ep.network_id, &ep.endpoint_id, record(ep, underlay_ip));
         }
-        *lock(&self.inner) =
-            Some(Running { datapath, gossip, events, keys, down: std::collections::BTreeSet::new() });
+        *lock(&self.inner) = Some(Running {
+            datapath,
+            gossip,
+            events,
+            keys,
+            down: std::collections::BTreeSet::new(),
+            pairs: options.endpoint_pairs,
+        });
         let pending = lock(&self.balancers).clone();
         if let Some(lb) = pending {
             self.apply_balancers(&lb);
@@ -331,14 +349,16 @@ impl Overlay {
             format!("swe{}", &crate::manager::raft::network::sha256_hex(alloc.endpoint.id.as_bytes())[..12]);
         let link =
             EndpointLink { host_name: &host_iface, netns, ip, prefix_len: subnet.prefix, gateway, mac, mtu };
-        let (host_ifindex, iface) = netlink::create_endpoint_link(&link)
+        let pairs = lock(&self.inner).as_ref().map_or(netlink::PairPolicy::Auto, |r| r.pairs);
+        let (host_ifindex, iface, kind) = netlink::create_endpoint_link(&link, pairs)
             .await
             .map_err(|e| ApiError::invalid(format!("attaching {}: {e}", netns.display())))?;
-        let ep = plan.endpoint(alloc, netns.to_owned(), (host_iface.clone(), host_ifindex, iface), false);
+        let mut ep = plan.endpoint(alloc, netns.to_owned(), (host_iface.clone(), host_ifindex, iface), false);
+        ep.netkit = kind == netlink::PairKind::Netkit;
         let programmed = {
             let mut d = lock(&datapath);
             d.set_network(ep.vni, subnet.network(), subnet.prefix, gateway)
-                .and_then(|()| d.add_local_endpoint(&host_iface, host_ifindex, ep.vni, ip, mac))
+                .and_then(|()| d.add_local_endpoint(&host_iface, host_ifindex, kind, ep.vni, ip, mac))
         };
         if let Err(e) = programmed {
             let _ = netlink::delete_link(&host_iface).await;

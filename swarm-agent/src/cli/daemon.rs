@@ -26,6 +26,10 @@ pub struct DaemonArgs {
     /// it costs throughput), native, generic, or off (TC alone filters)
     #[arg(long, env = "SWARM_XDP", default_value = "auto", value_parser = ["auto", "native", "generic", "off"])]
     pub xdp: String,
+    /// The interface pair of each task's endpoint: auto (netkit where the
+    /// kernel has it, else veth), netkit, or veth
+    #[arg(long, env = "SWARM_ENDPOINT_INTERFACE", default_value = "auto", value_parser = ["auto", "netkit", "veth"])]
+    pub endpoint_interface: String,
     /// cgroup under which task containers get theirs
     #[arg(long, env = "SWARM_CGROUP_PARENT", default_value = crate::agent::runtime::CGROUP_PARENT)]
     pub cgroup_parent: String,
@@ -124,6 +128,8 @@ pub async fn run(socket: PathBuf, data_root: PathBuf, args: DaemonArgs) -> ExitC
         gossip_down_grace: args.gossip_down_grace.unwrap_or(crate::gossip::DOWN_GRACE),
         xdp: crate::datapath::host::XdpPolicy::parse(&args.xdp)
             .unwrap_or(crate::datapath::host::XdpPolicy::Auto),
+        endpoint_pairs: crate::datapath::netlink::PairPolicy::parse(&args.endpoint_interface)
+            .unwrap_or(crate::datapath::netlink::PairPolicy::Auto),
     };
     let engine = match Engine::start(data_root.clone(), options).await {
         Ok(e) => e,

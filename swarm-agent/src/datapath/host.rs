@@ -183,22 +183,51 @@ impl HostDatapath {
         self.maps().remove_network(vni)
     }
 
-    /// A local endpoint behind host-side veth `iface`: its maps and the
-    /// program on the veth.
+    /// A local endpoint behind host-side interface `iface` (of a `kind`
+    /// pair): its maps and the program for what the endpoint sends.
     pub fn add_local_endpoint(
         &mut self,
         iface: &str,
         ifindex: u32,
+        kind: netlink::PairKind,
         vni: u32,
         ip: Ipv4Addr,
         mac: [u8; 6],
     ) -> Result<(), DatapathError> {
-        self.program_endpoint(
-            iface,
-            ifindex,
-            LocalEndpoint { vni, ip: ip.octets(), mac, pad: [0; 2] },
-            ENDPOINT_LOCAL,
-        )
+        let flags = if kind == netlink::PairKind::Netkit { swarm_common::overlay::LOCAL_NETKIT } else { 0 };
+        let ep = LocalEndpoint { vni, ip: ip.octets(), mac, flags, pad: 0 };
+        self.program_endpoint(iface, ifindex, ep, ENDPOINT_LOCAL)
+    }
+
+    /// Attaches a TC program to the transmit path of the peer of netkit
+    /// `iface` (what the task sends), pinned; an attachment already pinned
+    /// is kept. aya 0.14 has no netkit links, so this is `BPF_LINK_CREATE`
+    /// itself.
+    fn attach_netkit_peer(
+        &mut self,
+        program: &'static str,
+        iface: &str,
+        ifindex: u32,
+    ) -> Result<(), DatapathError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let pin = self.pins.link(program, iface);
+        if pin.exists() {
+            return Ok(());
+        }
+        let prog = overlay::classifier(&mut self.ebpf, program)?;
+        let fd = prog.fd().map_err(|source| DatapathError::Program { op: "opening", program, source })?;
+        let link = bpf_link_create_netkit_peer(fd.as_fd().as_raw_fd(), ifindex).map_err(|source| {
+            DatapathError::Io {
+                op: "attaching the endpoint program to the netkit",
+                path: iface.into(),
+                source,
+            }
+        })?;
+        bpf_obj_pin(link.as_raw_fd(), &pin).map_err(|e| DatapathError::Pin {
+            op: "pinning",
+            path: pin.clone(),
+            detail: e.to_string(),
+        })
     }
 
     /// The host's own endpoint (see [`swarm_common::overlay::ENDPOINT_HOST`]),
@@ -211,7 +240,7 @@ impl HostDatapath {
         ip: Ipv4Addr,
         mac: [u8; 6],
     ) -> Result<(), DatapathError> {
-        let ep = LocalEndpoint { vni, ip: ip.octets(), mac, pad: [0; 2] };
+        let ep = LocalEndpoint { vni, ip: ip.octets(), mac, flags: 0, pad: 0 };
         self.program_endpoint(iface, ifindex, ep, ENDPOINT_LOCAL | swarm_common::overlay::ENDPOINT_HOST)?;
         self.set_single(
             swarm_common::names::MAP_LB_HOST,
@@ -232,7 +261,11 @@ impl HostDatapath {
             EndpointKey { vni: ep.vni, ip: ep.ip },
             EndpointInfo { mac: ep.mac, flags, host_ip: [0; 4], ifindex },
         )?;
-        self.attach_tc(PROG_TC_FROM_ENDPOINT, iface)
+        if ep.flags & swarm_common::overlay::LOCAL_NETKIT == 0 {
+            self.attach_tc(PROG_TC_FROM_ENDPOINT, iface)
+        } else {
+            self.attach_netkit_peer(PROG_TC_FROM_ENDPOINT, iface, ifindex)
+        }
     }
 
     /// Sets the one value of an array map of one entry.
@@ -392,6 +425,45 @@ where
     let fd = FdLink::try_from(link).map_err(|e| err(format!("{hint}{e}")))?;
     fd.pin(pin).map_err(|e| err(e.to_string()))?;
     Ok(())
+}
+
+/// `bpf(2)` commands and the attach type used here (`include/uapi/linux/bpf.h`).
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_NETKIT_PEER: u32 = 55;
+
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zeroed `union bpf_attr` prefix of the size passed
+    // (the kernel zero-fills the rest); the fields set are the command's.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr) as libc::c_uint)
+    };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// `BPF_LINK_CREATE` of a SCHED_CLS program on the peer of netkit
+/// `ifindex` (appended after any other program there).
+fn bpf_link_create_netkit_peer(prog_fd: i32, ifindex: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let mut attr = [0u64; 8];
+    // link_create: u32 prog_fd, u32 target_ifindex, u32 attach_type, u32 flags.
+    attr[0] = u64::from(prog_fd.cast_unsigned()) | (u64::from(ifindex) << 32);
+    attr[1] = u64::from(BPF_NETKIT_PEER);
+    let fd = sys_bpf(BPF_LINK_CREATE, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(std::io::Error::other)?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_OBJ_PIN` of `fd` at `path` (on a bpffs).
+fn bpf_obj_pin(fd: i32, path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut attr = [0u64; 8];
+    // obj: u64 pathname, u32 bpf_fd, u32 file_flags.
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = u64::from(fd.cast_unsigned());
+    sys_bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
 /// `SO_NETNS_COOKIE` (Linux 5.14; not in the libc crate for every target).

@@ -15,7 +15,7 @@ use std::{
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkNetkit, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::DatapathError;
 
@@ -156,11 +156,48 @@ pub struct EndpointLink<'a> {
     pub mtu: u32,
 }
 
-/// Creates the veth pair, moves one end into the namespace as the first free
-/// `ethN` with the endpoint's MAC, address, MTU and (if the namespace has
-/// none yet) a default route via the gateway. Returns the host side's
-/// ifindex and the name inside. On failure, removes what it made.
-pub async fn create_endpoint_link(e: &EndpointLink<'_>) -> Result<(u32, String), DatapathError> {
+/// What an endpoint's pair of interfaces is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairKind {
+    /// netkit (Linux 6.7): the datapath program runs in the pair's own
+    /// transmit path, with no backlog queue between the task and it.
+    Netkit,
+    Veth,
+}
+
+/// Which pair endpoints get (`--endpoint-interface`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairPolicy {
+    /// netkit where the kernel has it, else veth.
+    Auto,
+    Netkit,
+    Veth,
+}
+
+impl PairPolicy {
+    pub fn parse(s: &str) -> Option<PairPolicy> {
+        match s {
+            "auto" => Some(PairPolicy::Auto),
+            "netkit" => Some(PairPolicy::Netkit),
+            "veth" => Some(PairPolicy::Veth),
+            _ => None,
+        }
+    }
+}
+
+/// Set once the kernel refused to make a netkit (no `CONFIG_NETKIT`).
+static NO_NETKIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Creates the endpoint's pair (netkit or veth, per `policy`), moves one
+/// end into the namespace as the first free `ethN` with the endpoint's MAC,
+/// address, MTU and (if the namespace has none yet) a default route via the
+/// gateway. Returns the host side's ifindex, the name inside and the kind
+/// of pair. On failure, removes what it made.
+pub async fn create_endpoint_link(
+    e: &EndpointLink<'_>,
+    policy: PairPolicy,
+) -> Result<(u32, String, PairKind), DatapathError> {
+    use std::sync::atomic::Ordering;
     let host = handle(None)?;
     // A name for the peer while it is still in this namespace: the host
     // name with its 15th character replaced (or a character appended), never
@@ -168,17 +205,52 @@ pub async fn create_endpoint_link(e: &EndpointLink<'_>) -> Result<(u32, String),
     let keep = &e.host_name[..e.host_name.len().min(14)];
     let last = if e.host_name.len() > 14 && e.host_name.ends_with('p') { 'q' } else { 'p' };
     let peer_tmp = format!("{keep}{last}");
-    host.link().add(LinkVeth::new(e.host_name, &peer_tmp).mtu(e.mtu).build()).execute().await.map_err(
-        |err| DatapathError::Netlink {
-            op: "creating the veth pair",
-            detail: format!("{} and {peer_tmp}: {err}", e.host_name),
-        },
-    )?;
+    let failed = |what: &'static str| {
+        let detail = format!("{} and {peer_tmp}", e.host_name);
+        move |err: rtnetlink::Error| DatapathError::Netlink { op: what, detail: format!("{detail}: {err}") }
+    };
+    let try_netkit = match policy {
+        PairPolicy::Netkit => true,
+        PairPolicy::Auto => !NO_NETKIT.load(Ordering::Relaxed),
+        PairPolicy::Veth => false,
+    };
+    let mut kind = PairKind::Veth;
+    if try_netkit {
+        // L2: the task keeps an Ethernet interface (ARP, its MAC), and the
+        // programs see the same frames as on a veth.
+        let nk = LinkNetkit::new(e.host_name, &peer_tmp, netlink_packet_route::link::NetkitMode::L2)
+            .mtu(e.mtu)
+            .build();
+        match host.link().add(nk).execute().await {
+            Ok(()) => kind = PairKind::Netkit,
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EOPNOTSUPP => {
+                if policy == PairPolicy::Netkit {
+                    return Err(DatapathError::Netlink {
+                        op: "creating the netkit pair",
+                        detail: "this kernel has no netkit (CONFIG_NETKIT, Linux 6.7); \
+                                 use --endpoint-interface auto or veth"
+                            .into(),
+                    });
+                }
+                if !NO_NETKIT.swap(true, Ordering::Relaxed) {
+                    tracing::info!("the kernel has no netkit (CONFIG_NETKIT): endpoints get veth pairs");
+                }
+            }
+            Err(err) => return Err(failed("creating the netkit pair")(err)),
+        }
+    }
+    if kind == PairKind::Veth {
+        host.link()
+            .add(LinkVeth::new(e.host_name, &peer_tmp).mtu(e.mtu).build())
+            .execute()
+            .await
+            .map_err(failed("creating the veth pair"))?;
+    }
     let result = configure(&host, e, &peer_tmp).await;
     if result.is_err() {
         let _ = delete_link(e.host_name).await;
     }
-    result
+    result.map(|(idx, name)| (idx, name, kind))
 }
 
 async fn configure(
@@ -244,7 +316,7 @@ async fn configure(
     Ok((host_idx, name))
 }
 
-/// Deletes a link of the current namespace (both ends of a veth go).
+/// Deletes a link of the current namespace (both ends of a pair go).
 pub async fn delete_link(name: &str) -> Result<(), DatapathError> {
     let h = handle(None)?;
     match link_by_name(&h, name).await? {

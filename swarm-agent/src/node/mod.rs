@@ -71,6 +71,8 @@ pub struct NodeOptions {
     /// Root of the pinned eBPF objects.
     pub bpffs: PathBuf,
     pub xdp: XdpPolicy,
+    /// netkit or veth pairs for endpoints.
+    pub endpoint_pairs: crate::datapath::netlink::PairPolicy,
     /// See [`crate::gossip::DOWN_GRACE`].
     pub gossip_down_grace: Duration,
     /// Images and the executor; without them the node runs no tasks.
@@ -83,6 +85,7 @@ impl Default for NodeOptions {
             timing: Timing::default(),
             bpffs: PathBuf::from(crate::datapath::bpffs::DEFAULT_ROOT),
             xdp: XdpPolicy::Auto,
+            endpoint_pairs: crate::datapath::netlink::PairPolicy::Auto,
             gossip_down_grace: crate::gossip::DOWN_GRACE,
             runtime: None,
         }

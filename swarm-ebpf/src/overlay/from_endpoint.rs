@@ -22,8 +22,8 @@ use swarm_common::{
     VXLAN_OVERHEAD,
     lb::{FLOW_DNAT, FLOW_SNAT, FLOW_VIA, Flow, FlowKey, FrontendKey},
     overlay::{
-        DropReason, EndpointInfo, EndpointKey, Event, GATEWAY_MAC, HostConfig, LocalEndpoint, OUTER_TTL,
-        SRC_PORT_MASK, SRC_PORT_MIN,
+        DropReason, EndpointInfo, EndpointKey, Event, GATEWAY_MAC, HostConfig, LOCAL_NETKIT, LocalEndpoint,
+        OUTER_TTL, SRC_PORT_MASK, SRC_PORT_MIN,
     },
     wire::{
         ARP_REPLY, ARP_REQUEST, ETH_HDR_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr,
@@ -203,7 +203,7 @@ fn ipv4(ctx: &TcContext, me: &LocalEndpoint, eth: &EthHdr) -> Result<i32, DropRe
         // SAFETY: `tc_ptr` checked the bounds.
         unsafe { *p = dst.mac };
         count_event(Event::DeliveredLocally, ctx.len());
-        return Ok(deliver_local(&dst));
+        return Ok(deliver_local(&dst, me.flags & LOCAL_NETKIT == 0));
     }
     let cfg = host_config().ok_or(DropReason::NotConfigured)?;
     let inner = EthHdr { dst: dst.mac, src: eth.src, ether_type: eth.ether_type };

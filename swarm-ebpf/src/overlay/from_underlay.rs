@@ -215,7 +215,7 @@ fn vxlan(ctx: &TcContext, cfg: &HostConfig, ip: &Ipv4Hdr) -> Result<i32, DropRea
         }
     }
     match dst {
-        Some(dst) => Ok(deliver_local(&dst)),
+        Some(dst) => Ok(deliver_local(&dst, true)),
         None if translated => {
             count_event(Event::SentToClient, ctx.len());
             // SAFETY: helper call; a null parameter block means "use the packet's destination".

@@ -69,13 +69,16 @@ pub fn count_event(event: Event, len: u32) {
 }
 
 /// Hands a packet to a local endpoint: into its namespace (the peer of its
-/// host-side veth), or for the host's own endpoint out of the datapath end
-/// of its veth pair towards the host's stack.
+/// host-side interface), or for the host's own endpoint out of the datapath
+/// end of its veth pair towards the host's stack. `at_tc_ingress` is false
+/// in a netkit's transmit path, where the kernel refuses
+/// `bpf_redirect_peer`: there the packet goes out of the destination's host
+/// side, which hands it to the peer just the same (one queue more on veth).
 #[inline(always)]
-pub fn deliver_local(dst: &EndpointInfo) -> i32 {
+pub fn deliver_local(dst: &EndpointInfo, at_tc_ingress: bool) -> i32 {
     // SAFETY: helper calls with plain integer arguments.
     unsafe {
-        if dst.is_host() {
+        if dst.is_host() || !at_tc_ingress {
             aya_ebpf::helpers::bpf_redirect(dst.ifindex, 0);
         } else {
             aya_ebpf::helpers::bpf_redirect_peer(dst.ifindex, 0);
