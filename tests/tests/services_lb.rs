@@ -168,6 +168,21 @@ fn a_published_port_answers_on_every_node_and_the_task_sees_the_client() {
             assert!(addr.starts_with("10.0.0."), "node{node}: from the node's ingress address, not {addr}");
         }
     }
+    // The service's VIP on ingress, on the target port, from every node.
+    let vips = docker(
+        m,
+        &["service", "inspect", "--format", "{{range .Endpoint.VirtualIPs}}{{.Addr}} {{end}}", "web"],
+    )
+    .unwrap();
+    let vip = vips.split_whitespace().next().and_then(|a| a.split('/').next()).unwrap().to_owned();
+    assert!(vip.starts_with("10.0.0."), "{vips}");
+    for node in 1..=3usize {
+        let url = format!("http://{vip}:80/cgi-bin/who");
+        poll::until(&format!("{url} to answer on node{node}"), LONG, || {
+            who_from_host(tb.host(node - 1), &url)
+        })
+        .unwrap();
+    }
     // A port nobody published is not answered.
     assert!(who_from_host(outside, "http://198.18.0.1:7081/").is_err());
 

@@ -351,6 +351,28 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         measure(&mut ew_direct, &in_task, &direct_addr, secs)?;
         measure(&mut ew_vip, &in_task, &vip_addr, secs)?;
     }
+    // A node's own processes to the task on node2: balanced at connect()
+    // (localhost:published port, `sock_connect4`) vs per packet (the
+    // service's VIP on ingress, DNAT in `tc_from_endpoint` on the host's
+    // endpoint); past the balancing both take the same path.
+    let ingress_vip = docker(
+        n1,
+        &["service", "inspect", "--format", "{{range .Endpoint.VirtualIPs}}{{.Addr}} {{end}}", "remote"],
+    )?
+    .split_whitespace()
+    .find(|a| !a.starts_with(&prefix))
+    .and_then(|a| a.split('/').next())
+    .context("no VIP of remote on ingress")?
+    .to_owned();
+    let on_node = |a: &[&str]| -> anyhow::Result<String> { Ok(n1.run(&tool, a)?) };
+    let (mut by_socket, mut by_packet) = (Cells::default(), Cells::default());
+    let ingress_vip_addr = format!("{ingress_vip}:{SERVER_PORT}");
+    poll::until("the ingress VIP to answer", LONG, || client(&on_node, "connect", &ingress_vip_addr, 0.1))
+        .map_err(anyhow::Error::msg)?;
+    for _ in 0..args.runs {
+        measure(&mut by_socket, &on_node, "127.0.0.1:7102", secs)?;
+        measure(&mut by_packet, &on_node, &ingress_vip_addr, secs)?;
+    }
     for mut d in direct {
         let _ = d.kill();
         let _ = d.wait();
@@ -371,6 +393,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     rows.push(row("task -> task address", "node2", &ew_direct));
     rows.push(row("task -> service VIP", "node2", &ew_vip));
+    rows.push(row("node -> localhost:P (connect)", "node2", &by_socket));
+    rows.push(row("node -> ingress VIP (packet)", "node2", &by_packet));
     print!("{}", render(&header, &rows));
     println!();
     let scale_rows: Vec<Vec<String>> = [("(b) iptables", &b_scale), ("(c) eBPF mesh", &c_scale)]
@@ -403,6 +427,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         median(&ew_vip.conns) / median(&ew_direct.conns),
         median(&ew_vip.reqs) / median(&ew_direct.reqs),
         median(&ew_vip.bits) / median(&ew_direct.bits)
+    );
+    println!(
+        "balanced at connect() / per packet, from node1: new conn/s {:.2}, req/s {:.2}, throughput {:.2}",
+        median(&by_socket.conns) / median(&by_packet.conns),
+        median(&by_socket.reqs) / median(&by_packet.reqs),
+        median(&by_socket.bits) / median(&by_packet.bits)
     );
     Ok(())
 }

@@ -127,7 +127,10 @@ pub fn host_ports(state: &ClusterState, node_id: &str) -> Vec<HostPortBalancer> 
 /// Everything node `node_id` gets: the names and balancers of its tasks'
 /// networks, and its host-mode ports.
 pub fn node_view(state: &ClusterState, node_id: &str) -> NamesView {
-    let mut v = view(state, &node_networks(state, node_id));
+    let mut networks = node_networks(state, node_id);
+    // Every node has its own endpoint on ingress (`ingress-sbox`).
+    networks.extend(state.networks.values().filter(|n| n.ingress).map(|n| n.id.clone()));
+    let mut v = view(state, &networks);
     v.lb.host_ports = host_ports(state, node_id);
     v
 }
@@ -224,12 +227,18 @@ pub fn balancers(state: &ClusterState, networks: &BTreeSet<String>) -> Balancers
             }
         }
     }
+    // Ingress included: a publishing service's VIP there answers from the
+    // node's own endpoint and from tasks on ingress, balanced per packet.
     for net_id in networks {
         let Some(net) = state.networks.get(net_id) else { continue };
-        if net.ingress {
-            continue;
-        }
-        for s in state.services.values().filter(|s| s.networks.contains(net_id) && !s.endpoint.dnsrr) {
+        let on = |s: &&Service| {
+            if net.ingress {
+                s.endpoint.ports.iter().any(|p| p.publish_mode == Some(M::INGRESS))
+            } else {
+                s.networks.contains(net_id)
+            }
+        };
+        for s in state.services.values().filter(on).filter(|s| !s.endpoint.dnsrr) {
             let Some(vip) = vip_on(s, net_id) else { continue };
             let backends = running_on(state, s, net_id).into_iter().map(|(_, ip)| ip).collect();
             out.vips.push(VipBalancer { vni: net.vni, vip, backends });
@@ -394,6 +403,9 @@ mod tests {
         assert_eq!((p.port, p.protocol, p.target), (7080, 6, 80));
         assert_eq!(p.backends.len(), 2);
         assert!(p.backends.iter().all(|ip| ip.octets()[..3] == [10, 0, 0]), "{:?}", p.backends);
+        let on_ingress: Vec<_> = lb.vips.iter().filter(|v| v.vni == 4096).collect();
+        assert_eq!(on_ingress.len(), 1, "the VIP on ingress is balanced too: {:?}", lb.vips);
+        assert_eq!(on_ingress[0].backends, p.backends);
     }
 
     #[test]
