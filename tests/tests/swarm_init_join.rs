@@ -56,6 +56,13 @@ fn init_prints_dockers_output_and_creates_the_swarm() {
     assert_eq!(digest, ca_digest(ca_pem.as_bytes()));
     let manager_token = token(h, "manager");
     assert!(Regex::new(&format!("^{TOKEN}$")).unwrap().is_match(&manager_token));
+    // Output into a pipe whose reader is gone ends the command quietly
+    // (SIGPIPE, as docker's), not with a panic.
+    let mut c = h.command("sh").unwrap();
+    let script = format!("{{ sleep 0.2; {} join-token worker; }} | true", swarm_tests::agent_bin().display());
+    let out = c.args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && stderr.is_empty(), "{stderr}");
     assert_ne!(manager_token, worker_token);
 
     // Node certificate: CN = node ID, OU = role, O = cluster ID, 90 days.

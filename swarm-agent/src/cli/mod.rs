@@ -102,6 +102,14 @@ pub fn main() -> ExitCode {
         let code = crate::agent::exec::shim::run(runtime, runc_root, bundle, id);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    if !matches!(cli.cmd, Cmd::Daemon(_)) {
+        // A client whose output goes to a pipe that closes (`| head`) ends
+        // quietly, as docker and other Unix tools do, instead of panicking
+        // on the failed print. Sockets write with MSG_NOSIGNAL, so only
+        // stdout and stderr raise it.
+        // SAFETY: restores the default action of a signal, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
