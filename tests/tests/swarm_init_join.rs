@@ -57,7 +57,7 @@ fn init_prints_dockers_output_and_creates_the_swarm() {
     let manager_token = token(h, "manager");
     assert!(Regex::new(&format!("^{TOKEN}$")).unwrap().is_match(&manager_token));
     // Output into a pipe whose reader is gone ends the command quietly
-    // (SIGPIPE, as docker's), not with a panic.
+    // (with SIGPIPE's status, as docker), not with a panic.
     let mut c = h.command("sh").unwrap();
     let script = format!("{{ sleep 0.2; {} join-token worker; }} | true", swarm_tests::agent_bin().display());
     let out = c.args(["-c", &script]).output().unwrap();

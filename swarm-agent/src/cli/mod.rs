@@ -104,11 +104,17 @@ pub fn main() -> ExitCode {
     }
     if !matches!(cli.cmd, Cmd::Daemon(_)) {
         // A client whose output goes to a pipe that closes (`| head`) ends
-        // quietly, as docker and other Unix tools do, instead of panicking
-        // on the failed print. Sockets write with MSG_NOSIGNAL, so only
-        // stdout and stderr raise it.
-        // SAFETY: restores the default action of a signal, before any thread starts.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        // quietly with SIGPIPE's status, as docker does, instead of
+        // panicking on the failed print. (SIGPIPE itself stays ignored:
+        // writes to the daemon's socket must fail, not kill.)
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info.payload_as_str().unwrap_or("");
+            if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+                std::process::exit(141);
+            }
+            default(info);
+        }));
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
