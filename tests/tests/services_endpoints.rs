@@ -176,8 +176,13 @@ fn virtual_ips_and_published_ports_are_allocated_as_dockers() {
         .collect();
     assert_ne!(nodes[0], nodes[1], "{nodes:?}");
 
-    // Our CLI: the same PORTS and the same --pretty ports section.
-    assert_eq!(agent(m, &["service", "ls"]).unwrap(), docker(m, &["service", "ls"]).unwrap());
+    // Our CLI: the same PORTS and the same --pretty ports section (read
+    // until a task's start does not fall between the two reads).
+    poll::until("both CLIs to print the same service ls", LONG, || {
+        let (ours, theirs) = (agent(m, &["service", "ls"]).unwrap(), docker(m, &["service", "ls"]).unwrap());
+        if ours == theirs { Ok(()) } else { Err(format!("ours:\n{ours}\ndocker's:\n{theirs}")) }
+    })
+    .unwrap();
     let tail = |s: String| s[s.find("Endpoint Mode:").unwrap_or(0)..].to_owned();
     for s in ["dyn2", "plain"] {
         assert_eq!(
