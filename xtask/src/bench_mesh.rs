@@ -278,6 +278,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             measure(&mut a[i], &from_outside, direct_addr, secs)?;
             iptables_restore(n1, &kube_proxy_rules(1, 7201, backend))?;
             measure(&mut b[i], &from_outside, "198.18.0.1:7201", secs)?;
+            // (c) without (b)'s chains: our nodes never have them.
+            iptables_restore(n1, "*nat\nCOMMIT\n")?;
             measure(
                 &mut c[i],
                 &from_outside,
@@ -315,6 +317,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             iptables_restore(n1, &kube_proxy_rules(n, 7201, &ip_remote))?;
             b_scale[k]
                 .push(field(&client(&from_outside, "connect", "198.18.0.1:7201", secs)?, "conns_per_sec")?);
+            iptables_restore(n1, "*nat\nCOMMIT\n")?;
             c_scale[k]
                 .push(field(&client(&from_outside, "connect", "198.18.0.1:7102", secs)?, "conns_per_sec")?);
         }
