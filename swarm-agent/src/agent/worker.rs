@@ -681,6 +681,8 @@ mod tests {
                 desired_state: desired,
                 status: TaskStatus { state, ..Default::default() },
                 networks: vec![],
+                running_at: None,
+                start_at: None,
             },
             service_name: "web".into(),
             attachments: vec![],

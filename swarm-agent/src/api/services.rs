@@ -55,11 +55,13 @@ pub fn service_json(v: &ServiceView, with_status: bool) -> Value {
     }
     if let Some(u) = &s.update_status {
         out["UpdateStatus"] = json!({
-            "State": u.state,
+            "State": u.state.as_str(),
             "StartedAt": rfc3339(u.started_at),
-            "CompletedAt": rfc3339(u.completed_at),
             "Message": u.message,
         });
+        if u.completed_at != 0 {
+            out["UpdateStatus"]["CompletedAt"] = json!(rfc3339(u.completed_at));
+        }
     }
     if with_status {
         out["ServiceStatus"] = json!({
@@ -221,8 +223,15 @@ pub(super) async fn service_update(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let version = super::version_param(&q)?;
+    let rollback = match q.get("rollback").map(String::as_str) {
+        None | Some("") => false,
+        Some("previous") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!("unrecognized rollback option {other}")));
+        }
+    };
     let spec = service_spec(&body)?;
-    control(&e, ControlRequest::UpdateService { id, version, spec: Box::new(spec) }).await?;
+    control(&e, ControlRequest::UpdateService { id, version, spec: Box::new(spec), rollback }).await?;
     Ok(Json(json!({})))
 }
 
@@ -300,8 +309,9 @@ pub(super) async fn tasks_list(
         None => None,
     };
     let up_to_date = filters.contains_key("_up-to-date");
-    let spec_versions: BTreeMap<String, u64> = if up_to_date {
-        list_views(&e).await?.into_iter().map(|v| (v.service.id.clone(), v.service.meta.version)).collect()
+    // swarmkit's `_up-to-date`: tasks that run what their service asks for.
+    let current: BTreeMap<String, crate::manager::store::task::Service> = if up_to_date {
+        list_views(&e).await?.into_iter().map(|v| (v.service.id.clone(), v.service)).collect()
     } else {
         BTreeMap::new()
     };
@@ -326,7 +336,12 @@ pub(super) async fn tasks_list(
             })
         })
         .filter(|_| filters.get("label").is_none_or(Vec::is_empty))
-        .filter(|t| !up_to_date || spec_versions.get(&t.service_id).is_none_or(|v| t.spec_version <= *v))
+        .filter(|t| {
+            !up_to_date
+                || current
+                    .get(&t.service_id)
+                    .is_none_or(|s| !crate::manager::orchestrator::update::is_dirty(s, t))
+        })
         .map(|t| {
             let ports = ports.get(&t.service_id).map_or(&[][..], Vec::as_slice);
             task_json(t, services.get(&t.service_id).map_or("", String::as_str), ports)

@@ -185,24 +185,7 @@ pub fn validate_spec(state: &ClusterState, spec: &m::ServiceSpec) -> Result<Vec<
         }
     }
     crate::manager::store::endpoint::spec_ports(spec)?;
-    let attachments = task.networks.iter().flatten().chain(spec.networks.iter().flatten());
-    let mut networks = Vec::new();
-    for a in attachments {
-        let target = a.target.as_deref().unwrap_or("");
-        let n = state.resolve_network(target).map_err(|_| {
-            ApiError::not_found(format!("rpc error: code = NotFound desc = network {target} not found"))
-        })?;
-        if n.ingress {
-            return Err(invalid(format!(
-                "Service cannot be explicitly attached to the ingress network {:?}",
-                n.name
-            )));
-        }
-        if !networks.contains(&n.id) {
-            networks.push(n.id.clone());
-        }
-    }
-    Ok(networks)
+    state.spec_networks(spec)
 }
 
 /// The image as docker's daemon records it when it cannot ask a registry

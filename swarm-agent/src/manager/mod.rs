@@ -955,8 +955,8 @@ impl Manager {
             ControlRequest::ListServices => Ok(self.services_control_list()),
             ControlRequest::GetService { id } => self.get_service(&id),
             ControlRequest::CreateService { spec } => self.create_service(*spec).await,
-            ControlRequest::UpdateService { id, version, spec } => {
-                self.update_service(&id, version, *spec).await
+            ControlRequest::UpdateService { id, version, spec, rollback } => {
+                self.update_service(&id, version, *spec, rollback).await
             }
             ControlRequest::RemoveService { id } => self.remove_service(&id).await,
             ControlRequest::ListTasks => Ok(self.list_tasks()),

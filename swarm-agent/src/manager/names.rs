@@ -378,8 +378,11 @@ mod tests {
             }]),
         });
         let version = s.services["web"].meta.version;
-        s.apply(20, &Command::UpdateService { id: "web".into(), version, spec: Box::new(sp), now: 3 })
-            .unwrap();
+        s.apply(
+            20,
+            &Command::UpdateService { id: "web".into(), version, spec: Box::new(sp), now: 3, networks: None },
+        )
+        .unwrap();
         let mut next = 100;
         converge(&mut s, 4, &mut next);
         let live: Vec<_> = s.tasks.values().filter(|t| t.service_id == "web" && t.is_runnable()).collect();

@@ -125,18 +125,27 @@ impl Manager {
         id: &str,
         version: u64,
         mut spec: bollard_stubs::models::ServiceSpec,
+        rollback: bool,
     ) -> Result<ControlResponse, ApiError> {
+        let svc_id = self.state.read(|s| s.resolve_service(id).map(|svc| svc.id.clone()))?;
+        if rollback {
+            self.propose(Command::RollbackService { id: svc_id, version, now: now_nanos() }).await?;
+            return Ok(ControlResponse::Done);
+        }
         controlapi::normalize_image(&mut spec);
-        let id = self.state.read(|s| -> Result<String, ApiError> {
-            let svc = s.resolve_service(id)?;
+        let networks = self.state.read(|s| -> Result<Vec<String>, ApiError> {
+            let svc = s.service(&svc_id)?;
             controlapi::check_update(svc, &spec)?;
-            let networks = controlapi::validate_spec(s, &spec)?;
-            if networks != svc.networks {
-                return Err(ApiError::invalid("changing a service's networks is not supported yet"));
-            }
-            Ok(svc.id.clone())
+            controlapi::validate_spec(s, &spec)
         })?;
-        self.propose(Command::UpdateService { id, version, spec: Box::new(spec), now: now_nanos() }).await?;
+        self.propose(Command::UpdateService {
+            id: svc_id,
+            version,
+            spec: Box::new(spec),
+            now: now_nanos(),
+            networks: Some(networks),
+        })
+        .await?;
         Ok(ControlResponse::Done)
     }
 

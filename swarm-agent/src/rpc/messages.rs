@@ -173,6 +173,10 @@ pub enum ControlRequest {
         id: String,
         version: u64,
         spec: Box<bollard_stubs::models::ServiceSpec>,
+        /// `rollback=previous`: the spec sent is ignored, the previous one
+        /// comes back.
+        #[serde(default)]
+        rollback: bool,
     },
     RemoveService {
         id: String,

@@ -27,12 +27,14 @@ pub fn reconcile(w: &mut Working<'_>, svc: &Service) {
         let fits = node_keeps_tasks(node) && node.is_some_and(|n| constraint::matches_all(&constraints, n));
         let history: Vec<&Task> = tasks.iter().collect();
         for t in tasks.iter().filter(|t| t.is_runnable()) {
-            if !fits || crate::manager::allocator::attachments_outdated(w, svc, t) {
+            let outdated = crate::manager::allocator::attachments_outdated(w, svc, t)
+                && !super::update::is_dirty(svc, t);
+            if !fits || outdated {
                 w.set_desired(t, TaskState::Shutdown);
             } else if t.status.state.is_terminal() {
                 restart::restart(w, svc, t, &history);
             } else {
-                restart::release_delayed(w, svc, t);
+                restart::release_delayed(w, svc, t, &history);
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod global;
 pub mod reaper;
 pub mod replicated;
 pub mod restart;
+pub mod update;
 
 use std::collections::BTreeMap;
 
@@ -20,7 +21,7 @@ use crate::manager::{
     store::{
         model::{Availability, Endpoint, Meta, Nanos, Node, NodeState},
         state::{ClusterState, Command},
-        task::{Mode, Service, Task, TaskState, TaskStatus},
+        task::{Mode, Service, Task, TaskState, TaskStatus, UpdateStatus},
     },
 };
 
@@ -36,6 +37,9 @@ pub struct Working<'a> {
     pub removed: Vec<String>,
     /// The earliest time something is due (a restart delay ending).
     pub wake_at: Option<Nanos>,
+    /// Update statuses the updater set this round (and whether the
+    /// previous spec comes back with it), by service.
+    pub update_statuses: BTreeMap<String, (UpdateStatus, bool)>,
     new_id: &'a mut dyn FnMut() -> String,
 }
 
@@ -48,6 +52,7 @@ impl<'a> Working<'a> {
             endpoints: Vec::new(),
             removed: Vec::new(),
             wake_at: None,
+            update_statuses: BTreeMap::new(),
             new_id,
         }
     }
@@ -71,6 +76,16 @@ impl<'a> Working<'a> {
 
     pub fn wake(&mut self, at: Nanos) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    pub fn set_update_status(&mut self, service_id: &str, status: UpdateStatus) {
+        let rollback = self.update_statuses.get(service_id).is_some_and(|(_, r)| *r);
+        self.update_statuses.insert(service_id.to_owned(), (status, rollback));
+    }
+
+    /// An update rolled back on failure: the previous spec comes back.
+    pub fn roll_back(&mut self, service_id: &str, status: UpdateStatus) {
+        self.update_statuses.insert(service_id.to_owned(), (status, true));
     }
 
     /// Marks a task's desired state (never backwards).
@@ -102,6 +117,8 @@ impl<'a> Working<'a> {
                 ..Default::default()
             },
             networks: Vec::new(),
+            running_at: None,
+            start_at: None,
         };
         self.put(t.clone());
         t
@@ -117,6 +134,9 @@ impl<'a> Working<'a> {
         }
         if !self.removed.is_empty() {
             cmds.push(Command::RemoveTasks { ids: self.removed });
+        }
+        for (id, (status, rollback)) in self.update_statuses {
+            cmds.push(Command::SetUpdateStatus { id, status, rollback });
         }
         (cmds, self.wake_at)
     }
@@ -141,6 +161,7 @@ pub fn plan(
             Mode::Replicated { replicas, .. } => replicated::reconcile(&mut w, svc, replicas),
             Mode::Global => global::reconcile(&mut w, svc),
         }
+        update::reconcile(&mut w, svc);
     }
     allocator::allocate(&mut w);
     scheduler::schedule(&mut w);

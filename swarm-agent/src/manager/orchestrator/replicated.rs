@@ -30,7 +30,10 @@ pub fn reconcile(w: &mut Working<'_>, svc: &Service, replicas: u64) {
             let misplaced = !t.node_id.is_empty()
                 && (!node_keeps_tasks(node)
                     || node.is_some_and(|n| !constraint::matches_all(&constraints, n)))
-                || crate::manager::allocator::attachments_outdated(w, svc, t);
+                // New networks on an unchanged task (a port published):
+                // the updater handles tasks whose spec changed.
+                || (crate::manager::allocator::attachments_outdated(w, svc, t)
+                    && !super::update::is_dirty(svc, t));
             if misplaced {
                 // Replaced right away: the restart delay is for tasks that
                 // failed, not for nodes that went away.
@@ -40,7 +43,7 @@ pub fn reconcile(w: &mut Working<'_>, svc: &Service, replicas: u64) {
             } else if t.status.state.is_terminal() {
                 runs |= restart::restart(w, svc, t, &history).is_some();
             } else {
-                restart::release_delayed(w, svc, t);
+                restart::release_delayed(w, svc, t, &history);
                 runs = true;
             }
         }
@@ -137,7 +140,13 @@ mod tests {
         let v = s.services["svc"].meta.version;
         s.apply(
             10,
-            &Command::UpdateService { id: "svc".into(), version: v, spec: Box::new(sp.clone()), now: 1 },
+            &Command::UpdateService {
+                id: "svc".into(),
+                version: v,
+                spec: Box::new(sp.clone()),
+                now: 1,
+                networks: None,
+            },
         )
         .unwrap();
         converge(&mut s, 1002, &mut next);
@@ -148,8 +157,17 @@ mod tests {
         converge(&mut s, 1004, &mut next);
         assert_eq!(s.tasks.len(), 2, "the reaper deleted the removed task once it stopped");
         sp = spec("web", Some(3));
-        s.apply(11, &Command::UpdateService { id: "svc".into(), version: 10, spec: Box::new(sp), now: 2 })
-            .unwrap();
+        s.apply(
+            11,
+            &Command::UpdateService {
+                id: "svc".into(),
+                version: 10,
+                spec: Box::new(sp),
+                now: 2,
+                networks: None,
+            },
+        )
+        .unwrap();
         converge(&mut s, 1005, &mut next);
         let mut slots: Vec<u64> = s.tasks.values().map(|t| t.slot).collect();
         slots.sort_unstable();

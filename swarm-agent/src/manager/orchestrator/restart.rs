@@ -61,12 +61,28 @@ pub fn restart(w: &mut Working<'_>, svc: &Service, task: &Task, history: &[&Task
     Some(t)
 }
 
-/// A replacement waiting out its restart delay starts once it is over.
-pub fn release_delayed(w: &mut Working<'_>, svc: &Service, task: &Task) {
+/// How long a replacement waits for the task it replaces to stop before it
+/// starts anyway (swarmkit's `DelayStart` gives up after a minute too).
+pub const OLD_TASK_TIMEOUT: Nanos = 60_000_000_000;
+
+/// A replacement waiting out its restart delay (or, made by the updater
+/// stop-first, for the old task of its slot to stop) starts once it may.
+/// `history` is the rest of its slot.
+pub fn release_delayed(w: &mut Working<'_>, svc: &Service, task: &Task, history: &[&Task]) {
     if task.desired_state != TaskState::Ready {
         return;
     }
-    let due = task.meta.created_at.saturating_add(svc.restart_policy().delay);
+    let mut due =
+        task.start_at.unwrap_or_else(|| task.meta.created_at.saturating_add(svc.restart_policy().delay));
+    for old in history.iter().filter(|o| o.id != task.id && o.meta.created_at <= task.meta.created_at) {
+        // Still on a node that will report it stopping.
+        let running = old.status.state >= TaskState::Assigned
+            && !old.status.state.is_terminal()
+            && super::node_keeps_tasks(w.state.nodes.get(&old.node_id));
+        if running {
+            due = due.max(old.meta.updated_at.saturating_add(OLD_TASK_TIMEOUT));
+        }
+    }
     if w.now >= due {
         w.set_desired(task, TaskState::Running);
     } else {
@@ -94,6 +110,8 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus { state, timestamp: created + 1, ..Default::default() },
             networks: vec![],
+            running_at: None,
+            start_at: None,
         }
     }
 

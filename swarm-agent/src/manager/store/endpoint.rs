@@ -363,8 +363,11 @@ mod tests {
         let version = s.services["b"].meta.version;
         let mut spec = with_ports("b", vec![port(0, 80, false), port(0, 90, false)], false);
         spec.labels = Some(std::collections::HashMap::from([("x".to_owned(), "y".to_owned())]));
-        s.apply(7, &Command::UpdateService { id: "b".into(), version, spec: Box::new(spec), now: 1 })
-            .unwrap();
+        s.apply(
+            7,
+            &Command::UpdateService { id: "b".into(), version, spec: Box::new(spec), now: 1, networks: None },
+        )
+        .unwrap();
         let after = &s.services["b"].endpoint;
         assert_eq!(after.virtual_ips, before.virtual_ips);
         assert_eq!(after.ports[0].published_port, before.ports[0].published_port);
@@ -372,8 +375,11 @@ mod tests {
         // Dropping the ports drops the ingress VIP only.
         let version = s.services["b"].meta.version;
         let spec = with_ports("b", vec![], false);
-        s.apply(8, &Command::UpdateService { id: "b".into(), version, spec: Box::new(spec), now: 2 })
-            .unwrap();
+        s.apply(
+            8,
+            &Command::UpdateService { id: "b".into(), version, spec: Box::new(spec), now: 2, networks: None },
+        )
+        .unwrap();
         let after = &s.services["b"].endpoint;
         assert_eq!(after.virtual_ips.len(), 1);
         assert_eq!(after.virtual_ips[0].network_id, "app");

@@ -17,7 +17,7 @@ use crate::manager::store::{
         Cluster, ClusterSpec, Endpoint, ManagerInfo, Meta, Nanos, Network, Node, NodeDescription, NodeSpec,
         NodeState,
     },
-    task::{Service, Task, TaskState, TaskStatus},
+    task::{Service, Task, TaskState, TaskStatus, UpdateState, UpdateStatus},
 };
 use crate::{ca::Role, error::ApiError};
 
@@ -111,7 +111,22 @@ pub enum Command {
     /// `service create`: a new service (its networks resolved).
     CreateService { service: Box<Service> },
     /// `service update`/`scale`: a new spec, guarded by the version read.
-    UpdateService { id: String, version: u64, spec: Box<bollard_stubs::models::ServiceSpec>, now: Nanos },
+    UpdateService {
+        id: String,
+        version: u64,
+        spec: Box<bollard_stubs::models::ServiceSpec>,
+        now: Nanos,
+        /// The spec's networks, resolved to IDs (unset in entries written
+        /// before networks could change: the service keeps its own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        networks: Option<Vec<String>>,
+    },
+    /// `service rollback` / `update --rollback`: the previous spec comes
+    /// back (and the current one becomes the previous).
+    RollbackService { id: String, version: u64, now: Nanos },
+    /// The updater: where a rolling update stands; `rollback` also puts the
+    /// previous spec back (an update rolled back on failure).
+    SetUpdateStatus { id: String, status: UpdateStatus, rollback: bool },
     /// `service rm`: the service goes, its tasks are marked for removal.
     RemoveService { id: String, now: Nanos },
     /// The reconcilers' writes: tasks created or replaced whole, with the
@@ -149,6 +164,10 @@ impl std::fmt::Display for Command {
             }
             Command::CreateService { service } => write!(f, "create-service({})", service.name()),
             Command::UpdateService { id, .. } => write!(f, "update-service({id})"),
+            Command::RollbackService { id, .. } => write!(f, "rollback-service({id})"),
+            Command::SetUpdateStatus { id, status, .. } => {
+                write!(f, "set-update-status({id}, {})", status.state.as_str())
+            }
             Command::RemoveService { id, .. } => write!(f, "remove-service({id})"),
             Command::PutTasks { tasks, .. } => write!(f, "put-tasks({})", tasks.len()),
             Command::SetTaskStatus { updates, .. } => write!(f, "set-task-status({})", updates.len()),
@@ -272,14 +291,39 @@ impl ClusterState {
                 self.index.add_service(&svc);
                 self.services.insert(svc.id.clone(), svc);
             }
-            Command::UpdateService { id, spec, now, .. } => {
+            Command::UpdateService { id, spec, now, networks, .. } => {
                 let svc = self.services.get(id).ok_or_else(|| no_such_service(id))?;
-                let a = endpoint::allocate(self, id, spec, &svc.networks, Some(&svc.endpoint), *now)?;
-                self.apply_allocation(index, &a);
+                let networks = networks.clone().unwrap_or_else(|| svc.networks.clone());
+                self.replace_spec(index, id, (**spec).clone(), networks, *now)?;
                 let svc = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
-                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, (**spec).clone()));
-                svc.endpoint = a.endpoint;
-                touch(&mut svc.meta, index, *now);
+                svc.update_status = None;
+            }
+            Command::RollbackService { id, now, .. } => {
+                let svc = self.service(id)?;
+                let previous = svc.previous_spec.clone().ok_or_else(|| no_previous_spec(id))?;
+                let networks = self.spec_networks(&previous)?;
+                self.replace_spec(index, id, previous, networks, *now)?;
+                let svc = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
+                svc.update_status = Some(UpdateStatus {
+                    state: UpdateState::RollbackStarted,
+                    started_at: *now,
+                    completed_at: 0,
+                    message: "manually requested rollback".into(),
+                });
+            }
+            Command::SetUpdateStatus { id, status, rollback } => {
+                if *rollback {
+                    let svc = self.service(id)?;
+                    let previous = svc.previous_spec.clone().ok_or_else(|| no_previous_spec(id))?;
+                    let networks = self.spec_networks(&previous)?;
+                    self.replace_spec(index, id, previous, networks, status.started_at)?;
+                    // swarmkit: a rollback on failure leaves no previous spec.
+                    let svc = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
+                    svc.previous_spec = None;
+                }
+                let svc = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
+                svc.update_status = Some(status.clone());
+                svc.meta.version = index;
             }
             Command::RemoveService { id, now } => {
                 if let Some(svc) = self.services.remove(id) {
@@ -318,6 +362,9 @@ impl ClusterState {
                     let Some(t) = self.tasks.get_mut(id) else { continue };
                     if status.state < t.status.state {
                         continue;
+                    }
+                    if status.state == TaskState::Running && t.running_at.is_none() {
+                        t.running_at = Some(status.timestamp);
                     }
                     t.status = status.clone();
                     touch(&mut t.meta, index, *now);
@@ -448,7 +495,7 @@ impl ClusterState {
                 }
                 endpoint::allocate(self, &service.id, &service.spec, &service.networks, None, 0)?;
             }
-            Command::UpdateService { id, version, spec, .. } => {
+            Command::UpdateService { id, version, spec, networks, .. } => {
                 let svc = self.services.get(id).ok_or_else(|| no_such_service(id))?;
                 if svc.meta.version != *version {
                     return Err(ApiError::invalid("update out of sequence"));
@@ -458,7 +505,30 @@ impl ClusterState {
                         "rpc error: code = Unimplemented desc = renaming services is not supported",
                     ));
                 }
-                endpoint::allocate(self, id, spec, &svc.networks, Some(&svc.endpoint), 0)?;
+                if let Some(networks) = networks {
+                    for n in networks {
+                        self.network(n)?;
+                    }
+                }
+                let networks = networks.as_ref().unwrap_or(&svc.networks);
+                endpoint::allocate(self, id, spec, networks, Some(&svc.endpoint), 0)?;
+            }
+            Command::RollbackService { id, version, .. } => {
+                let svc = self.service(id)?;
+                if svc.meta.version != *version {
+                    return Err(ApiError::invalid("update out of sequence"));
+                }
+                let previous = svc.previous_spec.as_ref().ok_or_else(|| no_previous_spec(id))?;
+                let networks = self.spec_networks(previous)?;
+                endpoint::allocate(self, id, previous, &networks, Some(&svc.endpoint), 0)?;
+            }
+            Command::SetUpdateStatus { id, rollback, .. } => {
+                let svc = self.service(id)?;
+                if *rollback {
+                    let previous = svc.previous_spec.as_ref().ok_or_else(|| no_previous_spec(id))?;
+                    let networks = self.spec_networks(previous)?;
+                    endpoint::allocate(self, id, previous, &networks, Some(&svc.endpoint), 0)?;
+                }
             }
             Command::RemoveService { id, .. } => {
                 self.services.get(id).ok_or_else(|| no_such_service(id))?;
@@ -488,6 +558,51 @@ impl ClusterState {
     }
 
     /// Adds and removes the store endpoints of a service's virtual IPs.
+    /// A service's new spec (an update or a rollback): addresses and ports
+    /// allocated for it, the old spec kept as the previous one.
+    fn replace_spec(
+        &mut self,
+        index: u64,
+        id: &str,
+        spec: bollard_stubs::models::ServiceSpec,
+        networks: Vec<String>,
+        now: Nanos,
+    ) -> Outcome {
+        let svc = self.service(id)?;
+        let a = endpoint::allocate(self, id, &spec, &networks, Some(&svc.endpoint), now)?;
+        self.apply_allocation(index, &a);
+        let svc = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
+        svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
+        svc.networks = networks;
+        svc.endpoint = a.endpoint;
+        touch(&mut svc.meta, index, now);
+        Ok(())
+    }
+
+    /// The networks a spec attaches its tasks to, as IDs, in order (the
+    /// ingress network cannot be named).
+    pub fn spec_networks(&self, spec: &bollard_stubs::models::ServiceSpec) -> Result<Vec<String>, ApiError> {
+        let task = spec.task_template.as_ref();
+        let attachments = task.and_then(|t| t.networks.as_ref()).into_iter().flatten();
+        let mut networks = Vec::new();
+        for a in attachments.chain(spec.networks.iter().flatten()) {
+            let target = a.target.as_deref().unwrap_or("");
+            let n = self.resolve_network(target).map_err(|_| {
+                ApiError::not_found(format!("rpc error: code = NotFound desc = network {target} not found"))
+            })?;
+            if n.ingress {
+                return Err(ApiError::invalid(format!(
+                    "rpc error: code = InvalidArgument desc = Service cannot be explicitly attached to the ingress network {:?}",
+                    n.name
+                )));
+            }
+            if !networks.contains(&n.id) {
+                networks.push(n.id.clone());
+            }
+        }
+        Ok(networks)
+    }
+
     fn apply_allocation(&mut self, index: u64, a: &endpoint::Allocation) {
         for id in &a.remove {
             if let Some(e) = self.endpoints.remove(id) {
@@ -687,6 +802,16 @@ fn merge_task(old: &Task, new: &mut Task) {
     if new.node_id.is_empty() {
         new.node_id.clone_from(&old.node_id);
     }
+    if new.running_at.is_none() {
+        new.running_at = old.running_at;
+    }
+}
+
+/// swarmkit's text for a rollback with nothing to go back to.
+pub fn no_previous_spec(id: &str) -> ApiError {
+    ApiError::precondition(format!(
+        "rpc error: code = FailedPrecondition desc = service {id} does not have a previous spec"
+    ))
 }
 
 /// Docker's text for an unknown service.

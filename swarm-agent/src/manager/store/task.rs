@@ -121,6 +121,14 @@ pub struct Task {
     pub status: TaskStatus,
     #[serde(default)]
     pub networks: Vec<TaskNetwork>,
+    /// When it first reported RUNNING (what the updater's `Monitor` counts from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_at: Option<Nanos>,
+    /// A task made with desired state READY may be released to RUNNING from
+    /// then on (the updater's stop-first tasks: at once). Unset: the restart
+    /// policy's delay after it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<Nanos>,
 }
 
 impl Task {
@@ -144,11 +152,39 @@ impl Task {
     }
 }
 
-/// A service's rollout status (Docker's `UpdateStatus`); set by updates.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Where a rolling update stands (Docker's `UpdateStatus.State`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+}
+
+/// A service's rollout status (Docker's `UpdateStatus`); set by the updater
+/// and by `service rollback`, cleared by every other update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateStatus {
-    pub state: String,
+    pub state: UpdateState,
     pub started_at: Nanos,
+    /// 0 until the update is over.
+    #[serde(default)]
     pub completed_at: Nanos,
     pub message: String,
 }
