@@ -1,0 +1,209 @@
+//! `service update` and `service rollback` from the stock docker CLI on
+//! real containers: a rolling update at the configured pace, `PreviousSpec`
+//! and `UpdateStatus`, a manual rollback, and a failing update that pauses
+//! or rolls back per `--update-failure-action`. Needs root, runc and
+//! docker's CLI.
+
+use std::time::Duration;
+
+use swarm_tests::{
+    image::{busybox_rootfs, target_dir},
+    poll,
+    swarm::{cluster, daemon_log, docker},
+    testbed::Host,
+};
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn import_busybox(h: &Host) {
+    let tar = busybox_rootfs(&target_dir()).expect("busybox rootfs");
+    docker(h, &["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox:latest"])
+        .unwrap_or_else(|e| panic!("docker import: {e}\n{}", daemon_log(h)));
+}
+
+/// `state|message` of the service's update, or empty.
+fn update_status(m: &Host) -> String {
+    docker(
+        m,
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{if .UpdateStatus}}{{.UpdateStatus.State}}|{{.UpdateStatus.Message}}{{end}}",
+            "web",
+        ],
+    )
+    .unwrap()
+    .trim()
+    .to_owned()
+}
+
+/// (task ID, args, state, status timestamp) of every task that should run.
+fn live_tasks(m: &Host) -> Vec<(String, String, String, String)> {
+    let ids = docker(m, &["service", "ps", "-q", "--filter", "desired-state=running", "web"]).unwrap();
+    let mut out = Vec::new();
+    for id in ids.split_whitespace() {
+        let v = docker(
+            m,
+            &[
+                "inspect",
+                "--type",
+                "task",
+                "--format",
+                "{{.ID}};{{json .Spec.ContainerSpec.Args}};{{.Status.State}};{{.Status.Timestamp.UnixNano}}",
+                id,
+            ],
+        );
+        // A task reaped between the two calls.
+        let Ok(v) = v else { continue };
+        let f: Vec<&str> = v.trim().splitn(4, ';').collect();
+        out.push((f[0].to_owned(), f[1].to_owned(), f[2].to_owned(), f[3].to_owned()));
+    }
+    out
+}
+
+fn wait_status(m: &Host, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    poll::until(what, LONG, || {
+        last = update_status(m);
+        if ok(&last) { Ok(()) } else { Err(last.clone()) }
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            docker(m, &["service", "ps", "--no-trunc", "web"]).unwrap_or_default(),
+            daemon_log(m)
+        )
+    });
+    last
+}
+
+/// Waits until all `n` live tasks run `args`.
+fn wait_running(m: &Host, n: usize, args: &str) {
+    poll::until(&format!("{n} tasks running {args}"), LONG, || {
+        let t = live_tasks(m);
+        let ok = t.iter().filter(|t| t.1 == args && t.2 == "running").count();
+        if ok == n && t.len() == n { Ok(()) } else { Err(format!("{t:?}")) }
+    })
+    .unwrap_or_else(|e| {
+        panic!("{e}\n{}", docker(m, &["service", "ps", "--no-trunc", "web"]).unwrap_or_default())
+    });
+}
+
+#[test]
+fn rolling_update_paces_rolls_back_and_handles_failures() {
+    let tb = cluster(3, 1, &[], &[]);
+    let m = tb.host(0);
+    for h in tb.hosts() {
+        import_busybox(h);
+    }
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--update-delay",
+            "1s",
+            "--update-monitor",
+            "1s",
+            // sleep as PID 1 ignores SIGTERM: do not wait 10 s per slot.
+            "--stop-grace-period",
+            "1s",
+            "busybox",
+            "sleep",
+            "100000",
+        ],
+    )
+    .unwrap();
+    let v1 = r#"["sleep","100000"]"#;
+    wait_running(m, 3, v1);
+    let before: Vec<String> = live_tasks(m).into_iter().map(|t| t.0).collect();
+    assert_eq!(update_status(m), "", "a new service has no update status");
+
+    // A change to the task template rolls every slot, one at a time, a
+    // second apart.
+    docker(m, &["service", "update", "-d", "--args", "sleep 200000", "web"]).unwrap();
+    let v2 = r#"["sleep","200000"]"#;
+    assert!(update_status(m).is_empty() || update_status(m).starts_with("updating|"));
+    let done = wait_status(m, "the update to complete", |s| s.starts_with("completed|"));
+    assert_eq!(done, "completed|update completed");
+    wait_running(m, 3, v2);
+    let after = live_tasks(m);
+    assert!(after.iter().all(|t| !before.contains(&t.0)), "every task replaced: {before:?} {after:?}");
+    let mut started: Vec<i128> = after.iter().map(|t| t.3.parse().unwrap()).collect();
+    started.sort_unstable();
+    for w in started.windows(2) {
+        assert!(w[1] - w[0] >= 900_000_000, "--update-delay 1s between slots: {started:?}");
+    }
+    let prev = docker(
+        m,
+        &["service", "inspect", "--format", "{{json .PreviousSpec.TaskTemplate.ContainerSpec.Args}}", "web"],
+    )
+    .unwrap();
+    assert_eq!(prev.trim(), v1);
+    let old = docker(m, &["service", "ps", "-q", "--filter", "desired-state=shutdown", "web"]).unwrap();
+    for id in &before {
+        assert!(old.contains(&id[..12]), "old task {id} kept as history: {old}");
+    }
+
+    // Manual rollback: the previous spec comes back, rolled the same way.
+    docker(m, &["service", "rollback", "-d", "web"]).unwrap();
+    let done = wait_status(m, "the rollback to complete", |s| s.starts_with("rollback_completed|"));
+    assert_eq!(done, "rollback_completed|rollback completed");
+    wait_running(m, 3, v1);
+
+    // Scaling and labels are not an update: no task is replaced.
+    let ids: Vec<String> = live_tasks(m).into_iter().map(|t| t.0).collect();
+    docker(m, &["service", "update", "-d", "--replicas", "3", "--label-add", "x=1", "web"]).unwrap();
+    wait_running(m, 3, v1);
+    let same: Vec<String> = live_tasks(m).into_iter().map(|t| t.0).collect();
+    assert_eq!(sorted(same), sorted(ids), "a label change replaces no task");
+
+    // --force replaces every task without a change.
+    let ids: Vec<String> = live_tasks(m).into_iter().map(|t| t.0).collect();
+    docker(m, &["service", "update", "-d", "--force", "web"]).unwrap();
+    wait_status(m, "the forced update to complete", |s| s.starts_with("completed|"));
+    wait_running(m, 3, v1);
+    let forced: Vec<String> = live_tasks(m).into_iter().map(|t| t.0).collect();
+    assert!(forced.iter().all(|t| !ids.contains(t)), "--force replaced every task: {ids:?} {forced:?}");
+
+    // A failing new version with the default failure action pauses after
+    // the first slot; the others keep the old version.
+    docker(m, &["service", "update", "-d", "--args", "sh -c 'exit 1'", "web"]).unwrap();
+    let paused = wait_status(m, "the update to pause", |s| s.starts_with("paused|"));
+    assert!(
+        paused.starts_with("paused|update paused due to failure or early termination of task "),
+        "{paused}"
+    );
+    let t = live_tasks(m);
+    assert!(t.iter().filter(|t| t.1 == v1 && t.2 == "running").count() >= 2, "old version kept: {t:?}");
+
+    // --update-failure-action rollback: the failing update goes back.
+    docker(
+        m,
+        &["service", "update", "-d", "--args", "sleep 300000", "--update-failure-action", "rollback", "web"],
+    )
+    .unwrap();
+    let v3 = r#"["sleep","300000"]"#;
+    wait_status(m, "the update to complete", |s| s.starts_with("completed|"));
+    wait_running(m, 3, v3);
+    docker(m, &["service", "update", "-d", "--args", "sh -c 'exit 1'", "web"]).unwrap();
+    let rolled = wait_status(m, "the rollback on failure", |s| s.starts_with("rollback_completed|"));
+    assert_eq!(rolled, "rollback_completed|rollback completed");
+    wait_running(m, 3, v3);
+
+    // Nothing to roll back to after a rollback on failure (swarmkit clears
+    // the previous spec).
+    let err = docker(m, &["service", "rollback", "-d", "web"]).unwrap_err();
+    assert!(swarm_tests::swarm::stderr(&err).contains("does not have a previous spec"), "{err}");
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
