@@ -65,6 +65,16 @@ fn malformed_service_specs_are_refused_and_change_nothing() {
             format!(r#"{{"Name":"a",{image},"EndpointSpec":{{"Ports":[{{"TargetPort":80,"Protocol":"icmp"}}]}}}}"#),
             "invalid JSON",
         ),
+        (
+            format!(r#"{{"Name":"a",{image},"UpdateConfig":{{"FailureAction":"explode"}}}}"#),
+            "unrecognized update failure action explode",
+        ),
+        (format!(r#"{{"Name":"a",{image},"RollbackConfig":{{"Order":"sideways"}}}}"#), "unrecognized rollback order sideways"),
+        (
+            format!(r#"{{"Name":"a",{image},"UpdateConfig":{{"MaxFailureRatio":2}}}}"#),
+            "update-maxfailureratio cannot be less than 0 or bigger than 1",
+        ),
+        (format!(r#"{{"Name":"a",{image},"UpdateConfig":{{"Parallelism":-1}}}}"#), "update-parallelism cannot be negative"),
     ];
     for (body, want) in &cases {
         let (status, out) = post(&sock, "/v1.41/services/create", body.as_bytes());

@@ -202,7 +202,27 @@ fn service_spec(body: &axum::body::Bytes) -> Result<m::ServiceSpec, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid("the request has no service spec"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))
+    let mut v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))?;
+    // The daemon reads these case-insensitively and names the bad value.
+    for (config, what, actions) in [
+        ("UpdateConfig", "update", &["pause", "continue", "rollback"][..]),
+        ("RollbackConfig", "rollback", &["pause", "continue"][..]),
+    ] {
+        let Some(c) = v.get_mut(config).and_then(Value::as_object_mut) else { continue };
+        for (field, allowed, kind) in [
+            ("FailureAction", actions, "failure action"),
+            ("Order", &["stop-first", "start-first"][..], "order"),
+        ] {
+            let Some(given) = c.get(field).and_then(Value::as_str).map(str::to_owned) else { continue };
+            let lower = given.to_ascii_lowercase();
+            if !lower.is_empty() && !allowed.contains(&lower.as_str()) {
+                return Err(ApiError::invalid(format!("unrecognized {what} {kind} {given}")));
+            }
+            c.insert(field.to_owned(), Value::from(lower));
+        }
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))
 }
 
 pub(super) async fn service_create(

@@ -8,7 +8,10 @@ pub mod fmt;
 pub mod info;
 pub mod network;
 pub mod node;
+pub mod progress;
 pub mod service;
+pub mod service_flags;
+pub mod service_update;
 pub mod swarm;
 
 use std::{path::PathBuf, process::ExitCode};

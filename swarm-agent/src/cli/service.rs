@@ -1,7 +1,8 @@
-//! `service create|ls|ps|inspect|rm|scale`, with docker's flags, tables,
+//! `service create|ls|ps|inspect|rm|scale|logs` (update and rollback live in
+//! `service_update`), with docker's flags, tables,
 //! messages and convergence progress.
 
-use std::{collections::HashMap, io::IsTerminal as _, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use bollard_stubs::models as m;
 use serde_json::Value;
@@ -10,6 +11,8 @@ use super::{
     client::{CliError, Client},
     fmt::{human_duration, indent_json, natural_cmp, pretty},
     node::filters_query,
+    progress::converge,
+    service_flags::{HealthArgs, PolicyArgs, ResourceArgs, RestartArgs, nanos, parse_bytes},
     swarm::parse_duration,
 };
 use crate::table;
@@ -73,6 +76,18 @@ pub enum ServiceCmd {
         #[arg(value_name = "SERVICE|TASK")]
         target: String,
     },
+    /// Update a service
+    Update(Box<super::service_update::UpdateArgs>),
+    /// Revert changes to a service's configuration
+    Rollback {
+        /// Exit immediately instead of waiting for the service to converge
+        #[arg(short, long)]
+        detach: bool,
+        /// Suppress progress output
+        #[arg(short, long)]
+        quiet: bool,
+        service: String,
+    },
     /// Scale one or multiple replicated services
     Scale {
         /// Exit immediately instead of waiting for the service to converge
@@ -122,30 +137,12 @@ pub struct CreateArgs {
     /// Add a placement preference
     #[arg(long)]
     placement_pref: Vec<String>,
-    /// Restart when condition is met ("none", "on-failure", "any")
-    #[arg(long)]
-    restart_condition: Option<String>,
-    /// Delay between restart attempts (ns|us|ms|s|m|h)
-    #[arg(long, value_parser = parse_duration)]
-    restart_delay: Option<Duration>,
-    /// Maximum number of restarts before giving up
-    #[arg(long)]
-    restart_max_attempts: Option<i64>,
-    /// Window used to evaluate the restart policy (ns|us|ms|s|m|h)
-    #[arg(long, value_parser = parse_duration)]
-    restart_window: Option<Duration>,
-    /// Limit CPUs
-    #[arg(long)]
-    limit_cpu: Option<f64>,
-    /// Limit Memory
-    #[arg(long)]
-    limit_memory: Option<String>,
-    /// Reserve CPUs
-    #[arg(long)]
-    reserve_cpu: Option<f64>,
-    /// Reserve Memory
-    #[arg(long)]
-    reserve_memory: Option<String>,
+    #[command(flatten)]
+    restart: RestartArgs,
+    #[command(flatten)]
+    resources: ResourceArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Attach a filesystem mount to the service
     #[arg(long)]
     mount: Vec<String>,
@@ -167,24 +164,8 @@ pub struct CreateArgs {
     /// Time to wait before force killing a container (ns|us|ms|s|m|h)
     #[arg(long, value_parser = parse_duration)]
     stop_grace_period: Option<Duration>,
-    /// Command to run to check health
-    #[arg(long)]
-    health_cmd: Option<String>,
-    /// Time between running the check (ms|s|m|h)
-    #[arg(long, value_parser = parse_duration)]
-    health_interval: Option<Duration>,
-    /// Consecutive failures needed to report unhealthy
-    #[arg(long)]
-    health_retries: Option<i64>,
-    /// Maximum time to allow one check to run (ms|s|m|h)
-    #[arg(long, value_parser = parse_duration)]
-    health_timeout: Option<Duration>,
-    /// Start period for the container to initialize before counting retries towards unstable (ms|s|m|h)
-    #[arg(long, value_parser = parse_duration)]
-    health_start_period: Option<Duration>,
-    /// Disable any container-specified HEALTHCHECK
-    #[arg(long)]
-    no_healthcheck: bool,
+    #[command(flatten)]
+    health: HealthArgs,
     /// Mount the container's root filesystem as read only
     #[arg(long)]
     read_only: bool,
@@ -208,6 +189,10 @@ pub async fn run(client: &Client, cmd: ServiceCmd) -> Result<(), CliError> {
         }
         ServiceCmd::Inspect { pretty, services } => inspect(client, pretty, &services).await,
         ServiceCmd::Rm { services } => rm(client, &services).await,
+        ServiceCmd::Update(a) => super::service_update::update(client, *a).await,
+        ServiceCmd::Rollback { detach, quiet, service } => {
+            super::service_update::rollback(client, &service, detach, quiet).await
+        }
         ServiceCmd::Scale { detach, scales } => scale(client, detach, &scales).await,
         ServiceCmd::Logs { follow, tail, timestamps, raw, target } => {
             logs(client, follow, &tail, timestamps, raw, &target).await
@@ -219,28 +204,7 @@ fn local(m: impl Into<String>) -> CliError {
     CliError::local(m.into())
 }
 
-/// Docker's `RAMInBytes`: `512m`, `4MiB`, `1g`, plain bytes.
-pub fn parse_bytes(s: &str) -> Result<i64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid size: '{s}'"))?;
-    let mult: f64 = match unit.trim_end_matches('b').trim_end_matches('i') {
-        "" => 1.0,
-        "k" => 1024.0,
-        "m" => 1024.0 * 1024.0,
-        "g" => 1024.0 * 1024.0 * 1024.0,
-        "t" => 1024f64.powi(4),
-        _ => return Err(format!("invalid size: '{s}'")),
-    };
-    Ok((n * mult) as i64)
-}
-
-fn nanos(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-}
-
-fn parse_mount(s: &str) -> Result<m::Mount, String> {
+pub(super) fn parse_mount(s: &str) -> Result<m::Mount, String> {
     let mut mount = m::Mount::default();
     let mut typ = "volume".to_owned();
     for field in s.split(',') {
@@ -320,53 +284,8 @@ pub fn spec_of(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
             spread: Some(m::TaskSpecPlacementSpread { spread_descriptor: Some(arg.to_owned()) }),
         });
     }
-    let cpus = |c: Option<f64>| c.map(|c| (c * 1e9) as i64);
-    let mem = |s: &Option<String>| s.as_deref().map(parse_bytes).transpose().map_err(local);
-    let health_set = a.health_cmd.is_some()
-        || a.health_interval.is_some()
-        || a.health_retries.is_some()
-        || a.health_timeout.is_some()
-        || a.health_start_period.is_some();
-    if a.no_healthcheck && health_set {
-        return Err(local("--no-healthcheck conflicts with --health-* options"));
-    }
-    let health = if a.no_healthcheck {
-        Some(m::HealthConfig { test: Some(vec!["NONE".into()]), ..Default::default() })
-    } else if health_set {
-        Some(m::HealthConfig {
-            test: a.health_cmd.as_ref().map(|c| vec!["CMD-SHELL".into(), c.clone()]),
-            interval: a.health_interval.map(nanos),
-            timeout: a.health_timeout.map(nanos),
-            retries: a.health_retries,
-            start_period: a.health_start_period.map(nanos),
-            start_interval: None,
-        })
-    } else {
-        None
-    };
     let mounts: Vec<m::Mount> =
         a.mount.iter().map(|s| parse_mount(s)).collect::<Result<_, _>>().map_err(local)?;
-    let restart = if a.restart_condition.is_some()
-        || a.restart_delay.is_some()
-        || a.restart_max_attempts.is_some()
-        || a.restart_window.is_some()
-    {
-        let condition = match a.restart_condition.as_deref() {
-            None => None,
-            Some("none") => Some(m::TaskSpecRestartPolicyConditionEnum::NONE),
-            Some("on-failure") => Some(m::TaskSpecRestartPolicyConditionEnum::ON_FAILURE),
-            Some("any") => Some(m::TaskSpecRestartPolicyConditionEnum::ANY),
-            Some(o) => return Err(local(format!("invalid restart condition: {o}"))),
-        };
-        Some(m::TaskSpecRestartPolicy {
-            condition,
-            delay: a.restart_delay.map(nanos),
-            max_attempts: a.restart_max_attempts,
-            window: a.restart_window.map(nanos),
-        })
-    } else {
-        None
-    };
     let networks: Vec<m::NetworkAttachmentConfig> = a
         .network
         .iter()
@@ -381,7 +300,7 @@ pub fn spec_of(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
         "dnsrr" => m::EndpointSpecModeEnum::DNSRR,
         _ => return Err(local(format!("invalid resolution mode: {:?}", a.endpoint_mode))),
     };
-    Ok(m::ServiceSpec {
+    let mut spec = m::ServiceSpec {
         name: a.name.clone(),
         labels: kv_map(&a.label),
         mode: Some(mode),
@@ -403,23 +322,13 @@ pub fn spec_of(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
                 mounts: (!mounts.is_empty()).then_some(mounts),
                 stop_signal: a.stop_signal.clone(),
                 stop_grace_period: a.stop_grace_period.map(nanos),
-                health_check: health,
                 ..Default::default()
             }),
             resources: Some(m::TaskSpecResources {
-                limits: Some(m::Limit {
-                    nano_cpus: cpus(a.limit_cpu),
-                    memory_bytes: mem(&a.limit_memory)?,
-                    pids: None,
-                }),
-                reservations: Some(m::ResourceObject {
-                    nano_cpus: cpus(a.reserve_cpu),
-                    memory_bytes: mem(&a.reserve_memory)?,
-                    generic_resources: None,
-                }),
+                limits: Some(m::Limit::default()),
+                reservations: Some(m::ResourceObject::default()),
                 ..Default::default()
             }),
-            restart_policy: restart,
             placement: Some(m::TaskSpecPlacement {
                 constraints: (!a.constraint.is_empty()).then(|| a.constraint.clone()),
                 preferences: (!preferences.is_empty()).then_some(preferences),
@@ -430,7 +339,13 @@ pub fn spec_of(a: &CreateArgs) -> Result<m::ServiceSpec, CliError> {
             ..Default::default()
         }),
         ..Default::default()
-    })
+    };
+    let task = spec.task_template.get_or_insert_with(Default::default);
+    a.resources.apply(task)?;
+    a.restart.apply(task)?;
+    a.health.apply(task.container_spec.get_or_insert_with(Default::default))?;
+    a.policy.apply(&mut spec)?;
+    Ok(spec)
 }
 
 /// `-p`: docker's short form `[published:]target[/protocol]` (ranges
@@ -595,141 +510,13 @@ async fn create(client: &Client, a: CreateArgs) -> Result<(), CliError> {
     let v: Value = serde_json::from_slice(&resp).map_err(|e| local(e.to_string()))?;
     let id = v["ID"].as_str().unwrap_or_default().to_owned();
     println!("{id}");
-    if !a.detach && !a.quiet {
-        converge(client, &id).await?;
-    } else if !a.detach {
-        wait_converged(client, &id).await?;
+    if !a.detach {
+        converge(client, &id, a.quiet).await?;
     }
     Ok(())
 }
 
-/// The numbered task states of docker's progress bars.
-fn state_number(s: &str) -> u32 {
-    match s {
-        "new" => 1,
-        "allocated" => 2,
-        "pending" => 3,
-        "assigned" => 4,
-        "accepted" => 5,
-        "preparing" => 6,
-        "ready" => 7,
-        "starting" => 8,
-        "running" => 9,
-        _ => 0,
-    }
-}
-
-/// One progress snapshot: the lines to show, and whether it converged.
-pub fn progress_lines(service: &Value, tasks: &[Value], nodes: &[String]) -> (Vec<String>, bool) {
-    let global = service["Spec"]["Mode"]["Global"].is_object();
-    let replicas = service["Spec"]["Mode"]["Replicated"]["Replicas"].as_u64().unwrap_or(0);
-    let live: Vec<&Value> =
-        tasks.iter().filter(|t| t["DesiredState"] == "running" || t["DesiredState"] == "ready").collect();
-    let mut rows: Vec<(String, String, String)> = Vec::new();
-    let keys: Vec<String> =
-        if global { nodes.to_vec() } else { (1..=replicas).map(|s| s.to_string()).collect() };
-    let total = keys.len();
-    let mut running = 0;
-    for (i, key) in keys.iter().enumerate() {
-        let t = live.iter().find(|t| {
-            if global {
-                t["NodeID"].as_str() == Some(key.as_str())
-            } else {
-                t["Slot"].as_u64().map(|s| s.to_string()).as_deref() == Some(key.as_str())
-            }
-        });
-        let label = if global { key[..key.len().min(12)].to_owned() } else { format!("{}/{total}", i + 1) };
-        let (state, err) = t.map_or((String::new(), String::new()), |t| {
-            (
-                t["Status"]["State"].as_str().unwrap_or("").to_owned(),
-                t["Status"]["Err"].as_str().unwrap_or("").to_owned(),
-            )
-        });
-        if state == "running" {
-            running += 1;
-        }
-        rows.push((label, state, err));
-    }
-    let mut lines = vec![format!("overall progress: {running} out of {total} tasks")];
-    if total <= 20 {
-        for (label, state, err) in rows {
-            if !err.is_empty() {
-                lines.push(format!("{label}: {err}"));
-            } else if state.is_empty() {
-                lines.push(format!("{label}:   "));
-            } else {
-                let n = state_number(&state) as usize;
-                let filled = (n * 100 / 9) / 2;
-                lines.push(format!(
-                    "{label}: {state:<9} [{}>{}] ",
-                    "=".repeat(filled),
-                    " ".repeat(50 - filled.min(50))
-                ));
-            }
-        }
-    }
-    (lines, running == total)
-}
-
-async fn snapshot(client: &Client, id: &str) -> Result<(Value, Vec<Value>, Vec<String>), CliError> {
-    let service: Value = client.get(&format!("/services/{id}")).await?;
-    let q = filters_query(&[format!("service={id}"), "_up-to-date=true".into()])?;
-    let tasks: Vec<Value> = client.get(&format!("/tasks{q}")).await?;
-    let nodes = if service["Spec"]["Mode"]["Global"].is_object() {
-        let mut ids: Vec<String> = tasks
-            .iter()
-            .filter(|t| t["DesiredState"] == "running")
-            .filter_map(|t| t["NodeID"].as_str().map(str::to_owned))
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids
-    } else {
-        Vec::new()
-    };
-    Ok((service, tasks, nodes))
-}
-
-async fn wait_converged(client: &Client, id: &str) -> Result<(), CliError> {
-    loop {
-        let (s, t, n) = snapshot(client, id).await?;
-        if progress_lines(&s, &t, &n).1 {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// docker's convergence display: redrawn in place on a terminal, the final
-/// state once otherwise.
-async fn converge(client: &Client, id: &str) -> Result<(), CliError> {
-    let tty = std::io::stdout().is_terminal();
-    let mut shown = 0usize;
-    loop {
-        let (s, t, n) = snapshot(client, id).await?;
-        let (lines, done) = progress_lines(&s, &t, &n);
-        if tty {
-            if shown > 0 {
-                print!("\x1b[{shown}A");
-            }
-            for l in &lines {
-                println!("\x1b[2K{l}");
-            }
-            shown = lines.len();
-        } else if done {
-            for l in &lines {
-                println!("{l}");
-            }
-        }
-        if done {
-            println!("verify: Service {id} converged");
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn mode_of(s: &Value) -> &'static str {
+pub(super) fn mode_of(s: &Value) -> &'static str {
     if s["Spec"]["Mode"]["Global"].is_object() { "global" } else { "replicated" }
 }
 
@@ -1022,7 +809,7 @@ async fn scale(client: &Client, detach: bool, scales: &[String]) -> Result<(), C
     }
     if !detach {
         for id in converge_ids {
-            converge(client, &id).await?;
+            converge(client, &id, false).await?;
         }
     }
     if errors.is_empty() { Ok(()) } else { Err(CliError::Daemon(errors.join("\n"))) }
@@ -1128,29 +915,6 @@ async fn logs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_like_dockers() {
-        assert_eq!(parse_bytes("512m"), Ok(512 << 20));
-        assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
-        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
-        assert_eq!(parse_bytes("100"), Ok(100));
-        assert!(parse_bytes("lots").is_err());
-    }
-
-    #[test]
-    fn progress_shows_dockers_bars() {
-        let svc = serde_json::json!({"Spec": {"Mode": {"Replicated": {"Replicas": 2}}}});
-        let tasks = vec![
-            serde_json::json!({"Slot": 1, "DesiredState": "running", "Status": {"State": "running"}}),
-            serde_json::json!({"Slot": 2, "DesiredState": "running", "Status": {"State": "preparing"}}),
-        ];
-        let (lines, done) = progress_lines(&svc, &tasks, &[]);
-        assert!(!done);
-        assert_eq!(lines[0], "overall progress: 1 out of 2 tasks");
-        assert_eq!(lines[1], format!("1/2: running   [{}>] ", "=".repeat(50)));
-        assert_eq!(lines[2], format!("2/2: preparing [{}>{}] ", "=".repeat(33), " ".repeat(17)));
-    }
 
     #[test]
     fn log_lines_get_dockers_prefix() {

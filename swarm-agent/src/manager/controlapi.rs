@@ -184,6 +184,24 @@ pub fn validate_spec(state: &ClusterState, spec: &m::ServiceSpec) -> Result<Vec<
             return Err(invalid("TaskSpec: max replicas per node cannot be negative"));
         }
     }
+    let configs = [
+        spec.update_config.as_ref().map(|u| (u.parallelism, u.delay, u.monitor, u.max_failure_ratio)),
+        spec.rollback_config.as_ref().map(|u| (u.parallelism, u.delay, u.monitor, u.max_failure_ratio)),
+    ];
+    for (parallelism, delay, monitor, ratio) in configs.into_iter().flatten() {
+        if parallelism.is_some_and(|p| p < 0) {
+            return Err(invalid("TaskSpec: update-parallelism cannot be negative"));
+        }
+        if delay.is_some_and(|d| d < 0) {
+            return Err(invalid("TaskSpec: update-delay cannot be negative"));
+        }
+        if monitor.is_some_and(|d| d < 0) {
+            return Err(invalid("TaskSpec: update-monitor cannot be negative"));
+        }
+        if ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err(invalid("TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1"));
+        }
+    }
     crate::manager::store::endpoint::spec_ports(spec)?;
     state.spec_networks(spec)
 }
@@ -289,5 +307,15 @@ mod tests {
             .ends_with("network nope not found")
         );
         assert!(check(&|sp| sp.task_template = None).contains("TaskSpec"));
+        assert!(
+            check(&|sp| sp.update_config =
+                Some(m::ServiceSpecUpdateConfig { max_failure_ratio: Some(1.5), ..Default::default() }))
+            .ends_with("update-maxfailureratio cannot be less than 0 or bigger than 1")
+        );
+        assert!(
+            check(&|sp| sp.rollback_config =
+                Some(m::ServiceSpecRollbackConfig { delay: Some(-1), ..Default::default() }))
+            .ends_with("update-delay cannot be negative")
+        );
     }
 }
