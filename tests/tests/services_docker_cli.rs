@@ -6,18 +6,11 @@
 use std::{path::PathBuf, time::Duration};
 
 use swarm_tests::{
-    image::{busybox_rootfs, target_dir},
     poll,
+    services::import_busybox,
     swarm::{cluster, daemon_log, docker, parse_table, stderr},
     testbed::{Host, Testbed},
 };
-
-fn import_busybox(h: &Host) {
-    let tar = busybox_rootfs(&target_dir()).expect("busybox rootfs");
-    let out = docker(h, &["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox:latest"]);
-    let out = out.unwrap_or_else(|e| panic!("docker import: {e}\n{}", daemon_log(h)));
-    assert!(out.starts_with("sha256:"), "{out}");
-}
 
 fn service_ls(h: &Host) -> Vec<Vec<String>> {
     parse_table(&docker(h, &["service", "ls"]).unwrap())

@@ -7,19 +7,13 @@
 use std::time::Duration;
 
 use swarm_tests::{
-    image::{busybox_rootfs, target_dir},
     poll,
+    services::import_busybox,
     swarm::{cluster, daemon_log, docker},
     testbed::Host,
 };
 
 const LONG: Duration = Duration::from_secs(90);
-
-fn import_busybox(h: &Host) {
-    let tar = busybox_rootfs(&target_dir()).expect("busybox rootfs");
-    docker(h, &["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox:latest"])
-        .unwrap_or_else(|e| panic!("docker import: {e}\n{}", daemon_log(h)));
-}
 
 /// `state|message` of the service's update, or empty.
 fn update_status(m: &Host) -> String {
