@@ -90,3 +90,32 @@ pub fn netns_of(h: &Host, container_id: &str) -> PathBuf {
 pub fn service_ps(h: &Host, service: &str) -> Vec<Vec<String>> {
     parse_table(&docker(h, &["service", "ps", "--no-trunc", service]).unwrap())
 }
+
+/// A busybox httpd on port 80 whose `/cgi-bin/who` answers
+/// `<hostname> <client address>`.
+pub const WHO: &str = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/who && chmod +x /www/cgi-bin/who && exec httpd -f -p 80 -h /www";
+
+/// `(hostname, client address)` from one new connection, or the error.
+///
+/// # Errors
+/// An empty or odd answer.
+pub fn parse_who(out: &str) -> Result<(String, String), String> {
+    let line = out.lines().find(|l| !l.trim().is_empty()).ok_or_else(|| format!("empty answer: {out:?}"))?;
+    let (h, a) = line.trim().split_once(' ').ok_or_else(|| format!("odd answer: {out:?}"))?;
+    // httpd listens on IPv6 too and shows IPv4 clients as `[::ffff:a.b.c.d]`.
+    let a = a.trim_start_matches("[::ffff:").trim_end_matches(']');
+    Ok((h.to_owned(), a.to_owned()))
+}
+
+/// From a testbed host's own namespace (busybox's `wget -T` crashes;
+/// `timeout` bounds it instead).
+///
+/// # Errors
+/// The request failed or the answer is odd.
+pub fn who_from_host(client: &Host, url: &str) -> Result<(String, String), String> {
+    parse_who(
+        &client
+            .run("busybox", ["timeout", "5", "busybox", "wget", "-O", "-", url])
+            .map_err(|e| e.to_string())?,
+    )
+}

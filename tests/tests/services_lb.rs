@@ -9,16 +9,12 @@ use std::time::Duration;
 
 use swarm_tests::{
     poll,
-    services::{import_busybox, running_containers, wait_replicas},
+    services::{WHO, import_busybox, parse_who, running_containers, wait_replicas, who_from_host},
     swarm::{cluster, cluster_with_outsiders, docker},
     testbed::{Host, Testbed},
 };
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// A busybox httpd on port 80 whose `/cgi-bin/who` answers
-/// `<hostname> <client address>`.
-const WHO: &str = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/who && chmod +x /www/cgi-bin/who && exec httpd -f -p 80 -h /www";
 
 /// A task that only sleeps (a client to exec in), on `network`.
 fn sleeper(m: &Host, name: &str, network: &str, constraint: &str) {
@@ -35,15 +31,6 @@ fn create(m: &Host, args: &[&str]) {
     docker(m, &a).unwrap();
 }
 
-/// `(hostname, client address)` from one new connection, or the error.
-fn parse_who(out: &str) -> Result<(String, String), String> {
-    let line = out.lines().find(|l| !l.trim().is_empty()).ok_or_else(|| format!("empty answer: {out:?}"))?;
-    let (h, a) = line.trim().split_once(' ').ok_or_else(|| format!("odd answer: {out:?}"))?;
-    // httpd listens on IPv6 too and shows IPv4 clients as `[::ffff:a.b.c.d]`.
-    let a = a.trim_start_matches("[::ffff:").trim_end_matches(']');
-    Ok((h.to_owned(), a.to_owned()))
-}
-
 fn output(r: Result<String, swarm_tests::cmd::CmdError>) -> Result<String, String> {
     r.map_err(|e| e.to_string())
 }
@@ -51,16 +38,6 @@ fn output(r: Result<String, swarm_tests::cmd::CmdError>) -> Result<String, Strin
 /// From inside container `cid` on host `h`.
 fn who_from_task(tb: &Testbed, h: usize, cid: &str, url: &str) -> Result<(String, String), String> {
     parse_who(&output(docker(tb.host(h), &["exec", cid, "timeout", "5", "wget", "-O", "-", url]))?)
-}
-
-/// From a testbed host's own namespace (busybox's `wget -T` crashes;
-/// `timeout` bounds it instead).
-fn who_from_host(client: &Host, url: &str) -> Result<(String, String), String> {
-    parse_who(
-        &client
-            .run("busybox", ["timeout", "5", "busybox", "wget", "-O", "-", url])
-            .map_err(|e| e.to_string())?,
-    )
 }
 
 fn task_ip(tb: &Testbed, h: usize, cid: &str, prefix: &str) -> String {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use swarm_tests::{
     poll,
-    services::import_busybox,
-    swarm::{cluster, daemon_log, docker},
+    services::{WHO, import_busybox, wait_replicas, who_from_host},
+    swarm::{cluster, cluster_with_outsiders, daemon_log, docker},
     testbed::Host,
 };
 
@@ -200,4 +200,76 @@ fn rolling_update_paces_rolls_back_and_handles_failures() {
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
+}
+
+#[test]
+fn start_first_update_fails_no_request_through_the_published_port() {
+    let tb = cluster_with_outsiders(2, 1, 1, &[], &[]);
+    let m = tb.host(0);
+    let outside = tb.host(2);
+    for h in &tb.hosts()[..2] {
+        import_busybox(h);
+    }
+    let mut a = vec![
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        // One task: stop-first would leave the port with no backend.
+        "--replicas",
+        "1",
+        "-p",
+        "7080:80",
+        "--update-order",
+        "start-first",
+        "--update-monitor",
+        "1s",
+        "busybox",
+        "sh",
+        "-c",
+    ];
+    a.push(WHO);
+    docker(m, &a).unwrap();
+    wait_replicas(&tb, "web", "1/1", LONG);
+    let urls = ["http://198.18.0.1:7080/cgi-bin/who", "http://198.18.0.2:7080/cgi-bin/who"];
+    for u in urls {
+        poll::until(&format!("{u} to answer"), LONG, || who_from_host(outside, u)).unwrap();
+    }
+    let old: std::collections::BTreeSet<String> =
+        (0..20).map(|i| who_from_host(outside, urls[i % 2]).unwrap().0).collect();
+
+    // A client loops over new connections, through both nodes, while every
+    // task is replaced new-before-old.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (done, failures, seen) = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            let (mut done, mut failures, mut seen) = (0usize, Vec::new(), std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match who_from_host(outside, urls[done % 2]) {
+                    Ok((h, _)) => {
+                        seen.insert(h);
+                    }
+                    Err(e) => failures.push(e),
+                }
+                done += 1;
+            }
+            (done, failures, seen)
+        });
+        docker(m, &["service", "update", "-d", "--env-add", "V=2", "web"]).unwrap();
+        wait_status(m, "the start-first update to complete", |st| st.starts_with("completed|"));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        client.join().unwrap()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {done} requests failed during the update: {failures:?}",
+        failures.len()
+    );
+    let new: Vec<&String> = seen.iter().filter(|h| !old.contains(*h)).collect();
+    assert!(!new.is_empty(), "the new tasks answered during the update: {seen:?} (old {old:?})");
+    eprintln!("{done} requests during the start-first update, none failed");
+    let after: std::collections::BTreeSet<String> =
+        (0..20).map(|i| who_from_host(outside, urls[i % 2]).unwrap().0).collect();
+    assert!(after.is_disjoint(&old), "only new tasks answer after the update: {after:?} {old:?}");
 }

@@ -334,6 +334,12 @@ impl Worker {
                     return;
                 }
                 () = &mut stop_wanted => {
+                    // The task left every node's balancer and DNS when its
+                    // desired state changed; give that a moment to reach
+                    // them before it stops answering (docker waits 2 s).
+                    if !a.attachments.is_empty() {
+                        tokio::time::sleep(DRAIN).await;
+                    }
                     let stopped = self.exec.stop(&cid, &signal, grace).await;
                     let code = self.exec.wait(&cid).await.unwrap_or(255);
                     if let Err(e) = stopped {
@@ -563,6 +569,10 @@ impl Worker {
         self.exec.list()
     }
 }
+
+/// How long a task on a network keeps serving after it is told to stop,
+/// while its removal from balancers and names reaches every node.
+const DRAIN: Duration = Duration::from_millis(500);
 
 /// Docker's error for a task whose health check failed.
 pub const UNHEALTHY: &str = "unhealthy container";
