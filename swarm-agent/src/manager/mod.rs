@@ -70,6 +70,8 @@ pub struct ManagerConfig {
     /// `ip:port` other managers reach this one at.
     pub advertise_addr: String,
     pub raft_dir: PathBuf,
+    /// The key sealing the Raft store's files ([`raft::seal`]).
+    pub raft_dek: [u8; raft::seal::DEK_LEN],
     pub timing: Timing,
     /// Snapshot settings to use while the store does not have the cluster yet.
     pub snapshots: raft::SnapshotSettings,
@@ -161,7 +163,9 @@ impl Manager {
     ) -> Result<Arc<Manager>, ApiError> {
         std::fs::create_dir_all(&cfg.raft_dir)
             .map_err(|e| internal("creating raft directory")(e.to_string()))?;
-        let (log, sm) = raft::storage::open(&cfg.raft_dir.join("raft.redb"))
+        let dek = raft::seal::Dek::new(&cfg.raft_dek)
+            .map_err(|e| internal("the raft store's key")(e.to_string()))?;
+        let (log, sm) = raft::storage::open(&cfg.raft_dir.join("raft.redb"), dek)
             .map_err(|e| internal("opening the raft store")(e.to_string()))?;
         let state = sm.reader();
         let snapshots =

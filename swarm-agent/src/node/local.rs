@@ -7,7 +7,8 @@
 //! certificates/swarm-node.key     its key (0600; never leaves the node)
 //! certificates/swarm-root-ca.crt  the swarm's root CA
 //! certificates/swarm-root-ca.key  the CA key (managers only, 0600)
-//! raft/raft.redb                  the Raft log and store (managers only)
+//! certificates/raft.dek           the key sealing the Raft store (managers only, 0600)
+//! raft/raft.redb                  the Raft log and store, sealed (managers only)
 //! ```
 //!
 //! Files are written to a temporary name, synced and renamed, so a crash
@@ -138,7 +139,32 @@ impl SwarmDir {
     pub fn wipe_raft(&self) -> std::io::Result<()> {
         match fs::remove_dir_all(self.raft_dir()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            // A new store gets a new key.
+            _ => match fs::remove_file(self.cert("raft.dek")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The key that seals this manager's Raft store, made on first use. It
+    /// lives with the node's TLS key, never in the Raft directory.
+    pub fn raft_dek(&self) -> std::io::Result<[u8; crate::manager::raft::seal::DEK_LEN]> {
+        use crate::manager::raft::seal::{DEK_LEN, Dek};
+        let path = self.cert("raft.dek");
+        match fs::read(&path) {
+            Ok(b) => b.try_into().map_err(|b: Vec<u8>| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {} bytes, not a {DEK_LEN}-byte key", path.display(), b.len()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let k = Dek::generate()?;
+                write_atomic(&path, &k, 0o600)?;
+                Ok(k)
+            }
+            Err(e) => Err(e),
         }
     }
 }

@@ -574,6 +574,7 @@ impl SwarmNode {
             raft_id: local.raft_id.ok_or_else(|| ApiError::internal("manager without a raft id"))?,
             advertise_addr: local.advertise_addr.clone(),
             raft_dir: self.dir.raft_dir(),
+            raft_dek: self.dir.raft_dek().map_err(io("reading the raft store's key"))?,
             timing: self.options.timing,
             snapshots: local.snapshots,
             ca,

@@ -2,6 +2,7 @@
 //! and state machine, and the network over the node-to-node RPC.
 
 pub mod network;
+pub mod seal;
 pub mod storage;
 
 use std::{fmt, sync::Arc, time::Duration};

@@ -1,11 +1,14 @@
 //! Raft log and state machine on disk: a redb file and a snapshot file.
 //!
 //! ```text
-//! raft.redb  log    u64 -> JSON entry            the Raft log
+//! raft.redb  log    u64 -> sealed JSON entry     the Raft log
 //!            meta   "vote" | "committed" | "purged" -> JSON
 //!            sm     (only stores of earlier versions: the whole state)
-//! snapshot   the latest snapshot: meta and state bytes (see SNAPSHOT_FILE)
+//! snapshot   the latest snapshot: meta and sealed state bytes (see SNAPSHOT_FILE)
 //! ```
+//!
+//! Entries and the snapshot's state are sealed with the manager's data key
+//! ([`super::seal`]): the files never hold the store's contents in plain text.
 //!
 //! Every write is a redb transaction committed with fsync before openraft is
 //! told it happened. The state machine keeps its data in memory too, behind a
@@ -30,7 +33,7 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 
-use crate::manager::raft::TypeConfig;
+use crate::manager::raft::{TypeConfig, seal::Dek};
 use crate::manager::store::state::ClusterState;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -51,8 +54,18 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
     serde_json::from_slice(b).map_err(io_err)
 }
 
-/// Opens (creating if needed) the Raft database and both handles on it.
-pub fn open(path: &Path) -> io::Result<(LogStore, StateMachine)> {
+fn seal<T: Serialize>(dek: &Dek, v: &T) -> io::Result<Vec<u8>> {
+    dek.seal(&encode(v)?)
+}
+
+fn unseal<T: DeserializeOwned>(dek: &Dek, b: &[u8]) -> io::Result<T> {
+    decode(&dek.open(b)?)
+}
+
+/// Opens (creating if needed) the Raft database and both handles on it;
+/// `dek` seals what they write.
+pub fn open(path: &Path, dek: Dek) -> io::Result<(LogStore, StateMachine)> {
+    let dek = Arc::new(dek);
     let db = Arc::new(Database::create(path).map_err(io_err)?);
     {
         // Create the tables so readers never see them missing.
@@ -62,9 +75,9 @@ pub fn open(path: &Path) -> io::Result<(LogStore, StateMachine)> {
         tx.open_table(SM).map_err(io_err)?;
         tx.commit().map_err(io_err)?;
     }
-    let log = LogStore { db: db.clone() };
+    let log = LogStore { db: db.clone(), dek: dek.clone() };
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let sm = StateMachine::load(db, dir)?;
+    let sm = StateMachine::load(db, dir, dek)?;
     Ok((log, sm))
 }
 
@@ -93,6 +106,7 @@ fn put_many(db: &Database, table: TableDefinition<&str, &[u8]>, kv: &[(&str, Vec
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    dek: Arc<Dek>,
 }
 
 impl LogStore {
@@ -122,7 +136,7 @@ impl LogStore {
             None => t.range(start..),
         }
         .map_err(io_err)?;
-        iter.map(|r| r.map_err(io_err).and_then(|(_, v)| decode(v.value()))).collect()
+        iter.map(|r| r.map_err(io_err).and_then(|(_, v)| unseal(&self.dek, v.value()))).collect()
     }
 }
 
@@ -166,7 +180,7 @@ impl LogStore {
                 break;
             }
             bytes += raw.len();
-            out.push(decode(raw)?);
+            out.push(unseal(&self.dek, raw)?);
         }
         Ok(out)
     }
@@ -182,7 +196,7 @@ impl RaftLogStorage<C> for LogStore {
             let t = tx.open_table(LOG).map_err(io_err)?;
             t.last()
                 .map_err(io_err)?
-                .map(|(_, v)| decode::<EntryOf<C>>(v.value()))
+                .map(|(_, v)| unseal::<EntryOf<C>>(&self.dek, v.value()))
                 .transpose()?
                 .map(|e| e.log_id())
         };
@@ -215,7 +229,7 @@ impl RaftLogStorage<C> for LogStore {
             {
                 let mut t = tx.open_table(LOG).map_err(io_err)?;
                 for e in entries {
-                    t.insert(e.index(), encode(&e)?.as_slice()).map_err(io_err)?;
+                    t.insert(e.index(), seal(&self.dek, &e)?.as_slice()).map_err(io_err)?;
                 }
             }
             // Durable (fsync) before openraft hears about it.
@@ -342,6 +356,7 @@ pub struct StateMachine {
     db: Arc<Database>,
     /// Where the snapshot file lives (beside the database).
     dir: PathBuf,
+    dek: Arc<Dek>,
     data: Arc<RwLock<Applied>>,
     applied_tx: watch::Sender<u64>,
     applied_rx: watch::Receiver<u64>,
@@ -363,7 +378,7 @@ pub fn encode_state(state: &ClusterState) -> io::Result<SnapshotData> {
 const SNAPSHOT_FILE: &str = "snapshot";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SWSNAP1\n";
 
-fn read_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMetaOf<C>, SnapshotData)>> {
+fn read_snapshot(dir: &Path, dek: &Dek) -> io::Result<Option<(SnapshotMetaOf<C>, SnapshotData)>> {
     let bytes = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -377,19 +392,20 @@ fn read_snapshot(dir: &Path) -> io::Result<Option<(SnapshotMetaOf<C>, SnapshotDa
         .map_err(|_| bad())?;
     let meta_end = 16usize.checked_add(meta_len).filter(|e| *e <= bytes.len()).ok_or_else(bad)?;
     let meta: SnapshotMetaOf<C> = decode(&bytes[16..meta_end])?;
-    Ok(Some((meta, bytes[meta_end..].to_vec())))
+    Ok(Some((meta, dek.open(&bytes[meta_end..])?.into_owned())))
 }
 
-fn write_snapshot(dir: &Path, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<()> {
+fn write_snapshot(dir: &Path, dek: &Dek, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<()> {
     use std::io::Write as _;
     let meta = encode(meta)?;
+    let data = dek.seal(data)?;
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(SNAPSHOT_MAGIC)?;
         f.write_all(&(meta.len() as u64).to_le_bytes())?;
         f.write_all(&meta)?;
-        f.write_all(data)?;
+        f.write_all(&data)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
@@ -423,8 +439,8 @@ fn drop_legacy_state(db: &Database) -> io::Result<()> {
 }
 
 impl StateMachine {
-    fn load(db: Arc<Database>, dir: PathBuf) -> io::Result<StateMachine> {
-        let data = if let Some((meta, bytes)) = read_snapshot(&dir)? {
+    fn load(db: Arc<Database>, dir: PathBuf, dek: Arc<Dek>) -> io::Result<StateMachine> {
+        let data = if let Some((meta, bytes)) = read_snapshot(&dir, &dek)? {
             Applied {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership,
@@ -441,7 +457,7 @@ impl StateMachine {
         };
         let index = data.last_applied.as_ref().map_or(0, openraft::LogId::index);
         let (applied_tx, applied_rx) = watch::channel(index);
-        Ok(StateMachine { db, dir, data: Arc::new(RwLock::new(data)), applied_tx, applied_rx })
+        Ok(StateMachine { db, dir, dek, data: Arc::new(RwLock::new(data)), applied_tx, applied_rx })
     }
 
     /// A reader of the applied state for the rest of the manager.
@@ -461,6 +477,7 @@ impl StateMachine {
 pub struct SnapshotBuilder {
     db: Arc<Database>,
     dir: PathBuf,
+    dek: Arc<Dek>,
     data: Arc<RwLock<Applied>>,
 }
 
@@ -480,7 +497,7 @@ impl RaftSnapshotBuilder<C> for SnapshotBuilder {
         };
         let data = encode(&state)?;
         drop(state);
-        write_snapshot(&self.dir, &meta, &data)?;
+        write_snapshot(&self.dir, &self.dek, &meta, &data)?;
         drop_legacy_state(&self.db)?;
         tracing::info!(
             bytes = data.len(),
@@ -537,7 +554,12 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), dir: self.dir.clone(), data: self.data.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+            dir: self.dir.clone(),
+            dek: self.dek.clone(),
+            data: self.data.clone(),
+        }
     }
 
     async fn install_snapshot(
@@ -547,7 +569,7 @@ impl RaftStateMachine<C> for StateMachine {
     ) -> Result<(), io::Error> {
         let started = std::time::Instant::now();
         let state: ClusterState = decode(&snapshot)?;
-        write_snapshot(&self.dir, meta, &snapshot)?;
+        write_snapshot(&self.dir, &self.dek, meta, &snapshot)?;
         drop_legacy_state(&self.db)?;
         tracing::info!(
             bytes = snapshot.len(),
@@ -563,7 +585,8 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
-        Ok(read_snapshot(&self.dir)?.map(|(meta, snapshot)| SnapshotOf::<C, SnapshotData> { meta, snapshot }))
+        Ok(read_snapshot(&self.dir, &self.dek)?
+            .map(|(meta, snapshot)| SnapshotOf::<C, SnapshotData> { meta, snapshot }))
     }
 }
 
@@ -579,7 +602,7 @@ mod tests {
     impl StoreBuilder<C, LogStore, StateMachine, tempfile::TempDir> for RedbBuilder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<C>> {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (log, sm) = open(&dir.path().join("raft.redb")).expect("open store");
+            let (log, sm) = open(&dir.path().join("raft.redb"), key(&KEY)).expect("open store");
             Ok((dir, log, sm))
         }
     }
@@ -588,6 +611,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn openraft_storage_suite() {
         openraft::testing::log::Suite::test_all(RedbBuilder).await.expect("storage conformance");
+    }
+
+    const KEY: [u8; 32] = [7; 32];
+
+    fn key(k: &[u8]) -> Dek {
+        Dek::new(k).unwrap()
     }
 
     fn entry(index: u64, cmd: Command) -> EntryOf<C> {
@@ -603,7 +632,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
         {
-            let (_log, mut sm) = open(&path).unwrap();
+            let (_log, mut sm) = open(&path, key(&KEY)).unwrap();
             sm.lock().state.removed_nodes.insert("gone".into());
             sm.lock().last_applied = Some(openraft::testing::log_id::<C>(1, 1, 7));
             let mut b = sm.get_snapshot_builder().await;
@@ -612,7 +641,7 @@ mod tests {
             // Applied after the snapshot: only the log makes it durable.
             sm.lock().state.removed_nodes.insert("later".into());
         }
-        let (_log, mut sm) = open(&path).unwrap();
+        let (_log, mut sm) = open(&path, key(&KEY)).unwrap();
         assert!(sm.reader().read(|s| s.removed_nodes.contains("gone")));
         assert!(!sm.reader().read(|s| s.removed_nodes.contains("later")), "not persisted by apply");
         let (applied, _) = sm.applied_state().await.unwrap();
@@ -624,7 +653,7 @@ mod tests {
     #[tokio::test]
     async fn append_batches_are_bounded_in_bytes_but_never_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _sm) = open(&dir.path().join("raft.redb")).unwrap();
+        let (mut log, _sm) = open(&dir.path().join("raft.redb"), key(&KEY)).unwrap();
         // 10 entries of ~700 KiB, then one of 3 MiB.
         let mut entries: Vec<EntryOf<C>> =
             (1..=10).map(|i| entry(i, label_cmd(i as usize, 700 << 10))).collect();
@@ -638,5 +667,28 @@ mod tests {
         assert!(log.limited_get_log_entries(5, 5).await.unwrap().is_empty());
         // The unbounded reader still returns everything.
         assert_eq!(log.try_get_log_entries(1..12).await.unwrap().len(), 11);
+    }
+
+    #[tokio::test]
+    async fn the_files_hold_no_plain_text_and_need_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let (mut log, mut sm) = open(&path, key(&KEY)).unwrap();
+            let cmd = Command::RemoveNetwork { id: "plaintext-marker-in-the-log".into() };
+            log.append(vec![entry(1, cmd)], IOFlushed::noop()).await.unwrap();
+            sm.lock().state.removed_nodes.insert("plaintext-marker-in-the-snapshot".into());
+            sm.lock().last_applied = Some(openraft::testing::log_id::<C>(1, 1, 1));
+            sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        }
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            assert!(!bytes.windows(15).any(|w| w == b"plaintext-marke"), "plain text on disk");
+        }
+        // Another key opens neither the log nor the snapshot.
+        assert!(open(&path, key(&[8; 32])).is_err(), "the snapshot needs this key");
+        let (mut log, sm) = open(&path, key(&KEY)).unwrap();
+        assert!(sm.reader().read(|s| s.removed_nodes.contains("plaintext-marker-in-the-snapshot")));
+        assert_eq!(log.try_get_log_entries(1..2).await.unwrap().len(), 1);
     }
 }
