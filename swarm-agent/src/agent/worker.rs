@@ -472,6 +472,7 @@ impl Worker {
         for m in spec.mounts.iter().flatten() {
             mounts.push(self.mount(m)?);
         }
+        let files = task_files(a).map_err(Step::Fatal)?;
         let cfg = ContainerConfig {
             task_id: a.task.id.clone(),
             id: cid.to_owned(),
@@ -502,6 +503,7 @@ impl Worker {
             endpoints: a.attachments.iter().map(|att| att.endpoint.id.clone()).collect(),
             runtime: String::new(),
             embedded_dns: !a.attachments.is_empty(),
+            files,
         };
         self.exec
             .prepare(cfg)
@@ -568,6 +570,38 @@ impl Worker {
     pub fn containers(&self) -> Vec<Container> {
         self.exec.list()
     }
+}
+
+/// The task's secret and config files, with the data its assignment
+/// carries.
+fn task_files(a: &Assignment) -> Result<Vec<exec::FileSpec>, String> {
+    use base64::Engine as _;
+    let spec =
+        bollard_stubs::models::ServiceSpec { task_template: Some(a.task.spec.clone()), ..Default::default() };
+    let mut out = Vec::new();
+    for r in crate::manager::store::secret::file_refs(&spec) {
+        let k = r.kind.as_str();
+        let data = a
+            .files
+            .iter()
+            .find(|f| f.id == r.id)
+            .ok_or_else(|| format!("{k} {} is not available to this node", r.name))?;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(data.data.as_bytes())
+            .map_err(|e| format!("{k} {}: {e}", r.name))?;
+        let id = |what: &str, v: &str| {
+            v.parse::<u32>().map_err(|_| format!("{k} {}: invalid {what} {v:?}", r.name))
+        };
+        out.push(exec::FileSpec {
+            id: r.id.clone(),
+            path: r.path(),
+            uid: id("uid", &r.uid)?,
+            gid: id("gid", &r.gid)?,
+            mode: r.mode & 0o7777,
+            data,
+        });
+    }
+    Ok(out)
 }
 
 /// How long a task on a network keeps serving after it is told to stop,
@@ -696,6 +730,7 @@ mod tests {
             },
             service_name: "web".into(),
             attachments: vec![],
+            files: vec![],
         }
     }
 

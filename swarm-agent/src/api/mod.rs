@@ -7,6 +7,7 @@ pub mod containers;
 pub mod convert;
 pub mod exec;
 pub mod images;
+pub mod secrets;
 pub mod services;
 
 use std::{collections::HashMap, path::Path, sync::Arc};
@@ -64,6 +65,14 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/services/{id}", get(services::service_inspect).delete(services::service_remove))
         .route("/services/{id}/update", post(services::service_update))
         .route("/services/{id}/logs", get(services::service_logs))
+        .route("/secrets", get(secrets::secrets_list))
+        .route("/secrets/create", post(secrets::secret_create))
+        .route("/secrets/{id}", get(secrets::secret_inspect).delete(secrets::secret_remove))
+        .route("/secrets/{id}/update", post(secrets::secret_update))
+        .route("/configs", get(secrets::configs_list))
+        .route("/configs/create", post(secrets::config_create))
+        .route("/configs/{id}", get(secrets::config_inspect).delete(secrets::config_remove))
+        .route("/configs/{id}/update", post(secrets::config_update))
         .route("/swarm-agent/store", get(store_digest))
         .route("/containers/json", get(containers::list))
         .route("/containers/{id}/json", get(containers::inspect))

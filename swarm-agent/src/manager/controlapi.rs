@@ -202,6 +202,9 @@ pub fn validate_spec(state: &ClusterState, spec: &m::ServiceSpec) -> Result<Vec<
             return Err(invalid("TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1"));
         }
     }
+    crate::manager::store::secret::validate_refs(spec, |k, id| {
+        state.blobs(k).get(id).map(|b| b.name.clone())
+    })?;
     crate::manager::store::endpoint::spec_ports(spec)?;
     state.spec_networks(spec)
 }

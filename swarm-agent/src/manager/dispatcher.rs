@@ -96,8 +96,28 @@ pub fn assignments(state: &ClusterState, node_id: &str) -> Vec<Assignment> {
                     })
                 })
                 .collect(),
+            files: files(state, t),
         })
         .collect()
+}
+
+/// The secrets and configs `t` needs, if it is to run.
+fn files(state: &ClusterState, t: &crate::manager::store::task::Task) -> Vec<crate::rpc::messages::FileData> {
+    if t.desired_state > TaskState::Running {
+        return Vec::new();
+    }
+    let spec =
+        bollard_stubs::models::ServiceSpec { task_template: Some(t.spec.clone()), ..Default::default() };
+    let mut out: Vec<crate::rpc::messages::FileData> = Vec::new();
+    for r in crate::manager::store::secret::file_refs(&spec) {
+        if out.iter().any(|f| f.id == r.id) {
+            continue;
+        }
+        if let Some(b) = state.blobs(r.kind).get(&r.id) {
+            out.push(crate::rpc::messages::FileData { id: b.id.clone(), data: b.data.clone() });
+        }
+    }
+    out
 }
 
 /// Changes when what the node must do changes: a task comes or goes, or

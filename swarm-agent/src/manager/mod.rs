@@ -11,6 +11,7 @@ pub mod names;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
+mod secrets;
 mod services;
 pub mod store;
 
@@ -972,6 +973,13 @@ impl Manager {
                 let (lines, finished) = self.log_poll(&id).await?;
                 Ok(ControlResponse::LogLines { lines, finished })
             }
+            ControlRequest::ListBlobs { kind } => Ok(self.list_blobs(kind)),
+            ControlRequest::GetBlob { kind, id } => self.get_blob(kind, &id),
+            ControlRequest::CreateBlob { kind, spec } => self.create_blob(kind, spec).await,
+            ControlRequest::UpdateBlob { kind, id, version, spec } => {
+                self.update_blob(kind, &id, version, spec).await
+            }
+            ControlRequest::RemoveBlob { kind, id } => self.remove_blob(kind, &id).await,
             ControlRequest::UpdateNode { id, version, spec } => {
                 let id = self.state.read(|s| s.resolve_node(&id).map(|n| n.id.clone()))?;
                 self.propose(Command::UpdateNodeSpec { id, version, spec, now: now_nanos() }).await?;

@@ -195,6 +195,44 @@ pub enum ControlRequest {
     LogPoll {
         id: String,
     },
+    ListBlobs {
+        kind: crate::manager::store::secret::Kind,
+    },
+    GetBlob {
+        kind: crate::manager::store::secret::Kind,
+        id: String,
+    },
+    CreateBlob {
+        kind: crate::manager::store::secret::Kind,
+        spec: BlobSpec,
+    },
+    UpdateBlob {
+        kind: crate::manager::store::secret::Kind,
+        id: String,
+        version: u64,
+        spec: BlobSpec,
+    },
+    RemoveBlob {
+        kind: crate::manager::store::secret::Kind,
+        id: String,
+    },
+}
+
+/// A secret's or config's spec as the API gives it (data base64; `None`
+/// on an update that leaves it alone).
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct BlobSpec {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub data: Option<String>,
+    pub driver: Option<serde_json::Value>,
+    pub templating: Option<serde_json::Value>,
+}
+
+impl std::fmt::Debug for BlobSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobSpec").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 impl ControlRequest {
@@ -213,6 +251,8 @@ impl ControlRequest {
                 | ControlRequest::GetTask { .. }
                 | ControlRequest::LogSubscribe { .. }
                 | ControlRequest::LogPoll { .. }
+                | ControlRequest::ListBlobs { .. }
+                | ControlRequest::GetBlob { .. }
         )
     }
 }
@@ -315,6 +355,9 @@ pub enum ControlResponse {
         lines: Vec<crate::manager::logs::LogMsg>,
         finished: bool,
     },
+    /// Secrets or configs (a secret's data left out).
+    Blobs(Vec<crate::manager::store::secret::Blob>),
+    Blob(Box<crate::manager::store::secret::Blob>),
 }
 
 /// A service with its task counts (Docker's `ServiceStatus`).
@@ -368,4 +411,21 @@ pub struct Assignment {
     pub service_name: String,
     /// The task's addresses, as network attachments.
     pub attachments: Vec<AttachResponse>,
+    /// The data (base64) of the secrets and configs the task references,
+    /// by ID; only for tasks that are to run, only to their node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileData>,
+}
+
+/// A secret's or config's data handed to the node that runs a task using it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileData {
+    pub id: String,
+    pub data: String,
+}
+
+impl std::fmt::Debug for FileData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileData").field("id", &self.id).finish_non_exhaustive()
+    }
 }

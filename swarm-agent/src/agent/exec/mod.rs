@@ -57,6 +57,36 @@ pub struct ContainerConfig {
     /// `/etc/resolv.conf` names the embedded DNS server (127.0.0.11).
     #[serde(default)]
     pub embedded_dns: bool,
+    /// Secrets and configs, placed on a tmpfs and bound into the container.
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+}
+
+/// A secret or config file in a container. Its data is never serialized
+/// (the container's metadata on disk holds only where it goes).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpec {
+    pub id: String,
+    /// Absolute path in the container.
+    pub path: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    #[serde(skip)]
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSpec").field("id", &self.id).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl FileSpec {
+    /// The file's name in the container's tmpfs (`secrets/`).
+    pub fn host_name(&self, index: usize) -> String {
+        format!("{index}-{}", self.id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //!                       rootfs/       overlayfs: image layers + upper/ + work/
 //!                       meta.json     the ContainerConfig
 //!                       hosts hostname resolv.conf
+//!                       secrets/      tmpfs (read-only once written): secret and config files
 //!                       started exit start-error container.log   (the shim's)
 //! ```
 //!
@@ -210,6 +211,9 @@ impl Runc {
             )
             .map_err(|e| temp(format!("mounting the rootfs: {e}")))?;
         }
+        if !cfg.files.is_empty() {
+            write_files(&dir.join("secrets"), &cfg.files)?;
+        }
         let read = |p: &str| fs::read_to_string(rootfs.join(p)).unwrap_or_default();
         let (uid, gid) = spec::resolve_user(&cfg.user, &read("etc/passwd"), &read("etc/group"))
             .map_err(ExecError::fatal)?;
@@ -317,12 +321,38 @@ impl Runc {
             nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
                 .map_err(|e| temp(format!("unmounting the rootfs: {e}")))?;
         }
+        let secrets = dir.join("secrets");
+        if is_mount_point(&secrets) {
+            nix::mount::umount2(&secrets, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|e| temp(format!("unmounting the secrets: {e}")))?;
+        }
         self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
         match fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(temp(e)),
             _ => Ok(()),
         }
     }
+}
+
+/// Secret and config files on a tmpfs of their own (never the node's
+/// disk), owned and moded as asked, then the tmpfs is made read-only.
+fn write_files(dir: &Path, files: &[super::FileSpec]) -> ExecResult<()> {
+    use nix::mount::{MsFlags, mount};
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::create_dir_all(dir).map_err(temp)?;
+    let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    if !is_mount_point(dir) {
+        mount(Some("tmpfs"), dir, Some("tmpfs"), flags, Some("mode=0700"))
+            .map_err(|e| temp(format!("mounting the secrets tmpfs: {e}")))?;
+    }
+    for (i, f) in files.iter().enumerate() {
+        let p = dir.join(f.host_name(i));
+        fs::write(&p, &f.data).map_err(temp)?;
+        std::os::unix::fs::chown(&p, Some(f.uid), Some(f.gid)).map_err(temp)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(f.mode)).map_err(temp)?;
+    }
+    mount(None::<&str>, dir, None::<&str>, flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+        .map_err(|e| temp(format!("making the secrets read-only: {e}")))
 }
 
 /// How long a dead container's shim may take to write its exit.

@@ -121,6 +121,14 @@ pub fn runtime_spec(
             }
         });
     }
+    for (i, f) in c.files.iter().enumerate() {
+        mounts.push(json!({
+            "destination": f.path,
+            "type": "bind",
+            "source": dir.join("secrets").join(f.host_name(i)),
+            "options": ["rbind", "rprivate", "ro"],
+        }));
+    }
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
     if c.memory > 0 {
         resources["memory"] = json!({"limit": c.memory});
@@ -197,6 +205,14 @@ mod tests {
             endpoints: vec![],
             runtime: "runc".into(),
             embedded_dns: false,
+            files: vec![crate::agent::exec::FileSpec {
+                id: "sid".into(),
+                path: "/run/secrets/pw".into(),
+                uid: 0,
+                gid: 0,
+                mode: 0o400,
+                data: b"hunter2".to_vec(),
+            }],
         }
     }
 
@@ -212,6 +228,12 @@ mod tests {
         let mounts = v["mounts"].as_array().unwrap();
         assert!(mounts.iter().any(|m| m["destination"] == "/etc/hosts" && m["source"] == "/b/hosts"));
         assert!(mounts.iter().any(|m| m["destination"] == "/scratch" && m["type"] == "tmpfs"));
+        assert!(mounts.iter().any(|m| m["destination"] == "/run/secrets/pw"
+            && m["source"] == "/b/secrets/0-sid"
+            && m["options"] == json!(["rbind", "rprivate", "ro"])));
+        // The container's metadata on disk never holds a secret's data.
+        let meta = serde_json::to_string(&config()).unwrap();
+        assert!(meta.contains("/run/secrets/pw") && !meta.contains("hunter2"), "{meta}");
         assert!(v["process"]["capabilities"]["bounding"].as_array().unwrap().contains(&json!("CAP_NET_RAW")));
     }
 

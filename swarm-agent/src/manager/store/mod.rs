@@ -5,5 +5,6 @@ pub mod index;
 pub mod ipam;
 pub mod limits;
 pub mod model;
+pub mod secret;
 pub mod state;
 pub mod task;

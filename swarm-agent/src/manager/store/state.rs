@@ -17,6 +17,7 @@ use crate::manager::store::{
         Cluster, ClusterSpec, Endpoint, ManagerInfo, Meta, Nanos, Network, Node, NodeDescription, NodeSpec,
         NodeState,
     },
+    secret::{self, Blob, Kind},
     task::{Service, Task, TaskState, TaskStatus, UpdateState, UpdateStatus},
 };
 use crate::{ca::Role, error::ApiError};
@@ -38,6 +39,10 @@ pub struct ClusterState {
     pub services: BTreeMap<String, Service>,
     #[serde(default)]
     pub tasks: BTreeMap<String, Task>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Blob>,
+    #[serde(default)]
+    pub configs: BTreeMap<String, Blob>,
     #[serde(skip)]
     index: Index,
 }
@@ -55,6 +60,10 @@ struct StateData {
     services: BTreeMap<String, Service>,
     #[serde(default)]
     tasks: BTreeMap<String, Task>,
+    #[serde(default)]
+    secrets: BTreeMap<String, Blob>,
+    #[serde(default)]
+    configs: BTreeMap<String, Blob>,
 }
 
 impl From<StateData> for ClusterState {
@@ -69,6 +78,8 @@ impl From<StateData> for ClusterState {
             removed_nodes: d.removed_nodes,
             services: d.services,
             tasks: d.tasks,
+            secrets: d.secrets,
+            configs: d.configs,
             index,
         }
     }
@@ -138,6 +149,12 @@ pub enum Command {
     SetTaskStatus { updates: Vec<(String, TaskStatus)>, now: Nanos },
     /// The reaper: tasks (and their endpoints) deleted.
     RemoveTasks { ids: Vec<String> },
+    /// `secret create` / `config create`.
+    CreateBlob { kind: Kind, blob: Box<Blob> },
+    /// `secret update` / `config update`: only the labels change.
+    UpdateBlob { kind: Kind, id: String, version: u64, labels: BTreeMap<String, String>, now: Nanos },
+    /// `secret rm` / `config rm` (refused while a service uses it).
+    RemoveBlob { kind: Kind, id: String },
 }
 
 impl std::fmt::Display for Command {
@@ -172,6 +189,9 @@ impl std::fmt::Display for Command {
             Command::PutTasks { tasks, .. } => write!(f, "put-tasks({})", tasks.len()),
             Command::SetTaskStatus { updates, .. } => write!(f, "set-task-status({})", updates.len()),
             Command::RemoveTasks { ids } => write!(f, "remove-tasks({})", ids.len()),
+            Command::CreateBlob { kind, blob } => write!(f, "create-{}({})", kind.as_str(), blob.name),
+            Command::UpdateBlob { kind, id, .. } => write!(f, "update-{}({id})", kind.as_str()),
+            Command::RemoveBlob { kind, id } => write!(f, "remove-{}({id})", kind.as_str()),
         }
     }
 }
@@ -370,6 +390,20 @@ impl ClusterState {
                     touch(&mut t.meta, index, *now);
                 }
             }
+            Command::CreateBlob { kind, blob } => {
+                let mut b = (**blob).clone();
+                b.meta.version = index;
+                self.blobs_mut(*kind).insert(b.id.clone(), b);
+            }
+            Command::UpdateBlob { kind, id, labels, now, .. } => {
+                if let Some(b) = self.blobs_mut(*kind).get_mut(id) {
+                    b.labels.clone_from(labels);
+                    touch(&mut b.meta, index, *now);
+                }
+            }
+            Command::RemoveBlob { kind, id } => {
+                self.blobs_mut(*kind).remove(id);
+            }
             Command::RemoveTasks { ids } => {
                 for id in ids {
                     let Some(t) = self.tasks.remove(id) else { continue };
@@ -548,8 +582,94 @@ impl ClusterState {
                 }
             }
             Command::SetTaskStatus { .. } | Command::RemoveTasks { .. } => {}
+            Command::CreateBlob { kind, blob } => {
+                let k = kind.as_str();
+                let lower = blob.name.to_lowercase();
+                if self.blobs(*kind).values().any(|b| b.name.to_lowercase() == lower) {
+                    return Err(ApiError::conflict(format!("{k} {} already exists", blob.name)));
+                }
+                if self.blobs(*kind).contains_key(&blob.id) {
+                    return Err(ApiError::conflict(format!("{k} {} already exists", blob.id)));
+                }
+            }
+            Command::UpdateBlob { kind, id, version, .. } => {
+                let b = self
+                    .blobs(*kind)
+                    .get(id)
+                    .ok_or_else(|| ApiError::not_found(format!("{} {id} not found", kind.as_str())))?;
+                if b.meta.version != *version {
+                    return Err(ApiError::invalid("update out of sequence"));
+                }
+            }
+            Command::RemoveBlob { kind, id } => {
+                let k = kind.as_str();
+                let b = self
+                    .blobs(*kind)
+                    .get(id)
+                    .ok_or_else(|| ApiError::not_found(format!("could not find {k} {id}")))?;
+                let users = self.blob_users(*kind, id);
+                if !users.is_empty() {
+                    let what = if users.len() == 1 { "service" } else { "services" };
+                    return Err(ApiError::invalid(format!(
+                        "{k} '{}' is in use by the following {what}: {}",
+                        b.name,
+                        users.join(", ")
+                    )));
+                }
+            }
         }
         Ok(())
+    }
+
+    pub fn blobs(&self, kind: Kind) -> &BTreeMap<String, Blob> {
+        match kind {
+            Kind::Secret => &self.secrets,
+            Kind::Config => &self.configs,
+        }
+    }
+
+    fn blobs_mut(&mut self, kind: Kind) -> &mut BTreeMap<String, Blob> {
+        match kind {
+            Kind::Secret => &mut self.secrets,
+            Kind::Config => &mut self.configs,
+        }
+    }
+
+    /// Names of the services whose spec references blob `id`, sorted.
+    pub fn blob_users(&self, kind: Kind, id: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .services
+            .values()
+            .filter(|s| secret::file_refs(&s.spec).iter().any(|r| r.kind == kind && r.id == id))
+            .map(|s| s.name().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A secret or config by full ID, exact name or ID prefix (docker's order).
+    ///
+    /// # Errors
+    /// Not found, or an ambiguous prefix.
+    pub fn resolve_blob(&self, kind: Kind, input: &str) -> Result<&Blob, ApiError> {
+        let blobs = self.blobs(kind);
+        if let Some(b) = blobs.get(input) {
+            return Ok(b);
+        }
+        if let Some(b) = blobs.values().find(|b| b.name == input) {
+            return Ok(b);
+        }
+        let by_prefix: Vec<&Blob> =
+            blobs.values().filter(|b| !input.is_empty() && b.id.starts_with(input)).collect();
+        match by_prefix.as_slice() {
+            [b] => Ok(b),
+            [] => Err(ApiError::not_found(format!("{} {input} not found", kind.as_str()))),
+            many => Err(ApiError::invalid(format!(
+                "{} {input} is ambiguous ({} matches found)",
+                kind.as_str(),
+                many.len()
+            ))),
+        }
     }
 
     /// Whether `ip` is taken on network `network_id` (by any endpoint).
