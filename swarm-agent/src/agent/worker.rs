@@ -355,6 +355,7 @@ impl Worker {
                     } else {
                         let _ = self.exec.stop(&cid, &signal, grace).await;
                         st.exit_code = self.exec.wait(&cid).await.ok();
+                        self.exec.release_files(&cid);
                         st.err = UNHEALTHY.into();
                         st.timestamp = now();
                         st.state = TaskState::Failed;
@@ -400,6 +401,7 @@ impl Worker {
     }
 
     fn finished(&self, task_id: &str, st: &mut TaskStatus, code: i64, stopped: bool) {
+        self.exec.release_files(&exec::container_id(task_id));
         st.exit_code = Some(code);
         st.timestamp = now();
         if stopped {

@@ -153,6 +153,9 @@ pub struct ExecSpec {
 
 /// The container runtime as the worker sees it.
 pub trait Executor: Send + Sync + 'static {
+    /// Drops an exited container's secret and config files (docker
+    /// unmounts them when the container stops; the container may stay).
+    fn release_files(&self, _id: &str) {}
     /// Makes the container (rootfs, bundle); does not start it.
     fn prepare(&self, cfg: ContainerConfig) -> BoxFuture<'_, ExecResult<()>>;
     /// Starts a prepared container; returns its pid.

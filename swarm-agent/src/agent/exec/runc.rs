@@ -401,6 +401,16 @@ fn crun_accepts(root: &Path) -> bool {
 }
 
 impl Executor for Runc {
+    fn release_files(&self, id: &str) {
+        let secrets = self.dir(id).join("secrets");
+        if is_mount_point(&secrets)
+            && let Err(e) = nix::mount::umount2(&secrets, nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!(container = %id, "unmounting the secrets: {e}");
+        }
+        let _ = fs::remove_dir(&secrets);
+    }
+
     fn prepare(&self, mut cfg: ContainerConfig) -> BoxFuture<'_, ExecResult<()>> {
         cfg.runtime.clone_from(&self.runtime);
         async move {
