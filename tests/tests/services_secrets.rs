@@ -200,3 +200,95 @@ fn secrets_and_configs_reach_only_their_tasks_and_never_a_disk() {
     assert_eq!(docker(m, &["secret", "ls", "-q"]).unwrap(), "");
     assert_eq!(docker(m, &["config", "ls", "-q"]).unwrap(), "");
 }
+
+#[test]
+fn our_cli_manages_secrets_and_configs_as_docker_does() {
+    let tb = cluster(1, 1, &[], &[]);
+    let h = tb.host(0);
+    import_busybox(h);
+    let bin = swarm_tests::agent_bin();
+    let ours = |args: &[&str]| swarm_tests::swarm::agent(h, args);
+    let id = sh(h, &format!("printf s2-value | {} secret create -l a=b s2 -", bin.display())).unwrap();
+    assert_eq!(id.trim().len(), 25, "{id}");
+    let conf = h.state_dir().join("c2.conf");
+    std::fs::write(&conf, "c2-value").unwrap();
+    ours(&["config", "create", "c2", conf.to_str().unwrap()]).unwrap();
+    // The same tables as docker's (the times aside).
+    for kind in ["secret", "config"] {
+        let a = parse_table(&ours(&[kind, "ls"]).unwrap());
+        let d = parse_table(&docker(h, &[kind, "ls"]).unwrap());
+        assert_eq!(
+            a.iter().map(|r| r[..2].to_vec()).collect::<Vec<_>>(),
+            d.iter().map(|r| r[..2].to_vec()).collect::<Vec<_>>()
+        );
+        assert_eq!(ours(&[kind, "ls", "-q"]).unwrap(), docker(h, &[kind, "ls", "-q"]).unwrap());
+        let head =
+            |s: String| s.lines().next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(head(ours(&[kind, "ls"]).unwrap()), head(docker(h, &[kind, "ls"]).unwrap()));
+    }
+    let v: serde_json::Value = serde_json::from_str(&ours(&["secret", "inspect", "s2"]).unwrap()).unwrap();
+    assert_eq!(v[0]["Spec"]["Labels"]["a"], "b");
+
+    // Errors: docker's words, nothing changed.
+    let e = stderr(&ours(&["secret", "create", "s3"]).unwrap_err());
+    assert!(e.contains("secret file is required"), "{e}");
+    let e = stderr(&ours(&["service", "create", "-d", "--secret", "nosuch", "busybox", "true"]).unwrap_err());
+    assert!(e.contains("secret not found: nosuch"), "{e}");
+    let e = stderr(
+        &ours(&[
+            "service",
+            "create",
+            "-d",
+            "--secret",
+            "s2",
+            "--secret",
+            "source=s2,target=s2",
+            "busybox",
+            "true",
+        ])
+        .unwrap_err(),
+    );
+    assert!(e.contains("duplicate secret target for s2 not allowed"), "{e}");
+    let e = stderr(
+        &ours(&["service", "create", "-d", "--secret", "source=s2,color=red", "busybox", "true"])
+            .unwrap_err(),
+    );
+    assert!(e.contains("invalid field in secret request: color"), "{e}");
+    assert_eq!(ours(&["service", "ls", "-q"]).unwrap(), "");
+
+    ours(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "app",
+        "--stop-grace-period",
+        "1s",
+        "--secret",
+        "s2",
+        "--config",
+        "source=c2,target=/c2.conf,mode=0400",
+        "busybox",
+        "sleep",
+        "1d",
+    ])
+    .unwrap();
+    wait_replicas(&tb, "app", "1/1", LONG);
+    let c = running_containers(&tb).into_iter().find(|c| c.name.starts_with("app.")).unwrap();
+    let exec = |cmd: &str| docker(h, &["exec", &c.id, "sh", "-c", cmd]).unwrap().trim().to_owned();
+    assert_eq!(
+        exec("cat /run/secrets/s2; echo; stat -c %a /c2.conf; cat /c2.conf"),
+        "s2-value\n400\nc2-value"
+    );
+    let e = stderr(&ours(&["secret", "rm", "s2"]).unwrap_err());
+    assert!(e.contains("secret 's2' is in use by the following service: app"), "{e}");
+    ours(&["service", "update", "-d", "--secret-rm", "s2", "--config-rm", "c2", "app"]).unwrap();
+    let refs = docker(
+        h,
+        &["service", "inspect", "--format", "{{len .Spec.TaskTemplate.ContainerSpec.Secrets}} {{len .Spec.TaskTemplate.ContainerSpec.Configs}}", "app"],
+    )
+    .unwrap();
+    assert_eq!(refs.trim(), "0 0");
+    assert_eq!(ours(&["secret", "rm", "s2"]).unwrap(), "s2\n");
+    assert_eq!(ours(&["config", "rm", "c2"]).unwrap(), "c2\n");
+}

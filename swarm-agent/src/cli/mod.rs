@@ -9,6 +9,7 @@ pub mod info;
 pub mod network;
 pub mod node;
 pub mod progress;
+pub mod secret;
 pub mod service;
 pub mod service_flags;
 pub mod service_update;
@@ -63,6 +64,16 @@ pub enum Cmd {
     Network {
         #[command(subcommand)]
         cmd: network::NetworkCmd,
+    },
+    /// Manage swarm secrets
+    Secret {
+        #[command(subcommand)]
+        cmd: secret::BlobCmd,
+    },
+    /// Manage swarm configs
+    Config {
+        #[command(subcommand)]
+        cmd: secret::BlobCmd,
     },
     /// Display system-wide information
     Info,
@@ -169,6 +180,8 @@ async fn client_command(client: &Client, data_root: &std::path::Path, cmd: Cmd) 
         Cmd::Leave { force } => swarm::leave(client, force).await,
         Cmd::Node { cmd } => node::run(client, cmd).await,
         Cmd::Network { cmd } => network::run(client, cmd).await,
+        Cmd::Secret { cmd } => secret::run(client, crate::manager::store::secret::Kind::Secret, cmd).await,
+        Cmd::Config { cmd } => secret::run(client, crate::manager::store::secret::Kind::Config, cmd).await,
         Cmd::Service { cmd } => service::run(client, cmd).await,
         Cmd::Info => info::info(client).await,
         Cmd::Daemon(_) | Cmd::Debug { .. } | Cmd::Shim { .. } => Ok(()),

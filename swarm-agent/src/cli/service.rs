@@ -146,6 +146,12 @@ pub struct CreateArgs {
     /// Attach a filesystem mount to the service
     #[arg(long)]
     mount: Vec<String>,
+    /// Specify secrets to expose to the service
+    #[arg(long)]
+    secret: Vec<String>,
+    /// Specify configurations to expose to the service
+    #[arg(long)]
+    config: Vec<String>,
     /// Working directory inside the container
     #[arg(short, long)]
     workdir: Option<String>,
@@ -505,7 +511,13 @@ pub fn ports_column(service: &Value) -> String {
 }
 
 async fn create(client: &Client, a: CreateArgs) -> Result<(), CliError> {
-    let spec = spec_of(&a)?;
+    use crate::manager::store::secret::Kind;
+    let mut spec = spec_of(&a)?;
+    for (kind, given) in [(Kind::Secret, &a.secret), (Kind::Config, &a.config)] {
+        let refs = given.iter().map(|s| super::secret::parse_ref(kind, s)).collect::<Result<Vec<_>, _>>()?;
+        let resolved = super::secret::resolve(client, kind, &refs).await?;
+        super::secret::apply(&mut spec, kind, resolved, &[])?;
+    }
     let resp = client.post("/services/create", &spec).await?;
     let v: Value = serde_json::from_slice(&resp).map_err(|e| local(e.to_string()))?;
     let id = v["ID"].as_str().unwrap_or_default().to_owned();

@@ -71,6 +71,18 @@ pub struct UpdateArgs {
     /// Remove a mount by its target path
     #[arg(long)]
     mount_rm: Vec<String>,
+    /// Add or update a secret on a service
+    #[arg(long)]
+    secret_add: Vec<String>,
+    /// Remove a secret
+    #[arg(long)]
+    secret_rm: Vec<String>,
+    /// Add or update a config file on a service
+    #[arg(long)]
+    config_add: Vec<String>,
+    /// Remove a configuration file
+    #[arg(long)]
+    config_rm: Vec<String>,
     /// Add a network
     #[arg(long)]
     network_add: Vec<String>,
@@ -359,6 +371,20 @@ pub async fn update(client: &Client, a: UpdateArgs) -> Result<(), CliError> {
             .map(|v| (v["Id"].as_str().unwrap_or("").to_owned(), v["Name"].as_str().unwrap_or("").to_owned()))
     };
     apply(&a, &mut spec, mode_of(&svc) == "global", &resolve)?;
+    {
+        use crate::manager::store::secret::Kind;
+        for (kind, add, rm) in
+            [(Kind::Secret, &a.secret_add, &a.secret_rm), (Kind::Config, &a.config_add, &a.config_rm)]
+        {
+            if add.is_empty() && rm.is_empty() {
+                continue;
+            }
+            let refs =
+                add.iter().map(|s| super::secret::parse_ref(kind, s)).collect::<Result<Vec<_>, _>>()?;
+            let resolved = super::secret::resolve(client, kind, &refs).await?;
+            super::secret::apply(&mut spec, kind, resolved, rm)?;
+        }
+    }
     if a.rollback && spec != current {
         return Err(local("other flags may not be combined with --rollback"));
     }
