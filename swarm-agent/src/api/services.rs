@@ -328,6 +328,15 @@ pub(super) async fn tasks_list(
         }
         None => None,
     };
+    let service_labels: BTreeMap<String, HashMap<String, String>> = if filters.contains_key("label") {
+        list_views(&e)
+            .await?
+            .into_iter()
+            .map(|v| (v.service.id.clone(), v.service.spec.labels.clone().unwrap_or_default()))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let up_to_date = filters.contains_key("_up-to-date");
     // swarmkit's `_up-to-date`: tasks that run what their service asks for.
     let current: BTreeMap<String, crate::manager::store::task::Service> = if up_to_date {
@@ -355,7 +364,16 @@ pub(super) async fn tasks_list(
                 })
             })
         })
-        .filter(|_| filters.get("label").is_none_or(Vec::is_empty))
+        // swarmkit matches a task's labels filter on its service's labels.
+        .filter(|t| {
+            filters.get("label").is_none_or(|want| {
+                let labels = service_labels.get(&t.service_id);
+                want.iter().all(|x| {
+                    let (k, v) = x.split_once('=').map_or((x.as_str(), None), |(k, v)| (k, Some(v)));
+                    labels.and_then(|l| l.get(k)).is_some_and(|have| v.is_none_or(|v| have == v))
+                })
+            })
+        })
         .filter(|t| {
             !up_to_date
                 || current

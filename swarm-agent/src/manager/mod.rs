@@ -1106,6 +1106,7 @@ impl Manager {
                 vni,
                 labels: spec.labels.clone(),
                 options: spec.options.clone(),
+                pending_delete: false,
             };
             let id = network.id.clone();
             match self.propose(Command::CreateNetwork { network: Box::new(network) }).await {

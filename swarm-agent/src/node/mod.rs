@@ -363,6 +363,7 @@ impl SwarmNode {
                 vni: 4096,
                 labels: BTreeMap::new(),
                 options: BTreeMap::new(),
+                pending_delete: false,
             };
             let keys = cluster.gossip_keys.clone();
             let cmd = Command::CreateCluster {

@@ -220,6 +220,7 @@ pub mod testutil {
             vni,
             labels: std::collections::BTreeMap::default(),
             options: std::collections::BTreeMap::default(),
+            pending_delete: false,
         }
     }
 

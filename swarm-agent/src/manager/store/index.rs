@@ -154,6 +154,7 @@ mod tests {
             vni: 4096 + id as u32,
             labels: BTreeMap::new(),
             options: BTreeMap::new(),
+            pending_delete: false,
         }
     }
 

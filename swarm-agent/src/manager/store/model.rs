@@ -198,6 +198,10 @@ pub struct Network {
     /// Driver options (`-o`), e.g. `com.docker.network.driver.mtu`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Removed while tasks that are going away still had endpoints on it:
+    /// it goes with their last endpoint (swarmkit's `PendingDelete`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_delete: bool,
 }
 
 /// Option that sets an overlay network's MTU.

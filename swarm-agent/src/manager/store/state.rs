@@ -265,7 +265,13 @@ impl ClusterState {
                 self.networks.insert(n.id.clone(), n);
             }
             Command::RemoveNetwork { id } => {
-                if let Some(n) = self.networks.remove(id) {
+                if self.index.has_endpoints(id) {
+                    // Only endpoints of tasks going away are left (checked).
+                    if let Some(n) = self.networks.get_mut(id) {
+                        n.pending_delete = true;
+                        n.meta.version = index;
+                    }
+                } else if let Some(n) = self.networks.remove(id) {
                     self.index.remove_network(&n);
                 }
             }
@@ -279,6 +285,7 @@ impl ClusterState {
                 if let Some(e) = self.endpoints.remove(id) {
                     self.index.remove_endpoint(&e);
                 }
+                self.reap_pending_networks();
             }
             Command::SetGossipKeys { keys, now } => {
                 let c = self.cluster_mut()?;
@@ -413,6 +420,7 @@ impl ClusterState {
                         }
                     }
                 }
+                self.reap_pending_networks();
             }
             Command::ForceNewCluster { state, node_id, manager, now } => {
                 *self = (**state).clone();
@@ -488,7 +496,17 @@ impl ClusterState {
             Command::CreateNetwork { network } => self.check_new_network(network)?,
             Command::RemoveNetwork { id } => {
                 let n = self.network(id)?;
-                if self.index.has_endpoints(id) {
+                // Endpoints of tasks that are going away do not hold a
+                // network: it is removed once they are gone.
+                let leaving: BTreeSet<&str> = self
+                    .tasks
+                    .values()
+                    .filter(|t| t.desired_state > TaskState::Running)
+                    .flat_map(|t| t.networks.iter().map(|n| n.endpoint_id.as_str()))
+                    .collect();
+                let held =
+                    self.endpoints.values().any(|e| e.network_id == *id && !leaving.contains(e.id.as_str()));
+                if held {
                     return Err(ApiError::precondition(format!(
                         "error while removing network: network {} id {} has active endpoints",
                         n.name, n.id
@@ -621,6 +639,21 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Removes networks marked for deletion once no endpoint is left on them.
+    fn reap_pending_networks(&mut self) {
+        let done: Vec<String> = self
+            .networks
+            .values()
+            .filter(|n| n.pending_delete && !self.index.has_endpoints(&n.id))
+            .map(|n| n.id.clone())
+            .collect();
+        for id in done {
+            if let Some(n) = self.networks.remove(&id) {
+                self.index.remove_network(&n);
+            }
+        }
+    }
+
     pub fn blobs(&self, kind: Kind) -> &BTreeMap<String, Blob> {
         match kind {
             Kind::Secret => &self.secrets,
@@ -710,6 +743,11 @@ impl ClusterState {
             let n = self.resolve_network(target).map_err(|_| {
                 ApiError::not_found(format!("rpc error: code = NotFound desc = network {target} not found"))
             })?;
+            if n.pending_delete {
+                return Err(ApiError::not_found(format!(
+                    "rpc error: code = NotFound desc = network {target} not found"
+                )));
+            }
             if n.ingress {
                 return Err(ApiError::invalid(format!(
                     "rpc error: code = InvalidArgument desc = Service cannot be explicitly attached to the ingress network {:?}",
@@ -735,6 +773,7 @@ impl ClusterState {
             self.index.add_endpoint(&e);
             self.endpoints.insert(e.id.clone(), e);
         }
+        self.reap_pending_networks();
     }
 
     pub fn service(&self, id: &str) -> Result<&Service, ApiError> {
@@ -997,6 +1036,7 @@ mod tests {
             vni: 4096,
             labels: BTreeMap::new(),
             options: BTreeMap::new(),
+            pending_delete: false,
         }
     }
 
@@ -1188,6 +1228,48 @@ mod tests {
         );
         s.apply(5, &Command::RemoveEndpoint { id: "e1".into() }).unwrap();
         s.apply(6, &rm).unwrap();
+        assert!(!s.networks.contains_key("a"));
+    }
+
+    #[test]
+    fn a_network_held_only_by_leaving_tasks_goes_with_their_endpoints() {
+        let mut s = initialized();
+        let mut a = net("a", "front", "10.0.1.0/24", 4097);
+        a.gateway = "10.0.1.1".into();
+        s.apply(2, &Command::CreateNetwork { network: Box::new(a) }).unwrap();
+        s.apply(3, &Command::AddEndpoint { endpoint: Box::new(ep("e1", "a", "10.0.1.2")) }).unwrap();
+        let mut t: Task = serde_json::from_value(serde_json::json!({
+            "id": "t1", "meta": {"version": 0, "created_at": 0, "updated_at": 0}, "service_id": "gone",
+            "slot": 1, "node_id": "n", "spec": {}, "spec_version": 1, "desired_state": "running",
+            "status": {"state": "running", "message": "", "timestamp": 0},
+        }))
+        .unwrap();
+        t.networks.push(crate::manager::store::task::TaskNetwork {
+            network_id: "a".into(),
+            endpoint_id: "e1".into(),
+            ip: "10.0.1.2".into(),
+            mac: String::new(),
+            prefix: 24,
+        });
+        s.tasks.insert("t1".into(), t);
+        let rm = Command::RemoveNetwork { id: "a".into() };
+        assert!(
+            s.apply(4, &rm).unwrap_err().message.contains("has active endpoints"),
+            "a running task holds it"
+        );
+        s.tasks.get_mut("t1").unwrap().desired_state = TaskState::Remove;
+        s.apply(5, &rm).unwrap();
+        assert!(s.networks["a"].pending_delete, "kept until the task's endpoint goes");
+        assert!(
+            s.spec_networks(
+                &serde_json::from_value(
+                    serde_json::json!({"TaskTemplate": {"Networks": [{"Target": "front"}]}})
+                )
+                .unwrap()
+            )
+            .is_err()
+        );
+        s.apply(6, &Command::RemoveTasks { ids: vec!["t1".into()] }).unwrap();
         assert!(!s.networks.contains_key("a"));
     }
 
