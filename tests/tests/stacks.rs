@@ -192,3 +192,48 @@ fn stack_deploy_from_the_docker_cli() {
     };
     check_stack(&tb, &cli, 7080);
 }
+
+#[test]
+fn stack_deploy_from_our_cli() {
+    let tb = cluster_with_outsiders(2, 1, 1, &[], &[]);
+    for h in &tb.hosts()[..2] {
+        import_busybox(h);
+    }
+    let m = tb.host(0);
+    let dir = m.state_dir().join("stack");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |prog: &std::path::Path, args: &[&str]| {
+        let mut c = m.command(prog).unwrap();
+        c.args(args).current_dir(&dir);
+        output(&mut c)
+    };
+    let bin = swarm_tests::agent_bin();
+    let ours = |args: &[&str]| run(&bin, args);
+    check_stack(&tb, &ours, 7081);
+
+    // Bad files: the same words as docker's CLI, nothing deployed.
+    for (name, text) in [
+        ("unknown-root.yml", "version: '3.8'\nfoo: 1\nservices:\n  web: {image: busybox}\n"),
+        ("unknown-key.yml", "version: '3.8'\nservices:\n  web:\n    image: busybox\n    foo: 1\n"),
+        (
+            "wrong-type.yml",
+            "version: '3.8'\nservices:\n  web:\n    image: busybox\n    deploy: {replicas: two}\n",
+        ),
+        ("no-network.yml", "version: '3.8'\nservices:\n  web:\n    image: busybox\n    networks: [nosuch]\n"),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+        let mine = ours(&["stack", "deploy", "-c", name, "bad"]).unwrap_err();
+        // Ours changes nothing (docker's leaves a network behind for an
+        // undefined one).
+        let left = docker(m, &["service", "ls"]).unwrap();
+        assert_eq!(parse_table(&left).len(), 0, "{name}: {left}");
+        let nets =
+            docker(m, &["network", "ls", "-q", "--filter", "label=com.docker.stack.namespace=bad"]).unwrap();
+        assert_eq!(nets, "", "{name}");
+        let theirs =
+            run(std::path::Path::new("docker"), &["stack", "deploy", "-c", name, "bad"]).unwrap_err();
+        let last =
+            |s: &str| s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").trim().to_owned();
+        assert_eq!(last(&mine), last(&theirs), "{name}: ours {mine:?}, docker's {theirs:?}");
+    }
+}

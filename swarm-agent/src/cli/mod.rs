@@ -2,6 +2,7 @@
 //! client of the daemon's API, the daemon itself, and debug tools.
 
 pub mod client;
+pub mod compose;
 pub mod daemon;
 pub mod debug;
 pub mod fmt;
@@ -13,6 +14,7 @@ pub mod secret;
 pub mod service;
 pub mod service_flags;
 pub mod service_update;
+pub mod stack;
 pub mod swarm;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -64,6 +66,11 @@ pub enum Cmd {
     Network {
         #[command(subcommand)]
         cmd: network::NetworkCmd,
+    },
+    /// Manage swarm stacks
+    Stack {
+        #[command(subcommand)]
+        cmd: stack::StackCmd,
     },
     /// Manage swarm secrets
     Secret {
@@ -180,6 +187,7 @@ async fn client_command(client: &Client, data_root: &std::path::Path, cmd: Cmd) 
         Cmd::Leave { force } => swarm::leave(client, force).await,
         Cmd::Node { cmd } => node::run(client, cmd).await,
         Cmd::Network { cmd } => network::run(client, cmd).await,
+        Cmd::Stack { cmd } => stack::run(client, cmd).await,
         Cmd::Secret { cmd } => secret::run(client, crate::manager::store::secret::Kind::Secret, cmd).await,
         Cmd::Config { cmd } => secret::run(client, crate::manager::store::secret::Kind::Config, cmd).await,
         Cmd::Service { cmd } => service::run(client, cmd).await,

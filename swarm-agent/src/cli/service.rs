@@ -532,7 +532,7 @@ pub(super) fn mode_of(s: &Value) -> &'static str {
     if s["Spec"]["Mode"]["Global"].is_object() { "global" } else { "replicated" }
 }
 
-async fn ls(client: &Client, quiet: bool, filter: &[String]) -> Result<(), CliError> {
+pub(super) async fn ls(client: &Client, quiet: bool, filter: &[String]) -> Result<(), CliError> {
     let q = filters_query(filter)?;
     let sep = if q.is_empty() { "?" } else { "&" };
     let mut services: Vec<Value> = client.get(&format!("/services{q}{sep}status=true")).await?;
