@@ -232,8 +232,7 @@ fn stack_deploy_from_our_cli() {
         assert_eq!(nets, "", "{name}");
         let theirs =
             run(std::path::Path::new("docker"), &["stack", "deploy", "-c", name, "bad"]).unwrap_err();
-        let last =
-            |s: &str| s.lines().filter(|l| !l.trim().is_empty()).next_back().unwrap_or("").trim().to_owned();
+        let last = |s: &str| s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
         assert_eq!(last(&mine), last(&theirs), "{name}: ours {mine:?}, docker's {theirs:?}");
     }
 }
