@@ -273,3 +273,92 @@ fn start_first_update_fails_no_request_through_the_published_port() {
         (0..20).map(|i| who_from_host(outside, urls[i % 2]).unwrap().0).collect();
     assert!(after.is_disjoint(&old), "only new tasks answer after the update: {after:?} {old:?}");
 }
+
+/// Leaf paths (JSON pointers) where `a` and `b` differ.
+fn diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    use serde_json::Value::{Array, Object};
+    match (a, b) {
+        (Object(x), Object(y)) => {
+            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                let null = serde_json::Value::Null;
+                diff(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), &format!("{at}/{k}"), out);
+            }
+        }
+        (Array(x), Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                diff(p, q, &format!("{at}/{i}"), out);
+            }
+        }
+        _ if a != b => out.push(at.to_owned()),
+        _ => {}
+    }
+}
+
+#[test]
+fn each_update_flag_changes_only_what_it_names() {
+    let tb = cluster(1, 1, &[], &[]);
+    let m = tb.host(0);
+    import_busybox(m);
+    docker(m, &["network", "create", "-d", "overlay", "extra"]).unwrap();
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--stop-grace-period",
+            "1s",
+            "busybox",
+            "sleep",
+            "100000",
+        ],
+    )
+    .unwrap();
+    let spec = || -> serde_json::Value {
+        serde_json::from_str(
+            &docker(m, &["service", "inspect", "--format", "{{json .Spec}}", "web"]).unwrap(),
+        )
+        .unwrap()
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--env-add", "A=1"], &["/TaskTemplate/ContainerSpec/Env"]),
+        (&["--env-rm", "A"], &["/TaskTemplate/ContainerSpec/Env"]),
+        (&["--args", "sleep 5000"], &["/TaskTemplate/ContainerSpec/Args"]),
+        (&["--replicas", "2"], &["/Mode/Replicated/Replicas"]),
+        (&["--label-add", "a=b"], &["/Labels"]),
+        (&["--label-rm", "a"], &["/Labels"]),
+        (&["--container-label-add", "c=d"], &["/TaskTemplate/ContainerSpec/Labels"]),
+        (&["--constraint-add", "node.role==manager"], &["/TaskTemplate/Placement"]),
+        (&["--placement-pref-add", "spread=node.labels.zone"], &["/TaskTemplate/Placement"]),
+        (&["--mount-add", "type=tmpfs,target=/scratch"], &["/TaskTemplate/ContainerSpec/Mounts"]),
+        (&["--limit-memory", "64M"], &["/TaskTemplate/Resources/Limits"]),
+        (&["--reserve-cpu", "0.1"], &["/TaskTemplate/Resources/Reservations"]),
+        (&["--restart-condition", "on-failure"], &["/TaskTemplate/RestartPolicy"]),
+        (&["--health-cmd", "true", "--health-interval", "1s"], &["/TaskTemplate/ContainerSpec/Healthcheck"]),
+        (&["--stop-signal", "SIGINT"], &["/TaskTemplate/ContainerSpec/StopSignal"]),
+        (&["--publish-add", "7090:80"], &["/EndpointSpec"]),
+        (&["--network-add", "extra"], &["/TaskTemplate/Networks"]),
+        (&["--update-parallelism", "3"], &["/UpdateConfig"]),
+        (&["--rollback-delay", "2s"], &["/RollbackConfig"]),
+        (&["--force"], &["/TaskTemplate/ForceUpdate"]),
+    ];
+    for (flags, allowed) in cases {
+        let before = spec();
+        let mut a = vec!["service", "update", "-d"];
+        a.extend_from_slice(flags);
+        a.push("web");
+        docker(m, &a).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        let after = spec();
+        let mut changed = Vec::new();
+        diff(&before, &after, "", &mut changed);
+        assert!(!changed.is_empty(), "{flags:?} changed nothing");
+        for c in &changed {
+            assert!(
+                allowed.iter().any(|p| c.starts_with(p)),
+                "{flags:?} changed {c} (allowed {allowed:?}): {changed:?}"
+            );
+        }
+    }
+}

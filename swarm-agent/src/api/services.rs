@@ -222,6 +222,13 @@ fn service_spec(body: &axum::body::Bytes) -> Result<m::ServiceSpec, ApiError> {
             c.insert(field.to_owned(), Value::from(lower));
         }
     }
+    // Docker's CLI sends Go's field name `Healthcheck`; the API's (and
+    // bollard's) is `HealthCheck`. Go decodes either.
+    if let Some(c) = v.pointer_mut("/TaskTemplate/ContainerSpec").and_then(Value::as_object_mut)
+        && let Some(h) = c.remove("Healthcheck")
+    {
+        c.entry("HealthCheck").or_insert(h);
+    }
     serde_json::from_value(v).map_err(|e| ApiError::invalid(format!("invalid JSON: {e}")))
 }
 
