@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use swarm_tests::{
     poll,
-    services::{WHO, import_busybox, wait_replicas, who_from_host},
+    services::{WHO, import_busybox, running_containers, wait_replicas, who_from_host},
     swarm::{cluster, cluster_with_outsiders, daemon_log, docker},
     testbed::Host,
 };
@@ -361,4 +361,55 @@ fn each_update_flag_changes_only_what_it_names() {
             );
         }
     }
+}
+
+#[test]
+fn a_health_check_from_the_docker_cli_gates_running_and_fails_unhealthy_tasks() {
+    let tb = cluster(1, 1, &[], &[]);
+    let m = tb.host(0);
+    import_busybox(m);
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--stop-grace-period",
+            "1s",
+            "--health-cmd",
+            "test -f /tmp/ok",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "2",
+            "busybox",
+            "sleep",
+            "100000",
+        ],
+    )
+    .unwrap();
+    // Not healthy yet: starting, not running.
+    let c = poll::until("the task's container", LONG, || {
+        running_containers(&tb).into_iter().find(|c| c.name.starts_with("web.")).ok_or("none")
+    })
+    .unwrap();
+    // Three probe intervals with the probe failing: still not running.
+    std::thread::sleep(Duration::from_millis(600));
+    let ps = docker(m, &["service", "ps", "web"]).unwrap();
+    assert!(ps.contains("Starting"), "an unhealthy task is not running yet: {ps}");
+    docker(m, &["exec", &c.id, "touch", "/tmp/ok"]).unwrap();
+    poll::until("the task to be running once healthy", LONG, || {
+        let ps = docker(m, &["service", "ps", "web"]).unwrap();
+        if ps.contains("Running") { Ok(()) } else { Err(ps) }
+    })
+    .unwrap();
+    // Unhealthy again: the task fails with docker's error and is replaced.
+    docker(m, &["exec", &c.id, "rm", "/tmp/ok"]).unwrap();
+    poll::until("the unhealthy task to fail and be replaced", LONG, || {
+        let ps = docker(m, &["service", "ps", "--no-trunc", "web"]).unwrap();
+        if ps.contains("unhealthy container") && ps.lines().count() >= 3 { Ok(()) } else { Err(ps) }
+    })
+    .unwrap();
 }
