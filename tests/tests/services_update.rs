@@ -413,3 +413,66 @@ fn a_health_check_from_the_docker_cli_gates_running_and_fails_unhealthy_tasks() 
     })
     .unwrap();
 }
+
+#[test]
+fn parallelism_rolls_slots_in_batches_and_continue_goes_past_failures() {
+    let tb = cluster(2, 1, &[], &[]);
+    let m = tb.host(0);
+    for h in tb.hosts() {
+        import_busybox(h);
+    }
+    docker(
+        m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "4",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "2s",
+            "--update-monitor",
+            "500ms",
+            "--stop-grace-period",
+            "1s",
+            "busybox",
+            "sleep",
+            "100000",
+        ],
+    )
+    .unwrap();
+    wait_running(m, 4, r#"["sleep","100000"]"#);
+    docker(m, &["service", "update", "-d", "--args", "sleep 200000", "web"]).unwrap();
+    wait_status(m, "the batched update to complete", |s| s.starts_with("completed|"));
+    wait_running(m, 4, r#"["sleep","200000"]"#);
+    let mut started: Vec<i128> = live_tasks(m).iter().map(|t| t.3.parse().unwrap()).collect();
+    started.sort_unstable();
+    let gaps: Vec<i128> = started.windows(2).map(|w| w[1] - w[0]).collect();
+    // Two slots at a time, then the 2 s delay, then the next two.
+    assert!(gaps[0] < 1_500_000_000 && gaps[2] < 1_500_000_000, "each batch starts together: {gaps:?}");
+    assert!(gaps[1] >= 1_900_000_000, "--update-delay between batches: {gaps:?}");
+
+    // --update-failure-action continue: failing slots do not stop the update.
+    docker(
+        m,
+        &[
+            "service",
+            "update",
+            "-d",
+            "--update-failure-action",
+            "continue",
+            "--args",
+            "sh -c 'exit 1'",
+            "web",
+        ],
+    )
+    .unwrap();
+    let done = wait_status(m, "the update to go past the failures", |s| s.starts_with("completed|"));
+    assert_eq!(done, "completed|update completed");
+    let old = live_tasks(m).into_iter().filter(|t| t.1 == r#"["sleep","200000"]"#).count();
+    assert_eq!(old, 0, "every slot got the new (failing) version");
+}
