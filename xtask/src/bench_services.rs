@@ -6,8 +6,12 @@
 //! request to the state: create → every replica running, scale 2 → 20, a
 //! task's process killed → its replacement running (restart delay 0 and the
 //! default 5 s), a node cut off → its tasks running elsewhere (heartbeat
-//! 500 ms), a worker agent's RSS idle and with 100 tasks of its own, and
-//! scheduling 10 000 tasks onto 1 000 simulated nodes.
+//! 500 ms), a worker agent's RSS idle and with 100 tasks of its own,
+//! scheduling 10 000 tasks onto 1 000 simulated nodes, and a rolling update
+//! of 20 web tasks (parallelism 2, delay 0, start-first and stop-first, and
+//! Docker's defaults: parallelism 1, stop-first, 5 s monitor) while a client
+//! on another host loops over new connections to the published port:
+//! the time until the update completes and the requests that failed.
 
 use std::time::{Duration, Instant};
 
@@ -159,6 +163,78 @@ fn cluster() -> anyhow::Result<Testbed> {
     Ok(tb)
 }
 
+/// One HTTP request over a new connection; true when it got a 200.
+fn request(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    if c.write_all(b"GET /cgi-bin/who HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    out.starts_with(b"HTTP/1.") && out.windows(5).any(|w| w == b" 200 ")
+}
+
+/// A rolling update of a 20-task web service published on `port`, with a
+/// client on node3 looping over new connections to node1's port:
+/// (time until the update completed, failed requests, requests).
+fn rolling(tb: &Testbed, name: &str, port: u16, update: &Value) -> anyhow::Result<(Duration, usize, usize)> {
+    let m = tb.host(0);
+    let mut s = spec(name, 20, None);
+    s["TaskTemplate"]["ContainerSpec"]["Args"] = json!(["sh", "-c", swarm_tests::services::WHO]);
+    s["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"] = json!(1_000_000_000i64);
+    s["EndpointSpec"] = json!({"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": port}]});
+    s["UpdateConfig"] = update.clone();
+    post(m, "/services/create", &s)?;
+    wait_running(m, name, 20, Duration::from_secs(300))?;
+    let addr: std::net::SocketAddr = format!("198.18.0.1:{port}").parse()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tb.host(2).in_netns(|| request(addr))? {
+        if Instant::now() > deadline {
+            bail!("{name}: the published port does not answer");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (elapsed, failed, total) = std::thread::scope(|sc| -> anyhow::Result<(Duration, usize, usize)> {
+        let client = sc.spawn(|| {
+            tb.host(2).in_netns(|| {
+                let (mut failed, mut total) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    total += 1;
+                    if !request(addr) {
+                        failed += 1;
+                    }
+                }
+                (failed, total)
+            })
+        });
+        let svc = get(m, &format!("/services/{name}"))?;
+        let version = svc["Version"]["Index"].as_u64().unwrap_or(0);
+        let mut new = svc["Spec"].clone();
+        new["TaskTemplate"]["ContainerSpec"]["Env"] = json!(["V=2"]);
+        let t = Instant::now();
+        post(m, &format!("/services/{name}/update?version={version}"), &new)?;
+        loop {
+            let st = get(m, &format!("/services/{name}"))?;
+            if st["UpdateStatus"]["State"] == "completed" {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!("{name}: the update did not complete within 600 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let elapsed = t.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (failed, total) = client.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        Ok((elapsed, failed, total))
+    })?;
+    remove(m, name)?;
+    Ok((elapsed, failed, total))
+}
+
 /// Kills the process of one running task; returns the time until a new
 /// task runs in its place.
 fn heal(tb: &Testbed, service: &str, n: usize) -> anyhow::Result<Duration> {
@@ -295,6 +371,31 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         String::new(),
         "< Down detection + 1 s".into(),
     ));
+    for (i, (label, update, target)) in [
+        (
+            "rolling update of 20, parallelism 2, start-first",
+            json!({"Parallelism": 2, "Delay": 0, "Order": "start-first", "Monitor": 1_000_000_000i64}),
+            "0 failed requests",
+        ),
+        (
+            "rolling update of 20, parallelism 2, stop-first",
+            json!({"Parallelism": 2, "Delay": 0, "Order": "stop-first", "Monitor": 1_000_000_000i64}),
+            "",
+        ),
+        ("rolling update of 20, Docker's defaults (parallelism 1, stop-first, monitor 5 s)", json!({}), ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let port = 7100 + u16::try_from(i)?;
+        let (t, failed, total) = rolling(&tb, &format!("roll{i}"), port, &update)?;
+        rows.push((
+            label.into(),
+            format!("{} to complete, {failed} of {total} requests failed", fmt(t)),
+            String::new(),
+            target.into(),
+        ));
+    }
     let out = std::process::Command::new(&bin).args(["debug", "bench-scheduler", "--runs", "5"]).output()?;
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let ms = line.split("median ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("?");
