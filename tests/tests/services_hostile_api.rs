@@ -81,6 +81,37 @@ fn malformed_service_specs_are_refused_and_change_nothing() {
         assert!((400..500).contains(&status), "{body}: {status} {out}");
         assert!(out.contains(want), "{body}: wanted {want:?}, got {out}");
     }
+    // Secrets and configs, and services referring to them.
+    let blob_cases: &[(&str, &str, &str)] = &[
+        ("/v1.41/secrets/create", "{", "invalid JSON"),
+        ("/v1.41/secrets/create", r#"{"Name":5}"#, "Name must be a string"),
+        ("/v1.41/secrets/create", r#"{"Name":"a","Labels":{"x":1}}"#, "Labels must map strings to strings"),
+        ("/v1.41/secrets/create", r#"{"Name":"a","Data":"!!not base64"}"#, "not valid base64"),
+        ("/v1.41/secrets/create", r#"{"Name":"a"}"#, "secret data must be larger than 0"),
+        ("/v1.41/secrets/create", r#"{"Name":"a b","Data":"eA=="}"#, "invalid name"),
+        ("/v1.41/configs/create", r#"{"Name":"","Data":"eA=="}"#, "name must be provided"),
+        ("/v1.41/secrets/nosuch/update?version=1", r#"{"Name":"nosuch"}"#, "secret nosuch not found"),
+        ("/v1.41/secrets/nosuch/update?version=x", r#"{"Name":"nosuch"}"#, "invalid secret version"),
+    ];
+    for (path, body, want) in blob_cases {
+        let (status, out) = post(&sock, path, body.as_bytes());
+        assert!((400..500).contains(&status), "{path} {body}: {status} {out}");
+        assert!(out.contains(want), "{path} {body}: wanted {want:?}, got {out}");
+    }
+    for (refs, want) in [
+        (r#""Secrets":[{"SecretID":"x","SecretName":"pw","File":{"Name":"pw"}}]"#, "secret not found: pw"),
+        (r#""Secrets":[{"SecretName":"pw","File":{"Name":"pw"}}]"#, "malformed secret reference"),
+        (
+            r#""Configs":[{"ConfigID":"x","ConfigName":"c"}]"#,
+            "malformed config reference, no target provided",
+        ),
+    ] {
+        let body =
+            format!(r#"{{"Name":"a","TaskTemplate":{{"ContainerSpec":{{"Image":"busybox",{refs}}}}}}}"#);
+        let (status, out) = post(&sock, "/v1.41/services/create", body.as_bytes());
+        assert!((400..500).contains(&status), "{body}: {status} {out}");
+        assert!(out.contains(want), "{body}: wanted {want:?}, got {out}");
+    }
     let (status, out) = post(&sock, "/v1.41/services/nosuch/update?version=1", br#"{"Name":"nosuch"}"#);
     assert_eq!(status, 404, "{out}");
     // Nothing was created, and the daemon still serves.
