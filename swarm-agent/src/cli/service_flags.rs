@@ -292,87 +292,54 @@ impl PolicyArgs {
     }
 
     pub fn apply(&self, spec: &mut m::ServiceSpec) -> Result<(), CliError> {
-        let p = self.update();
-        if p.any() {
-            use m::{ServiceSpecUpdateConfigFailureActionEnum as F, ServiceSpecUpdateConfigOrderEnum as O};
-            let c = spec.update_config.get_or_insert(m::ServiceSpecUpdateConfig {
-                parallelism: Some(1),
-                delay: Some(0),
-                failure_action: Some(F::PAUSE),
-                monitor: Some(DEFAULT_MONITOR),
-                max_failure_ratio: Some(0.0),
-                order: Some(O::STOP_FIRST),
-            });
-            if let Some(n) = p.parallelism {
-                c.parallelism = Some(i64::try_from(n).unwrap_or(i64::MAX));
-            }
-            if let Some(d) = p.delay {
-                c.delay = Some(nanos(d));
-            }
-            if let Some(d) = p.monitor {
-                c.monitor = Some(nanos(d));
-            }
-            if let Some(r) = p.ratio {
-                c.max_failure_ratio = Some(r);
-            }
-            if let Some(a) = p.failure_action {
-                c.failure_action = Some(match a.to_ascii_lowercase().as_str() {
-                    "pause" => F::PAUSE,
-                    "continue" => F::CONTINUE,
-                    "rollback" => F::ROLLBACK,
-                    _ => return Err(local(format!("unrecognized update failure action {a}"))),
-                });
-            }
-            if let Some(o) = p.order {
-                c.order = Some(if order_of("update", o)? == "start-first" {
-                    O::START_FIRST
-                } else {
-                    O::STOP_FIRST
-                });
-            }
-        }
-        let p = self.rollback();
-        if p.any() {
-            use m::{
-                ServiceSpecRollbackConfigFailureActionEnum as F, ServiceSpecRollbackConfigOrderEnum as O,
-            };
-            let c = spec.rollback_config.get_or_insert(m::ServiceSpecRollbackConfig {
-                parallelism: Some(1),
-                delay: Some(0),
-                failure_action: Some(F::PAUSE),
-                monitor: Some(DEFAULT_MONITOR),
-                max_failure_ratio: Some(0.0),
-                order: Some(O::STOP_FIRST),
-            });
-            if let Some(n) = p.parallelism {
-                c.parallelism = Some(i64::try_from(n).unwrap_or(i64::MAX));
-            }
-            if let Some(d) = p.delay {
-                c.delay = Some(nanos(d));
-            }
-            if let Some(d) = p.monitor {
-                c.monitor = Some(nanos(d));
-            }
-            if let Some(r) = p.ratio {
-                c.max_failure_ratio = Some(r);
-            }
-            if let Some(a) = p.failure_action {
-                c.failure_action = Some(match a.to_ascii_lowercase().as_str() {
-                    "pause" => F::PAUSE,
-                    "continue" => F::CONTINUE,
-                    _ => return Err(local(format!("unrecognized rollback failure action {a}"))),
-                });
-            }
-            if let Some(o) = p.order {
-                c.order = Some(if order_of("rollback", o)? == "start-first" {
-                    O::START_FIRST
-                } else {
-                    O::STOP_FIRST
-                });
-            }
-        }
-        Ok(())
+        apply_policy(&mut spec.update_config, &self.update(), "update", &["pause", "continue", "rollback"])?;
+        apply_policy(&mut spec.rollback_config, &self.rollback(), "rollback", &["pause", "continue"])
     }
+}
+
+/// Sets the given fields of an update or rollback config (the two share
+/// Docker's JSON shape), starting from swarmkit's defaults when it has none.
+fn apply_policy<T: serde::Serialize + serde::de::DeserializeOwned>(
+    cfg: &mut Option<T>,
+    p: &Policy<'_>,
+    what: &str,
+    actions: &[&str],
+) -> Result<(), CliError> {
+    if !p.any() {
+        return Ok(());
+    }
+    let bad = |e: serde_json::Error| local(e.to_string());
+    let mut v = match cfg.as_ref() {
+        Some(c) => serde_json::to_value(c).map_err(bad)?,
+        None => serde_json::json!({
+            "Parallelism": 1, "Delay": 0, "FailureAction": "pause", "Monitor": DEFAULT_MONITOR,
+            "MaxFailureRatio": 0.0, "Order": "stop-first",
+        }),
+    };
+    if let Some(n) = p.parallelism {
+        v["Parallelism"] = i64::try_from(n).unwrap_or(i64::MAX).into();
+    }
+    if let Some(d) = p.delay {
+        v["Delay"] = nanos(d).into();
+    }
+    if let Some(d) = p.monitor {
+        v["Monitor"] = nanos(d).into();
+    }
+    if let Some(r) = p.ratio {
+        v["MaxFailureRatio"] = r.into();
+    }
+    if let Some(a) = p.failure_action {
+        let lower = a.to_ascii_lowercase();
+        if !actions.contains(&lower.as_str()) {
+            return Err(local(format!("unrecognized {what} failure action {a}")));
+        }
+        v["FailureAction"] = lower.into();
+    }
+    if let Some(o) = p.order {
+        v["Order"] = order_of(what, o)?.into();
+    }
+    *cfg = Some(serde_json::from_value(v).map_err(bad)?);
+    Ok(())
 }
 
 #[cfg(test)]
