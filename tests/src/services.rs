@@ -119,3 +119,24 @@ pub fn who_from_host(client: &Host, url: &str) -> Result<(String, String), Strin
             .map_err(|e| e.to_string())?,
     )
 }
+
+/// A swarm of `hosts` (one manager) with the busybox image on every host.
+pub fn busybox_cluster(hosts: usize) -> Testbed {
+    let tb = crate::swarm::cluster(hosts, 1, &[], &[]);
+    for h in tb.hosts() {
+        import_busybox(h);
+    }
+    tb
+}
+
+/// `docker service create -d --name NAME FLAGS... busybox COMMAND...`.
+///
+/// # Panics
+/// If the command fails.
+pub fn create_busybox(h: &Host, name: &str, flags: &[&str], command: &[&str]) {
+    let mut a = vec!["service", "create", "-d", "--name", name];
+    a.extend_from_slice(flags);
+    a.push("busybox");
+    a.extend_from_slice(command);
+    docker(h, &a).unwrap_or_else(|e| panic!("service create {name}: {e}\n{}", daemon_log(h)));
+}

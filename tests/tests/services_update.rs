@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use swarm_tests::{
     poll,
-    services::{WHO, import_busybox, running_containers, wait_replicas, who_from_host},
-    swarm::{cluster, cluster_with_outsiders, daemon_log, docker},
+    services::{
+        WHO, busybox_cluster, create_busybox, import_busybox, running_containers, wait_replicas,
+        who_from_host,
+    },
+    swarm::{cluster_with_outsiders, daemon_log, docker},
     testbed::Host,
 };
 
@@ -86,34 +89,14 @@ fn wait_running(m: &Host, n: usize, args: &str) {
 
 #[test]
 fn rolling_update_paces_rolls_back_and_handles_failures() {
-    let tb = cluster(3, 1, &[], &[]);
+    let tb = busybox_cluster(3);
     let m = tb.host(0);
-    for h in tb.hosts() {
-        import_busybox(h);
-    }
-    docker(
+    create_busybox(
         m,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--update-delay",
-            "1s",
-            "--update-monitor",
-            "1s",
-            // sleep as PID 1 ignores SIGTERM: do not wait 10 s per slot.
-            "--stop-grace-period",
-            "1s",
-            "busybox",
-            "sleep",
-            "100000",
-        ],
-    )
-    .unwrap();
+        "web",
+        &["--replicas", "3", "--update-delay", "1s", "--update-monitor", "1s", "--stop-grace-period", "1s"],
+        &["sleep", "100000"],
+    );
     let v1 = r#"["sleep","100000"]"#;
     wait_running(m, 3, v1);
     let before: Vec<String> = live_tasks(m).into_iter().map(|t| t.0).collect();
@@ -296,26 +279,10 @@ fn diff(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<St
 
 #[test]
 fn each_update_flag_changes_only_what_it_names() {
-    let tb = cluster(1, 1, &[], &[]);
+    let tb = busybox_cluster(1);
     let m = tb.host(0);
-    import_busybox(m);
     docker(m, &["network", "create", "-d", "overlay", "extra"]).unwrap();
-    docker(
-        m,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "web",
-            "--stop-grace-period",
-            "1s",
-            "busybox",
-            "sleep",
-            "100000",
-        ],
-    )
-    .unwrap();
+    create_busybox(m, "web", &["--stop-grace-period", "1s"], &["sleep", "100000"]);
     let spec = || -> serde_json::Value {
         serde_json::from_str(
             &docker(m, &["service", "inspect", "--format", "{{json .Spec}}", "web"]).unwrap(),
@@ -365,17 +332,12 @@ fn each_update_flag_changes_only_what_it_names() {
 
 #[test]
 fn a_health_check_from_the_docker_cli_gates_running_and_fails_unhealthy_tasks() {
-    let tb = cluster(1, 1, &[], &[]);
+    let tb = busybox_cluster(1);
     let m = tb.host(0);
-    import_busybox(m);
-    docker(
+    create_busybox(
         m,
+        "web",
         &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "web",
             "--stop-grace-period",
             "1s",
             "--health-cmd",
@@ -384,12 +346,9 @@ fn a_health_check_from_the_docker_cli_gates_running_and_fails_unhealthy_tasks() 
             "200ms",
             "--health-retries",
             "2",
-            "busybox",
-            "sleep",
-            "100000",
         ],
-    )
-    .unwrap();
+        &["sleep", "100000"],
+    );
     // Not healthy yet: starting, not running.
     let c = poll::until("the task's container", LONG, || {
         running_containers(&tb).into_iter().find(|c| c.name.starts_with("web.")).ok_or("none")
@@ -416,19 +375,12 @@ fn a_health_check_from_the_docker_cli_gates_running_and_fails_unhealthy_tasks() 
 
 #[test]
 fn parallelism_rolls_slots_in_batches_and_continue_goes_past_failures() {
-    let tb = cluster(2, 1, &[], &[]);
+    let tb = busybox_cluster(2);
     let m = tb.host(0);
-    for h in tb.hosts() {
-        import_busybox(h);
-    }
-    docker(
+    create_busybox(
         m,
+        "web",
         &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "web",
             "--replicas",
             "4",
             "--update-parallelism",
@@ -439,12 +391,9 @@ fn parallelism_rolls_slots_in_batches_and_continue_goes_past_failures() {
             "500ms",
             "--stop-grace-period",
             "1s",
-            "busybox",
-            "sleep",
-            "100000",
         ],
-    )
-    .unwrap();
+        &["sleep", "100000"],
+    );
     wait_running(m, 4, r#"["sleep","100000"]"#);
     docker(m, &["service", "update", "-d", "--args", "sleep 200000", "web"]).unwrap();
     wait_status(m, "the batched update to complete", |s| s.starts_with("completed|"));
