@@ -61,6 +61,8 @@ pub struct Report {
     /// Services whose state in some manager's copy is not what the last
     /// acknowledged change left: must be empty.
     pub services_lost: Vec<String>,
+    /// Service changes without a clear answer (retried), and the last error.
+    pub service_retries: (usize, String),
     /// Pings between the workers' endpoints: sent, answered.
     pub pings: (u64, u64),
     /// Hostile packets and connections sent at the managers.
@@ -83,6 +85,11 @@ impl std::fmt::Display for Report {
         writeln!(f, "longest unavailability:    {:.2}s", self.longest_unavailable.as_secs_f64())?;
         writeln!(f, "service changes acked:     {}", self.service_changes)?;
         writeln!(f, "service changes lost:      {}", self.services_lost.len())?;
+        writeln!(
+            f,
+            "service changes retried:   {} (last: {})",
+            self.service_retries.0, self.service_retries.1
+        )?;
         writeln!(
             f,
             "traffic lost:              {} of {} pings (20 ms apart, worker to worker, agents killed too)",
@@ -182,6 +189,9 @@ struct ServiceLog {
     expected: BTreeMap<String, Option<u64>>,
     acked: usize,
     in_doubt: Option<String>,
+    /// Attempts that got no clear answer, and the last such error.
+    retries: usize,
+    last_error: String,
 }
 
 /// Services `svc-N` through whichever manager answers, until `stop`: each
@@ -219,15 +229,21 @@ fn service_writer(hosts: &[Host], log: &Mutex<ServiceLog>, stop: &AtomicBool) {
         };
         log.lock().unwrap().in_doubt = Some(name.clone());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let done = match agent(&hosts[at % hosts.len()], &refs) {
-            Ok(_) => true,
+        let (done, msg) = match agent(&hosts[at % hosts.len()], &refs) {
+            Ok(_) => (true, String::new()),
             Err(e) => {
                 let msg = stderr(&e);
-                (step == 0 && msg.contains("already exists"))
-                    || (step == 3 && msg.contains("no such service"))
+                let done = (step == 0 && msg.contains("already exists"))
+                    // A remove retried after an unknown outcome finds it gone.
+                    || (step == 3 && (msg.contains("no such service") || msg.contains("not found")));
+                (done, msg)
             }
         };
         if !done {
+            let mut l = log.lock().unwrap();
+            l.retries += 1;
+            l.last_error = format!("{}: {}", refs.join(" "), msg.trim());
+            drop(l);
             at += 1;
             std::thread::sleep(Duration::from_millis(20));
             continue;
@@ -588,6 +604,7 @@ pub fn run(faults: Faults, progress_out: &dyn Fn(&str)) -> Result<Report, String
         longest_unavailable: l.longest_gap,
         service_changes: sl.acked,
         services_lost,
+        service_retries: (sl.retries, sl.last_error.clone()),
         pings,
         hostile: hostile_sent,
         catch_up,
@@ -608,6 +625,7 @@ mod tests {
             expected: [("a".to_owned(), Some(2)), ("b".to_owned(), None), ("c".to_owned(), Some(3))].into(),
             acked: 5,
             in_doubt: Some("c".into()),
+            ..ServiceLog::default()
         };
         let good: BTreeMap<String, Option<u64>> = [("a".to_owned(), Some(2))].into();
         assert!(services_lost(&log, &[good.clone(), good.clone()]).is_empty());

@@ -77,6 +77,9 @@ fn service_commands_match_dockers() {
         .unwrap();
     let e = stderr(&agent(m, &["service", "scale", "g=2"]).unwrap_err());
     assert!(e.contains("g: scale can only be used with replicated or replicated-job mode"), "{e}");
+    let e = stderr(&agent(m, &["service", "rm", "nosuch"]).unwrap_err());
+    assert_eq!(e.trim(), "Error response from daemon: service nosuch not found", "{e}");
+    assert_eq!(e.trim(), stderr(&docker(m, &["service", "rm", "nosuch"]).unwrap_err()).trim());
     let e = stderr(&agent(m, &["service", "ps", "nosuch"]).unwrap_err());
     assert!(e.contains("no such service: nosuch"), "{e}");
     let e = stderr(&agent(m, &["service", "create", "--replicas", "-1", "busybox"]).unwrap_err());

@@ -772,7 +772,8 @@ async fn rm(client: &Client, services: &[String]) -> Result<(), CliError> {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(CliError::Daemon(errors.join("\n"))) }
+    // Each error already says where it came from (docker prints them as is).
+    if errors.is_empty() { Ok(()) } else { Err(local(errors.join("\n"))) }
 }
 
 async fn scale(client: &Client, detach: bool, scales: &[String]) -> Result<(), CliError> {
