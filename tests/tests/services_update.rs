@@ -193,27 +193,13 @@ fn start_first_update_fails_no_request_through_the_published_port() {
     for h in &tb.hosts()[..2] {
         import_busybox(h);
     }
-    let mut a = vec![
-        "service",
-        "create",
-        "-d",
-        "--name",
+    // One task: stop-first would leave the port with no backend.
+    create_busybox(
+        m,
         "web",
-        // One task: stop-first would leave the port with no backend.
-        "--replicas",
-        "1",
-        "-p",
-        "7080:80",
-        "--update-order",
-        "start-first",
-        "--update-monitor",
-        "1s",
-        "busybox",
-        "sh",
-        "-c",
-    ];
-    a.push(WHO);
-    docker(m, &a).unwrap();
+        &["--replicas", "1", "-p", "7080:80", "--update-order", "start-first", "--update-monitor", "1s"],
+        &["sh", "-c", WHO],
+    );
     wait_replicas(&tb, "web", "1/1", LONG);
     let urls = ["http://198.18.0.1:7080/cgi-bin/who", "http://198.18.0.2:7080/cgi-bin/who"];
     for u in urls {

@@ -172,6 +172,35 @@ impl Client {
         self.call(Method::POST, path, Some(b)).await
     }
 
+    /// `inspect` of several objects: their JSON as one indented array,
+    /// then the daemon's errors for those it does not know (non-zero exit).
+    pub async fn inspect_each(&self, paths: impl IntoIterator<Item = String>) -> Result<(), CliError> {
+        let mut found = Vec::new();
+        let mut errors = Vec::new();
+        for path in paths {
+            match self.get_raw(&path).await {
+                Ok(raw) => found.push(String::from_utf8_lossy(&raw).into_owned()),
+                Err(e @ CliError::Daemon(_)) => errors.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        println!("{}", super::fmt::indent_json(&format!("[{}]", found.join(","))));
+        if errors.is_empty() { Ok(()) } else { Err(CliError::local(errors.join("\n"))) }
+    }
+
+    /// `rm` of several objects under `prefix`: each name printed once
+    /// removed, the errors after.
+    pub async fn remove_each(&self, prefix: &str, names: &[String]) -> Result<(), CliError> {
+        let mut errs = Vec::new();
+        for n in names {
+            match self.delete(&format!("{prefix}/{n}")).await {
+                Ok(_) => println!("{n}"),
+                Err(e) => errs.push(e.to_string()),
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(CliError::local(errs.join("\n"))) }
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Bytes, CliError> {
         self.call(Method::DELETE, path, None).await
     }

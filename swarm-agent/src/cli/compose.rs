@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use bollard_stubs::models as m;
 use serde_json::Value;
 
-use super::{service_flags::parse_bytes, swarm::parse_duration};
+use super::{secret::RefOpt, service_flags::parse_bytes, swarm::parse_duration};
 
 /// The label every object of a stack carries.
 pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
@@ -42,23 +42,14 @@ pub struct FileDef {
     pub data: Vec<u8>,
 }
 
-/// A secret or config reference of a service, to resolve to an ID.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileRefDef {
-    /// The object's name in the swarm.
-    pub name: String,
-    pub target: String,
-    pub uid: String,
-    pub gid: String,
-    pub mode: u32,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceDef {
     pub name: String,
     pub spec: m::ServiceSpec,
-    pub secrets: Vec<FileRefDef>,
-    pub configs: Vec<FileRefDef>,
+    /// References by the objects' names in the swarm (resolved to IDs at
+    /// deploy time, as `--secret`/`--config` are).
+    pub secrets: Vec<RefOpt>,
+    pub configs: Vec<RefOpt>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -524,9 +515,6 @@ fn to_hash(b: BTreeMap<String, String>) -> std::collections::HashMap<String, Str
     b.into_iter().collect()
 }
 
-/// An update or rollback config's fields: parallelism, delay, failure
-/// action, monitor, max failure ratio, order.
-type Pace = (Option<i64>, Option<i64>, Option<String>, Option<i64>, Option<f64>, Option<String>);
 /// Resources: nano CPUs, memory bytes, pids.
 type Res = (Option<i64>, Option<i64>, Option<i64>);
 
@@ -669,7 +657,7 @@ pub fn load(
     Ok(stack)
 }
 
-fn file_refs(section: &str, refs: Option<&Value>, defined: &[FileDef]) -> Result<Vec<FileRefDef>, String> {
+fn file_refs(section: &str, refs: Option<&Value>, defined: &[FileDef]) -> Result<Vec<RefOpt>, String> {
     let k = &section[..section.len() - 1];
     let mut out = Vec::new();
     for r in refs.and_then(Value::as_array).into_iter().flatten() {
@@ -686,9 +674,9 @@ fn file_refs(section: &str, refs: Option<&Value>, defined: &[FileDef]) -> Result
         let def =
             defined.iter().find(|d| d.key == source).ok_or_else(|| format!("undefined {k} {source:?}"))?;
         let target = if target.is_empty() { source.clone() } else { target };
-        out.push(FileRefDef { name: def.name.clone(), target, uid, gid, mode });
+        out.push(RefOpt { source: def.name.clone(), target, uid, gid, mode });
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.source.cmp(&b.source));
     Ok(out)
 }
 
@@ -770,16 +758,39 @@ fn cpus(path: &str, v: Option<&Value>) -> Result<Option<i64>, String> {
     .transpose()
 }
 
-fn update_fields(path: &str, u: Option<&Value>) -> Result<Option<Pace>, String> {
+/// `update_config` / `rollback_config` as Docker's `UpdateConfig` or
+/// `RollbackConfig` (they share one JSON shape); parallelism defaults to 1.
+fn pace<T: serde::de::DeserializeOwned>(
+    path: &str,
+    u: Option<&Value>,
+    what: &str,
+    actions: &[&str],
+) -> Result<Option<T>, String> {
     let Some(u) = u else { return Ok(None) };
-    Ok(Some((
-        Some(u.get("parallelism").and_then(Value::as_i64).unwrap_or(1)),
-        duration(&format!("{path}.delay"), u.get("delay"))?,
-        u.get("failure_action").and_then(Value::as_str).map(str::to_owned),
-        duration(&format!("{path}.monitor"), u.get("monitor"))?,
-        u.get("max_failure_ratio").and_then(Value::as_f64),
-        u.get("order").and_then(Value::as_str).map(str::to_owned),
-    )))
+    let mut c = serde_json::Map::new();
+    c.insert("Parallelism".into(), u.get("parallelism").and_then(Value::as_i64).unwrap_or(1).into());
+    if let Some(d) = duration(&format!("{path}.delay"), u.get("delay"))? {
+        c.insert("Delay".into(), d.into());
+    }
+    if let Some(d) = duration(&format!("{path}.monitor"), u.get("monitor"))? {
+        c.insert("Monitor".into(), d.into());
+    }
+    if let Some(r) = u.get("max_failure_ratio").and_then(Value::as_f64) {
+        c.insert("MaxFailureRatio".into(), r.into());
+    }
+    if let Some(a) = u.get("failure_action").and_then(Value::as_str) {
+        if !actions.contains(&a) {
+            return Err(format!("unrecognized {what} failure action {a}"));
+        }
+        c.insert("FailureAction".into(), a.into());
+    }
+    if let Some(o) = u.get("order").and_then(Value::as_str) {
+        if !["stop-first", "start-first"].contains(&o) {
+            return Err(format!("unrecognized {what} order {o}"));
+        }
+        c.insert("Order".into(), o.into());
+    }
+    serde_json::from_value(Value::Object(c)).map(Some).map_err(|e| format!("{path}: {e}"))
 }
 
 fn service(
@@ -950,59 +961,10 @@ fn service(
     labels.insert(IMAGE_LABEL.into(), image.clone());
     let container_labels = with_ns(ns, labels_of(get("labels")));
 
-    use m::{
-        ServiceSpecRollbackConfigFailureActionEnum as RF, ServiceSpecRollbackConfigOrderEnum as RO,
-        ServiceSpecUpdateConfigFailureActionEnum as UF, ServiceSpecUpdateConfigOrderEnum as UO,
-    };
-    let update_config = update_fields("deploy.update_config", d("update_config"))?
-        .map(|(p, delay, fa, mon, ratio, order)| -> Result<m::ServiceSpecUpdateConfig, String> {
-            Ok(m::ServiceSpecUpdateConfig {
-                parallelism: p,
-                delay,
-                failure_action: fa
-                    .map(|f| match f.as_str() {
-                        "pause" => Ok(UF::PAUSE),
-                        "continue" => Ok(UF::CONTINUE),
-                        "rollback" => Ok(UF::ROLLBACK),
-                        o => Err(format!("unrecognized update failure action {o}")),
-                    })
-                    .transpose()?,
-                monitor: mon,
-                max_failure_ratio: ratio,
-                order: order
-                    .map(|o| match o.as_str() {
-                        "stop-first" => Ok(UO::STOP_FIRST),
-                        "start-first" => Ok(UO::START_FIRST),
-                        o => Err(format!("unrecognized update order {o}")),
-                    })
-                    .transpose()?,
-            })
-        })
-        .transpose()?;
-    let rollback_config = update_fields("deploy.rollback_config", d("rollback_config"))?
-        .map(|(p, delay, fa, mon, ratio, order)| -> Result<m::ServiceSpecRollbackConfig, String> {
-            Ok(m::ServiceSpecRollbackConfig {
-                parallelism: p,
-                delay,
-                failure_action: fa
-                    .map(|f| match f.as_str() {
-                        "pause" => Ok(RF::PAUSE),
-                        "continue" => Ok(RF::CONTINUE),
-                        o => Err(format!("unrecognized rollback failure action {o}")),
-                    })
-                    .transpose()?,
-                monitor: mon,
-                max_failure_ratio: ratio,
-                order: order
-                    .map(|o| match o.as_str() {
-                        "stop-first" => Ok(RO::STOP_FIRST),
-                        "start-first" => Ok(RO::START_FIRST),
-                        o => Err(format!("unrecognized rollback order {o}")),
-                    })
-                    .transpose()?,
-            })
-        })
-        .transpose()?;
+    let update_config =
+        pace("deploy.update_config", d("update_config"), "update", &["pause", "continue", "rollback"])?;
+    let rollback_config =
+        pace("deploy.rollback_config", d("rollback_config"), "rollback", &["pause", "continue"])?;
 
     let spec = m::ServiceSpec {
         name: Some(scoped(ns, key)),
@@ -1100,8 +1062,8 @@ secrets:
         assert_eq!(c.stop_grace_period, Some(1_000_000_000), "merged from the anchor");
         assert_eq!(
             web.secrets[0],
-            FileRefDef {
-                name: "app_pw".into(),
+            RefOpt {
+                source: "app_pw".into(),
                 target: "p".into(),
                 uid: "0".into(),
                 gid: "0".into(),

@@ -172,6 +172,13 @@ pub fn indent_json(raw: &str) -> String {
     out
 }
 
+/// An RFC 3339 time (as the API gives them) in Unix nanoseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| i64::try_from(t.unix_timestamp_nanos()).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

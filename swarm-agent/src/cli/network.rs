@@ -140,29 +140,10 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<(), CliError> {
             Ok(())
         }
         NetworkCmd::Inspect { verbose, networks } => {
-            let mut found = Vec::new();
-            let mut errors = Vec::new();
-            for n in &networks {
-                let path = format!("/networks/{n}{}", if verbose { "?verbose=true" } else { "" });
-                match client.get_raw(&path).await {
-                    Ok(raw) => found.push(String::from_utf8_lossy(&raw).into_owned()),
-                    Err(e @ CliError::Daemon(_)) => errors.push(e.to_string()),
-                    Err(e) => return Err(e),
-                }
-            }
-            println!("{}", super::fmt::indent_json(&format!("[{}]", found.join(","))));
-            if errors.is_empty() { Ok(()) } else { Err(CliError::local(errors.join("\n"))) }
+            let q = if verbose { "?verbose=true" } else { "" };
+            client.inspect_each(networks.iter().map(|n| format!("/networks/{n}{q}"))).await
         }
-        NetworkCmd::Rm { networks } => {
-            let mut errs = Vec::new();
-            for n in &networks {
-                match client.delete(&format!("/networks/{n}")).await {
-                    Ok(_) => println!("{n}"),
-                    Err(e) => errs.push(e.to_string()),
-                }
-            }
-            if errs.is_empty() { Ok(()) } else { Err(CliError::local(errs.join("\n"))) }
-        }
+        NetworkCmd::Rm { networks } => client.remove_each("/networks", &networks).await,
         NetworkCmd::Connect { netns, ip, network } => {
             let body = json!({"NetNs": netns, "EndpointConfig": {"IPAMConfig": {"IPv4Address": ip.unwrap_or_default()}}});
             client.post(&format!("/networks/{network}/connect"), &body).await.map(|_| ())

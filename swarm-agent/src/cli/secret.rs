@@ -109,20 +109,12 @@ pub async fn run(client: &Client, kind: Kind, cmd: BlobCmd) -> Result<(), CliErr
                 }
                 return Ok(());
             }
+            let now = crate::manager::now_nanos();
             let ago = |v: &Value| {
-                let t = v.as_str().and_then(|s| {
-                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-                });
-                t.map(|t| {
-                    let d = (time::OffsetDateTime::now_utc() - t).max(time::Duration::ZERO);
-                    format!(
-                        "{} ago",
-                        super::fmt::human_duration(std::time::Duration::from_secs(
-                            d.whole_seconds().unsigned_abs()
-                        ))
-                    )
+                v.as_str().and_then(super::fmt::parse_rfc3339).map_or_else(String::new, |t| {
+                    let d = std::time::Duration::from_nanos(u64::try_from(now - t).unwrap_or(0));
+                    format!("{} ago", super::fmt::human_duration(d))
                 })
-                .unwrap_or_default()
             };
             let rows: Vec<Vec<String>> = list
                 .iter()
@@ -144,28 +136,9 @@ pub async fn run(client: &Client, kind: Kind, cmd: BlobCmd) -> Result<(), CliErr
             Ok(())
         }
         BlobCmd::Inspect { names } => {
-            let mut found = Vec::new();
-            let mut errors = Vec::new();
-            for n in &names {
-                match client.get_raw(&format!("{}/{n}", path(kind))).await {
-                    Ok(raw) => found.push(String::from_utf8_lossy(&raw).into_owned()),
-                    Err(e @ CliError::Daemon(_)) => errors.push(e.to_string()),
-                    Err(e) => return Err(e),
-                }
-            }
-            println!("{}", super::fmt::indent_json(&format!("[{}]", found.join(","))));
-            if errors.is_empty() { Ok(()) } else { Err(local(errors.join("\n"))) }
+            client.inspect_each(names.iter().map(|n| format!("{}/{n}", path(kind)))).await
         }
-        BlobCmd::Rm { names } => {
-            let mut errs = Vec::new();
-            for n in &names {
-                match client.delete(&format!("{}/{n}", path(kind))).await {
-                    Ok(_) => println!("{n}"),
-                    Err(e) => errs.push(e.to_string()),
-                }
-            }
-            if errs.is_empty() { Ok(()) } else { Err(local(errs.join("\n"))) }
-        }
+        BlobCmd::Rm { names } => client.remove_each(path(kind), &names).await,
     }
 }
 

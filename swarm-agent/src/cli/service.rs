@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     client::{CliError, Client},
-    fmt::{human_duration, indent_json, natural_cmp, pretty},
+    fmt::{human_duration, indent_json, natural_cmp, parse_rfc3339, pretty},
     node::filters_query,
     progress::converge,
     service_flags::{HealthArgs, PolicyArgs, ResourceArgs, RestartArgs, nanos, parse_bytes},
@@ -649,12 +649,6 @@ pub async fn print_tasks(
         )
     );
     Ok(())
-}
-
-fn parse_rfc3339(s: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .and_then(|t| i64::try_from(t.unix_timestamp_nanos()).ok())
 }
 
 async fn ps(

@@ -13,7 +13,7 @@ use super::{
     compose::{self, NAMESPACE_LABEL},
     node::filters_query,
 };
-use crate::table;
+use crate::{manager::store::secret::Kind, table};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum StackCmd {
@@ -198,17 +198,15 @@ async fn deploy(client: &Client, files: &[String], prune: bool, ns: &str) -> Res
     }
 
     // Secrets and configs: made, or their labels updated.
-    let mut ids: BTreeMap<(bool, String), String> = BTreeMap::new();
     for (is_secret, path, defs) in [(true, "/secrets", &stack.secrets), (false, "/configs", &stack.configs)] {
         let have: Vec<Value> = client.get(path).await?;
         let what = if is_secret { "secret" } else { "config" };
         for d in defs {
             let cur = have.iter().find(|v| v["Spec"]["Name"] == d.name.as_str());
             if d.external {
-                let id = cur
-                    .and_then(|v| v["ID"].as_str())
-                    .ok_or_else(|| local(format!("{what} not found: {}", d.name)))?;
-                ids.insert((is_secret, d.name.clone()), id.to_owned());
+                if cur.is_none() {
+                    return Err(local(format!("{what} not found: {}", d.name)));
+                }
                 continue;
             }
             let spec = json!({
@@ -223,11 +221,9 @@ async fn deploy(client: &Client, files: &[String], prune: bool, ns: &str) -> Res
                     .post(&format!("{path}/{id}/update?version={version}"), &spec)
                     .await
                     .map_err(|e| local(format!("failed to update {what} {}: {e}", d.name)))?;
-                ids.insert((is_secret, d.name.clone()), id);
             } else {
                 println!("Creating {what} {}", d.name);
-                let r: Value = parse(&client.post(&format!("{path}/create"), &spec).await?)?;
-                ids.insert((is_secret, d.name.clone()), r["ID"].as_str().unwrap_or("").to_owned());
+                client.post(&format!("{path}/create"), &spec).await?;
             }
         }
     }
@@ -235,26 +231,13 @@ async fn deploy(client: &Client, files: &[String], prune: bool, ns: &str) -> Res
     // Services: created, or updated from the version read.
     let current: Vec<Value> = client.get(&format!("/services{}", ns_filter(ns)?)).await?;
     for s in &stack.services {
-        let mut spec = serde_json::to_value(&s.spec).map_err(|e| local(e.to_string()))?;
-        let refs = |is_secret: bool, list: &[compose::FileRefDef]| -> Vec<Value> {
-            list.iter()
-                .map(|r| {
-                    let id = ids.get(&(is_secret, r.name.clone())).cloned().unwrap_or_default();
-                    let file = json!({"Name": r.target, "UID": r.uid, "GID": r.gid, "Mode": r.mode});
-                    if is_secret {
-                        json!({"File": file, "SecretID": id, "SecretName": r.name})
-                    } else {
-                        json!({"File": file, "ConfigID": id, "ConfigName": r.name})
-                    }
-                })
-                .collect()
-        };
-        if !s.secrets.is_empty() {
-            spec["TaskTemplate"]["ContainerSpec"]["Secrets"] = Value::Array(refs(true, &s.secrets));
+        // References resolved to IDs as `--secret`/`--config` are.
+        let mut spec = s.spec.clone();
+        for (kind, refs) in [(Kind::Secret, &s.secrets), (Kind::Config, &s.configs)] {
+            let resolved = super::secret::resolve(client, kind, refs).await?;
+            super::secret::apply(&mut spec, kind, resolved, &[])?;
         }
-        if !s.configs.is_empty() {
-            spec["TaskTemplate"]["ContainerSpec"]["Configs"] = Value::Array(refs(false, &s.configs));
-        }
+        let spec = serde_json::to_value(&spec).map_err(|e| local(e.to_string()))?;
         if let Some(cur) = current.iter().find(|v| v["Spec"]["Name"] == s.name.as_str()) {
             let id = cur["ID"].as_str().unwrap_or("");
             println!("Updating service {} (id: {id})", s.name);
