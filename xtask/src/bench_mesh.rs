@@ -5,11 +5,15 @@
 //!
 //! - (a) the ceiling: a server on the backend's node itself, reached
 //!   directly on the node's address (no translation, no overlay);
-//! - (b) kube-proxy's iptables mode, built by the bench on node1 and
-//!   removed after: `KUBE-SERVICES` → `KUBE-SVC-…` → `KUBE-SEP-…` DNAT to
+//! - (b) kube-proxy's iptables mode for a NodePort service, built by the
+//!   bench on node1 and removed after: `KUBE-SERVICES` (cluster IPs, then
+//!   `KUBE-NODEPORTS`) → `KUBE-EXT-…` → `KUBE-SVC-…` → `KUBE-SEP-…` DNAT to
 //!   the task's address, `MASQUERADE` for the return path (kube-proxy's
 //!   `externalTrafficPolicy: Cluster`), forwarded into the overlay through
 //!   node1's endpoint on ingress;
+//! - (a') for the backend on node2: the same server on an address of
+//!   node2's that node1 routes both ways (plain forwarding): the hop through
+//!   node1 that every mesh with a remote backend makes, without the mesh;
 //! - (c) our mesh: the task's published port on node1's address.
 //!
 //! For a backend task on node1 and on node2: new connections per second
@@ -144,34 +148,84 @@ fn task_ip(tb: &Testbed, service: &str, prefix: &str) -> anyhow::Result<String> 
         .with_context(|| format!("no {prefix} address of {service} in {out}"))
 }
 
-/// kube-proxy's iptables-mode rules for `services` services on node1's
-/// address, ports 20000.., the measured one (port `port`, to `backend`)
-/// last.
+/// kube-proxy's iptables-mode rules for `services` NodePort services:
+/// each has a cluster IP (10.96.0.0/16, never reached: only walked past) and
+/// a node port (20000.., the measured one `port`, to `backend`, last in
+/// both chains, kube-proxy's worst case). As kube-proxy writes them, a
+/// packet to a node port first walks every cluster-IP rule of
+/// `KUBE-SERVICES`, then the `addrtype LOCAL` jump to `KUBE-NODEPORTS` and
+/// its port rules; `KUBE-EXT-…` marks it for `MASQUERADE`
+/// (`externalTrafficPolicy: Cluster`) and `KUBE-SVC-…`/`KUBE-SEP-…` DNAT
+/// it to the endpoint.
 fn kube_proxy_rules(services: usize, port: u16, backend: &str) -> String {
     let mut chains = String::new();
-    let mut rules = String::new();
-    let node = "198.18.0.1";
+    let mut cluster_ips = String::new();
+    let mut node_ports = String::new();
+    let mut per_service = String::new();
     for i in 0..services {
         let (p, to) = if i + 1 == services {
             (port, backend.to_owned())
         } else {
             (20000 + i as u16, "10.0.0.250".to_owned())
         };
-        chains.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n:KUBE-SEP-{i} - [0:0]\n"));
-        rules.push_str(&format!(
-            "-A KUBE-SERVICES -d {node}/32 -p tcp -m tcp --dport {p} -j KUBE-SVC-{i}\n\
+        let cluster_ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+        chains.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n:KUBE-EXT-{i} - [0:0]\n:KUBE-SEP-{i} - [0:0]\n"));
+        cluster_ips.push_str(&format!(
+            "-A KUBE-SERVICES -d {cluster_ip}/32 -p tcp -m comment --comment \"svc-{i} cluster IP\" \
+             -m tcp --dport 80 -j KUBE-SVC-{i}\n"
+        ));
+        node_ports.push_str(&format!(
+            "-A KUBE-NODEPORTS -p tcp -m comment --comment \"svc-{i}\" -m tcp --dport {p} -j KUBE-EXT-{i}\n"
+        ));
+        per_service.push_str(&format!(
+            "-A KUBE-EXT-{i} -j KUBE-MARK-MASQ\n\
+             -A KUBE-EXT-{i} -j KUBE-SVC-{i}\n\
              -A KUBE-SVC-{i} -j KUBE-SEP-{i}\n\
-             -A KUBE-SEP-{i} -p tcp -m tcp -j KUBE-MARK-MASQ\n\
+             -A KUBE-SEP-{i} -s {to}/32 -j KUBE-MARK-MASQ\n\
              -A KUBE-SEP-{i} -p tcp -m tcp -j DNAT --to-destination {to}:{SERVER_PORT}\n"
         ));
     }
     format!(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
-         :KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n{chains}\
+         :KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n\
+         {chains}\
          -A PREROUTING -j KUBE-SERVICES\n-A POSTROUTING -j KUBE-POSTROUTING\n\
          -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
-         -A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\n{rules}COMMIT\n"
+         -A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\n\
+         {cluster_ips}\
+         -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+         {node_ports}{per_service}COMMIT\n"
     )
+}
+
+/// (a'): node2's server on an address of its own that is routed through
+/// node1 both ways (plain IP forwarding, no translation, no overlay): the
+/// path every mesh with a backend on another node takes, without the
+/// mesh. On this testbed the extra hop costs the same two CPUs.
+const ROUTED_ADDR: &str = "198.19.2.2:9100";
+
+fn routed_hop(n1: &Host, n2: &Host, outside: &Host) -> anyhow::Result<()> {
+    let (node1, node2, client) = ("198.18.0.1", "198.18.0.2", "198.18.0.3");
+    n2.run("ip", ["addr", "add", "198.19.2.2/32", "dev", "lo"])?;
+    n2.run("ip", ["rule", "add", "from", "198.19.2.2", "lookup", "100"])?;
+    n2.run("ip", ["route", "add", &format!("{client}/32"), "via", node1, "table", "100"])?;
+    n1.run("ip", ["route", "add", "198.19.2.2/32", "via", node2])?;
+    // node1 forwards out of the interface the packet came in by: no
+    // redirects, or the client would learn to skip it.
+    for k in ["all", "eth0"] {
+        n1.run("sysctl", ["-q", "-w", &format!("net.ipv4.conf.{k}.send_redirects=0")])?;
+    }
+    outside.run("ip", ["route", "add", "198.19.2.2/32", "via", node1])?;
+    Ok(())
+}
+
+/// Packets node1's IP layer has forwarded (`Ip: ForwDatagrams`).
+fn forwarded(n1: &Host) -> anyhow::Result<u64> {
+    let snmp = n1.run("cat", ["/proc/net/snmp"])?;
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().context("Ip header")?, ip.next().context("Ip values")?);
+    let i = names.split_whitespace().position(|n| n == "ForwDatagrams").context("ForwDatagrams")?;
+    values.split_whitespace().nth(i).context("ForwDatagrams value")?.parse().context("ForwDatagrams")
 }
 
 fn iptables_restore(h: &Host, rules: &str) -> anyhow::Result<()> {
@@ -263,9 +317,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let ip_local = task_ip(&tb, "local", "10.0.0.")?;
     let ip_remote = task_ip(&tb, "remote", "10.0.0.")?;
     n1.run("sysctl", ["-q", "-w", "net.ipv4.ip_forward=1"])?;
+    routed_hop(n1, n2, outside)?;
+    poll::until("the routed address to answer", LONG, || client(&from_outside, "connect", ROUTED_ADDR, 0.1))
+        .map_err(anyhow::Error::msg)?;
+    let before = forwarded(n1)?;
+    client(&from_outside, "connect", ROUTED_ADDR, 0.1)?;
+    if forwarded(n1)? <= before {
+        bail!("the routed path does not go through node1");
+    }
 
     let secs = args.secs;
     let mut a = [Cells::default(), Cells::default()];
+    let mut a_routed = Cells::default();
     let mut b = [Cells::default(), Cells::default()];
     let mut c = [Cells::default(), Cells::default()];
     let mut b_scale: Vec<Vec<f64>> = vec![Vec::new(); 3];
@@ -276,6 +339,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             [("198.18.0.1:9100", &ip_local), ("198.18.0.2:9100", &ip_remote)].iter().enumerate()
         {
             measure(&mut a[i], &from_outside, direct_addr, secs)?;
+            if i == 1 {
+                measure(&mut a_routed, &from_outside, ROUTED_ADDR, secs)?;
+            }
             iptables_restore(n1, &kube_proxy_rules(1, 7201, backend))?;
             measure(&mut b[i], &from_outside, "198.18.0.1:7201", secs)?;
             // (c) without (b)'s chains: our nodes never have them.
@@ -391,6 +457,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (i, backend) in ["node1", "node2"].iter().enumerate() {
         rows.push(row("(a) direct to the node", backend, &a[i]));
+        if i == 1 {
+            rows.push(row("(a') routed through node1", backend, &a_routed));
+        }
         rows.push(row("(b) iptables DNAT+MASQ", backend, &b[i]));
         rows.push(row("(c) eBPF routing mesh", backend, &c[i]));
     }
@@ -416,6 +485,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             median(&c[i].bits) / median(&a[i].bits)
         );
     }
+    println!(
+        "backend node2, the hop through node1 alone: A'/A throughput {:.2}, new conn/s {:.2}; \
+         C/A' throughput {:.2}, new conn/s {:.2}",
+        median(&a_routed.bits) / median(&a[1].bits),
+        median(&a_routed.conns) / median(&a[1].conns),
+        median(&c[1].bits) / median(&a_routed.bits),
+        median(&c[1].conns) / median(&a_routed.conns)
+    );
+    println!(
+        "new connections at 1000 services: A/B = {:.2} (the ceiling's own ratio)",
+        median(&a[1].conns) / median(&b_scale[2])
+    );
     println!(
         "new connections at 1000 services: C/B = {:.2} (target >= 2)",
         median(&c_scale[2]) / median(&b_scale[2])
