@@ -247,8 +247,28 @@ fn replicated_service_runs_heals_and_scales() {
     let e = stderr(&docker(m, &["service", "scale", "nosuch=2"]).unwrap_err());
     assert!(e.contains("nosuch"), "{e}");
     assert_eq!(service_ls(m).len(), 1);
+    // A network a service attaches to is not removed (swarmkit's text).
+    let net_id = docker(m, &["network", "inspect", "--format", "{{.Id}}", "appnet"]).unwrap();
+    let svc_id = docker(m, &["service", "inspect", "--format", "{{.ID}}", "web"]).unwrap();
+    let e = stderr(&docker(m, &["network", "rm", "appnet"]).unwrap_err());
+    assert_eq!(
+        e.lines().next(),
+        Some(
+            format!(
+                "Error response from daemon: rpc error: code = FailedPrecondition desc = network {} is in use by service {}",
+                net_id.trim(),
+                svc_id.trim()
+            )
+            .as_str()
+        ),
+        "{e}"
+    );
+    let left = docker(m, &["network", "ls", "--filter", "name=appnet", "--format", "{{.Name}}"]).unwrap();
+    assert_eq!(left, "appnet\n", "the refused removal changed nothing");
 
     assert_eq!(docker(m, &["service", "rm", "web"]).unwrap(), "web\n");
+    // With the service gone its leaving tasks no longer hold the network.
+    assert_eq!(docker(m, &["network", "rm", "appnet"]).unwrap(), "appnet\n");
     poll::until("every task container to be removed", Duration::from_secs(30), || {
         let left: Vec<String> = tb.hosts().iter().map(|h| docker(h, &["ps", "-a", "-q"]).unwrap()).collect();
         if left.iter().all(String::is_empty) { Ok(()) } else { Err(format!("{left:?}")) }

@@ -496,6 +496,32 @@ impl ClusterState {
             Command::CreateNetwork { network } => self.check_new_network(network)?,
             Command::RemoveNetwork { id } => {
                 let n = self.network(id)?;
+                // swarmkit's order and texts: a service that attaches its
+                // tasks to the network holds it (ingress: one publishing
+                // through it), then a task that runs or is to run on it.
+                if n.ingress {
+                    let needs = |s: &&Service| s.endpoint.virtual_ips.iter().any(|v| v.network_id == *id);
+                    if let Some(s) = self.services.values().find(needs) {
+                        return Err(ApiError::precondition(format!(
+                            "rpc error: code = FailedPrecondition desc = ingress network cannot be removed because service {} depends on it",
+                            s.id
+                        )));
+                    }
+                } else if let Some(s) = self.services.values().find(|s| s.networks.contains(id)) {
+                    return Err(ApiError::precondition(format!(
+                        "rpc error: code = FailedPrecondition desc = network {} is in use by service {}",
+                        n.id, s.id
+                    )));
+                }
+                let on = |t: &&Task| t.networks.iter().any(|tn| tn.network_id == *id);
+                let live =
+                    |t: &&Task| t.desired_state <= TaskState::Running && t.status.state <= TaskState::Running;
+                if let Some(t) = self.tasks.values().filter(on).find(live) {
+                    return Err(ApiError::precondition(format!(
+                        "rpc error: code = FailedPrecondition desc = network {} is in use by task {}",
+                        n.id, t.id
+                    )));
+                }
                 // Endpoints of tasks that are going away do not hold a
                 // network: it is removed once they are gone.
                 let leaving: BTreeSet<&str> = self
@@ -1232,6 +1258,41 @@ mod tests {
     }
 
     #[test]
+    fn a_network_a_service_attaches_to_is_not_removed() {
+        let mut s = initialized();
+        s.apply(2, &Command::CreateNetwork { network: Box::new(net("a", "front", "10.0.1.0/24", 4097)) })
+            .unwrap();
+        let ingress = s.networks.values().find(|n| n.ingress).unwrap().id.clone();
+        let mut svc = crate::manager::controlapi::new_service(
+            "s1".into(),
+            bollard_stubs::models::ServiceSpec::default(),
+            vec!["a".into()],
+            0,
+        );
+        svc.endpoint.virtual_ips.push(endpoint::VirtualIp {
+            network_id: ingress.clone(),
+            ip: "10.0.0.2".into(),
+            prefix: 24,
+            endpoint_id: "e".into(),
+        });
+        s.services.insert("s1".into(), svc);
+        let rm = |id: &str| Command::RemoveNetwork { id: id.into() };
+        assert_eq!(
+            s.apply(4, &rm("a")).unwrap_err().message,
+            "rpc error: code = FailedPrecondition desc = network a is in use by service s1"
+        );
+        assert_eq!(
+            s.apply(4, &rm(&ingress)).unwrap_err().message,
+            "rpc error: code = FailedPrecondition desc = ingress network cannot be removed because service s1 depends on it"
+        );
+        assert!(s.networks.contains_key("a") && s.networks.contains_key(&ingress), "nothing changed");
+        s.services.remove("s1");
+        s.apply(4, &rm("a")).unwrap();
+        s.apply(5, &rm(&ingress)).unwrap();
+        assert!(s.networks.is_empty());
+    }
+
+    #[test]
     fn a_network_held_only_by_leaving_tasks_goes_with_their_endpoints() {
         let mut s = initialized();
         let mut a = net("a", "front", "10.0.1.0/24", 4097);
@@ -1253,10 +1314,14 @@ mod tests {
         });
         s.tasks.insert("t1".into(), t);
         let rm = Command::RemoveNetwork { id: "a".into() };
-        assert!(
-            s.apply(4, &rm).unwrap_err().message.contains("has active endpoints"),
+        assert_eq!(
+            s.apply(4, &rm).unwrap_err().message,
+            "rpc error: code = FailedPrecondition desc = network a is in use by task t1",
             "a running task holds it"
         );
+        // A task that has ended but is to run again keeps its endpoint: held too.
+        s.tasks.get_mut("t1").unwrap().status.state = TaskState::Failed;
+        assert!(s.apply(4, &rm).unwrap_err().message.contains("has active endpoints"));
         s.tasks.get_mut("t1").unwrap().desired_state = TaskState::Remove;
         s.apply(5, &rm).unwrap();
         assert!(s.networks["a"].pending_delete, "kept until the task's endpoint goes");
