@@ -5,15 +5,15 @@
 //!
 //! - (a) the ceiling: a server on the backend's node itself, reached
 //!   directly on the node's address (no translation, no overlay);
+//! - (a') for the backend on node2: the same server on an address of
+//!   node2's that node1 routes both ways (plain forwarding): the hop through
+//!   node1 that every mesh with a remote backend makes, without the mesh;
 //! - (b) kube-proxy's iptables mode for a NodePort service, built by the
 //!   bench on node1 and removed after: `KUBE-SERVICES` (cluster IPs, then
 //!   `KUBE-NODEPORTS`) → `KUBE-EXT-…` → `KUBE-SVC-…` → `KUBE-SEP-…` DNAT to
 //!   the task's address, `MASQUERADE` for the return path (kube-proxy's
 //!   `externalTrafficPolicy: Cluster`), forwarded into the overlay through
 //!   node1's endpoint on ingress;
-//! - (a') for the backend on node2: the same server on an address of
-//!   node2's that node1 routes both ways (plain forwarding): the hop through
-//!   node1 that every mesh with a remote backend makes, without the mesh;
 //! - (c) our mesh: the task's published port on node1's address.
 //!
 //! For a backend task on node1 and on node2: new connections per second
@@ -205,17 +205,18 @@ fn kube_proxy_rules(services: usize, port: u16, backend: &str) -> String {
 const ROUTED_ADDR: &str = "198.19.2.2:9100";
 
 fn routed_hop(n1: &Host, n2: &Host, outside: &Host) -> anyhow::Result<()> {
-    let (node1, node2, client) = ("198.18.0.1", "198.18.0.2", "198.18.0.3");
+    let (node1, node2) = (n1.underlay_ip.to_string(), n2.underlay_ip.to_string());
+    let client = format!("{}/32", outside.underlay_ip);
     n2.run("ip", ["addr", "add", "198.19.2.2/32", "dev", "lo"])?;
     n2.run("ip", ["rule", "add", "from", "198.19.2.2", "lookup", "100"])?;
-    n2.run("ip", ["route", "add", &format!("{client}/32"), "via", node1, "table", "100"])?;
-    n1.run("ip", ["route", "add", "198.19.2.2/32", "via", node2])?;
+    n2.run("ip", ["route", "add", &client, "via", &node1, "table", "100"])?;
+    n1.run("ip", ["route", "add", "198.19.2.2/32", "via", &node2])?;
     // node1 forwards out of the interface the packet came in by: no
     // redirects, or the client would learn to skip it.
     for k in ["all", "eth0"] {
         n1.run("sysctl", ["-q", "-w", &format!("net.ipv4.conf.{k}.send_redirects=0")])?;
     }
-    outside.run("ip", ["route", "add", "198.19.2.2/32", "via", node1])?;
+    outside.run("ip", ["route", "add", "198.19.2.2/32", "via", &node1])?;
     Ok(())
 }
 
